@@ -1,0 +1,103 @@
+//! Per-layer accounting: parameters, multiply-accumulates and output activation sizes, for one
+//! sample (symbolic batch dimensions set to 1).
+
+use crate::error::Result;
+use crate::infer::{infer, input_shapes_for_batch};
+use crate::ir::{Graph, LayerKind};
+use serde::Serialize;
+
+/// Size and cost of one layer with weights.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LayerStats {
+    /// Layer (node) name.
+    pub name: String,
+    /// ONNX operator.
+    pub op: String,
+    /// Operator family.
+    pub kind: LayerKind,
+    /// Weight shape.
+    pub weight_shape: Vec<usize>,
+    /// Weight elements.
+    pub weights: u64,
+    /// Weight + bias elements.
+    pub params: u64,
+    /// Multiply-accumulates per sample.
+    pub macs: u64,
+    /// Elements of the layer's input activation per sample.
+    pub input_elems: u64,
+    /// Elements of the layer's output activation per sample.
+    pub output_elems: u64,
+    /// Output shape for batch 1.
+    pub output_shape: Vec<usize>,
+}
+
+/// Whole-model totals.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelStats {
+    /// One row per layer with weights.
+    pub layers: Vec<LayerStats>,
+    /// All float parameters of the model (BatchNorm statistics included).
+    pub total_params: u64,
+    /// Sum of the layers' MACs.
+    pub total_macs: u64,
+    /// Sum of the layers' output activation elements.
+    pub total_output_elems: u64,
+    /// Number of nodes.
+    pub nodes: usize,
+}
+
+/// Compute [`ModelStats`] for a graph at batch 1.
+pub fn model_stats(g: &Graph) -> Result<ModelStats> {
+    let inf = infer(g, &input_shapes_for_batch(g, 1)?)?;
+    let mut layers = Vec::new();
+    for l in g.layers() {
+        let node = &g.nodes[l.node];
+        let w = &g.initializers[&l.weight];
+        let out = inf.shape(g, node.outputs[0])?.to_vec();
+        let x = node
+            .input(0)
+            .map(|v| inf.shape(g, v).map(|s| s.to_vec()))
+            .transpose()?
+            .unwrap_or_default();
+        let out_elems: u64 = out.iter().product::<usize>() as u64;
+        let macs = match l.kind {
+            // Every output element needs Cin/group × kernel MACs: exactly the weight's per-filter size.
+            LayerKind::Conv => out_elems * w.shape[1..].iter().product::<usize>() as u64,
+            LayerKind::Gemm => {
+                let k = if matches!(node.op, crate::ir::Op::Gemm { trans_b: true, .. }) {
+                    w.shape[1]
+                } else {
+                    w.shape[0]
+                };
+                out_elems * k as u64
+            }
+            LayerKind::MatMul => {
+                out_elems
+                    * w.shape
+                        .get(w.shape.len().saturating_sub(2))
+                        .copied()
+                        .unwrap_or(1) as u64
+            }
+        };
+        let bias = l.bias.map(|b| g.initializers[&b].len()).unwrap_or(0);
+        layers.push(LayerStats {
+            name: l.name.clone(),
+            op: node.op.onnx_name().into(),
+            kind: l.kind,
+            weight_shape: w.shape.clone(),
+            weights: w.len() as u64,
+            params: (w.len() + bias) as u64,
+            macs,
+            input_elems: x.iter().product::<usize>() as u64,
+            output_elems: out_elems,
+            output_shape: out,
+        });
+    }
+    Ok(ModelStats {
+        total_params: g.parameter_count() as u64,
+        total_macs: layers.iter().map(|l| l.macs).sum(),
+        total_output_elems: layers.iter().map(|l| l.output_elems).sum(),
+        nodes: g.nodes.len(),
+        layers,
+    })
+}

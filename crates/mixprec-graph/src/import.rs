@@ -1,0 +1,762 @@
+//! ONNX import (opsets 7–21): protobuf → [`Graph`], with Constant nodes turned into
+//! initializers, attribute forms of older opsets normalised to input forms, topological sort,
+//! and constant folding of cheap sub-graphs (so a Reshape of a weight still yields a weight).
+
+use crate::error::{GraphError, Result};
+use crate::eval::eval_host;
+use crate::ir::{AutoPad, Dim, Graph, Node, Op, PadMode, Value, ValueId, Window};
+use crate::onnx_proto::{self as pb, data_type};
+use crate::tensor::{checked_numel, Tensor, TensorData};
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Operators the importer accepts.
+pub const SUPPORTED_OPS: &[&str] = &[
+    "Abs",
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Cast",
+    "Clip",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Conv",
+    "Div",
+    "Dropout",
+    "Exp",
+    "Flatten",
+    "Gather",
+    "Gemm",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Identity",
+    "LeakyRelu",
+    "Log",
+    "LogSoftmax",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Neg",
+    "Pad",
+    "Relu",
+    "Reshape",
+    "Shape",
+    "Sigmoid",
+    "Slice",
+    "Softmax",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
+];
+
+/// Read and import an ONNX file.
+pub fn load_onnx(path: impl AsRef<Path>) -> Result<Graph> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| GraphError::Io {
+        path: path.into(),
+        source,
+    })?;
+    import_onnx_bytes(&bytes).map_err(|e| match e {
+        GraphError::Decode { detail, .. } => GraphError::Decode {
+            path: path.into(),
+            detail,
+        },
+        other => other,
+    })
+}
+
+/// Import an ONNX model from bytes.
+pub fn import_onnx_bytes(bytes: &[u8]) -> Result<Graph> {
+    let model = pb::ModelProto::decode(bytes).map_err(|e| GraphError::Decode {
+        path: "<bytes>".into(),
+        detail: e.to_string(),
+    })?;
+    let gp = model.graph.as_ref().ok_or_else(|| GraphError::Decode {
+        path: "<bytes>".into(),
+        detail: "the model has no graph (file truncated or not an ONNX model)".into(),
+    })?;
+    if gp.node.is_empty() && gp.output.is_empty() {
+        return Err(GraphError::Decode {
+            path: "<bytes>".into(),
+            detail: "the graph is empty".into(),
+        });
+    }
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .unwrap_or(13);
+    let mut b = Builder {
+        g: Graph {
+            name: gp.name.clone(),
+            opset,
+            ..Default::default()
+        },
+        ids: HashMap::new(),
+    };
+    for t in &gp.initializer {
+        let tensor = tensor_from_proto(t)?;
+        let id = b.value(&t.name);
+        b.g.values[id].elem_type = t.data_type;
+        b.g.initializers.insert(id, tensor);
+    }
+    for vi in &gp.input {
+        let id = b.value(&vi.name);
+        if b.g.initializers.contains_key(&id) {
+            continue;
+        }
+        set_type(&mut b.g.values[id], vi);
+        b.g.inputs.push(id);
+    }
+    let mut used_names: HashMap<String, usize> = HashMap::new();
+    for (idx, np) in gp.node.iter().enumerate() {
+        if !(np.domain.is_empty() || np.domain == "ai.onnx") {
+            return Err(unsupported(np, opset));
+        }
+        let mut name = if np.name.is_empty() {
+            format!("{}_{idx}", np.op_type)
+        } else {
+            np.name.clone()
+        };
+        let count = used_names.entry(name.clone()).or_insert(0);
+        *count += 1;
+        if *count > 1 {
+            name = format!("{name}_{idx}");
+        }
+        b.node(np, name, opset)?;
+    }
+    for vi in &gp.output {
+        let id = *b.ids.get(&vi.name).ok_or_else(|| {
+            GraphError::Invalid(format!(
+                "graph output '{}' is not produced by any node or initializer",
+                vi.name
+            ))
+        })?;
+        set_type(&mut b.g.values[id], vi);
+        b.g.outputs.push(id);
+    }
+    let mut g = b.g;
+    topo_sort(&mut g)?;
+    fold_constants(&mut g)?;
+    Ok(g)
+}
+
+fn set_type(v: &mut Value, vi: &pb::ValueInfoProto) {
+    if let Some(tt) = vi.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()) {
+        v.elem_type = tt.elem_type;
+        v.shape = tt.shape.as_ref().map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match (d.dim_value, &d.dim_param) {
+                    (Some(x), _) if x > 0 => Dim::Fixed(x as usize),
+                    (_, Some(p)) if !p.is_empty() => Dim::Symbolic(p.clone()),
+                    _ => Dim::Symbolic("?".into()),
+                })
+                .collect()
+        });
+    }
+}
+
+fn unsupported(np: &pb::NodeProto, opset: i64) -> GraphError {
+    GraphError::UnsupportedOp {
+        op_type: np.op_type.clone(),
+        domain: np.domain.clone(),
+        opset,
+        node: np.name.clone(),
+        supported: SUPPORTED_OPS.join(", "),
+    }
+}
+
+/// Convert an ONNX TensorProto to a host tensor.
+pub fn tensor_from_proto(t: &pb::TensorProto) -> Result<Tensor> {
+    let bad = |d: String| GraphError::BadTensor {
+        name: t.name.clone(),
+        detail: d,
+    };
+    if !t.external_data.is_empty() || t.data_location == 1 {
+        return Err(bad(
+            "external data is not supported; save the model with weights inside the file".into(),
+        ));
+    }
+    let shape: Vec<usize> = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| bad(format!("negative dimension {d}"))))
+        .collect::<Result<_>>()?;
+    let n = checked_numel(&shape).ok_or_else(|| bad(format!("shape {shape:?} is too large")))?;
+    let raw = &t.raw_data;
+    let width = match t.data_type {
+        data_type::FLOAT | data_type::INT32 | data_type::UINT32 => 4,
+        data_type::DOUBLE | data_type::INT64 | data_type::UINT64 => 8,
+        data_type::FLOAT16 | data_type::BFLOAT16 | data_type::INT16 | data_type::UINT16 => 2,
+        data_type::INT8 | data_type::UINT8 | data_type::BOOL => 1,
+        other => return Err(bad(format!("element type {other} is not supported"))),
+    };
+    if !raw.is_empty() && raw.len() != n * width {
+        return Err(bad(format!(
+            "raw data has {} bytes, shape {shape:?} needs {}",
+            raw.len(),
+            n * width
+        )));
+    }
+    let chunks = || raw.chunks_exact(width);
+    let data = match t.data_type {
+        data_type::FLOAT if !raw.is_empty() => TensorData::F32(
+            chunks()
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        data_type::FLOAT => TensorData::F32(t.float_data.clone()),
+        data_type::DOUBLE if !raw.is_empty() => TensorData::F32(
+            chunks()
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
+                .collect(),
+        ),
+        data_type::DOUBLE => TensorData::F32(t.double_data.iter().map(|&x| x as f32).collect()),
+        data_type::FLOAT16 | data_type::BFLOAT16 => {
+            let bits: Vec<u16> = if raw.is_empty() {
+                t.int32_data.iter().map(|&x| x as u16).collect()
+            } else {
+                chunks().map(|c| u16::from_le_bytes([c[0], c[1]])).collect()
+            };
+            TensorData::F32(
+                bits.iter()
+                    .map(|&h| {
+                        if t.data_type == data_type::BFLOAT16 {
+                            f32::from_bits((h as u32) << 16)
+                        } else {
+                            f16_to_f32(h)
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        data_type::INT64 if !raw.is_empty() => TensorData::I64(
+            chunks()
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+        ),
+        data_type::INT64 => TensorData::I64(t.int64_data.clone()),
+        data_type::UINT64 if !raw.is_empty() => TensorData::I64(
+            chunks()
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as i64)
+                .collect(),
+        ),
+        data_type::UINT64 => TensorData::I64(t.uint64_data.iter().map(|&x| x as i64).collect()),
+        dt if !raw.is_empty() => TensorData::I64(
+            chunks()
+                .map(|c| match dt {
+                    data_type::INT32 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64,
+                    data_type::UINT32 => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64,
+                    data_type::INT16 => i16::from_le_bytes([c[0], c[1]]) as i64,
+                    data_type::UINT16 => u16::from_le_bytes([c[0], c[1]]) as i64,
+                    data_type::INT8 => c[0] as i8 as i64,
+                    _ => c[0] as i64,
+                })
+                .collect(),
+        ),
+        _ => TensorData::I64(t.int32_data.iter().map(|&x| x as i64).collect()),
+    };
+    let len = match &data {
+        TensorData::F32(v) => v.len(),
+        TensorData::I64(v) => v.len(),
+    };
+    if len != n {
+        return Err(bad(format!(
+            "holds {len} values, shape {shape:?} needs {n}"
+        )));
+    }
+    Ok(Tensor { shape, data })
+}
+
+/// IEEE half → f32.
+pub fn f16_to_f32(h: u16) -> f32 {
+    let s = ((h >> 15) & 1) as u32;
+    let e = ((h >> 10) & 0x1f) as u32;
+    let m = (h & 0x3ff) as u32;
+    let bits = if e == 0 {
+        if m == 0 {
+            s << 31
+        } else {
+            // subnormal
+            let mut e2 = 127 - 15 + 1;
+            let mut m2 = m;
+            while m2 & 0x400 == 0 {
+                m2 <<= 1;
+                e2 -= 1;
+            }
+            (s << 31) | ((e2 as u32) << 23) | ((m2 & 0x3ff) << 13)
+        }
+    } else if e == 31 {
+        (s << 31) | (0xff << 23) | (m << 13)
+    } else {
+        (s << 31) | ((e + 127 - 15) << 23) | (m << 13)
+    };
+    f32::from_bits(bits)
+}
+
+struct Builder {
+    g: Graph,
+    ids: HashMap<String, ValueId>,
+}
+
+struct Attrs<'a>(&'a [pb::AttributeProto]);
+
+impl Attrs<'_> {
+    fn get(&self, name: &str) -> Option<&pb::AttributeProto> {
+        self.0.iter().find(|a| a.name == name)
+    }
+    fn int(&self, name: &str, default: i64) -> i64 {
+        self.get(name).map(|a| a.i).unwrap_or(default)
+    }
+    fn float(&self, name: &str, default: f32) -> f32 {
+        self.get(name).map(|a| a.f).unwrap_or(default)
+    }
+    fn ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.get(name).map(|a| a.ints.clone())
+    }
+    fn string(&self, name: &str) -> Option<String> {
+        self.get(name)
+            .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+    }
+}
+
+impl Builder {
+    fn value(&mut self, name: &str) -> ValueId {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.g.add_value(name);
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn constant(&mut self, name: String, t: Tensor) -> ValueId {
+        let id = self.value(&name);
+        self.g.values[id].elem_type = if t.is_float() {
+            data_type::FLOAT
+        } else {
+            data_type::INT64
+        };
+        self.g.initializers.insert(id, t);
+        id
+    }
+
+    fn node(&mut self, np: &pb::NodeProto, name: String, opset: i64) -> Result<()> {
+        let a = Attrs(&np.attribute);
+        let bad = |d: &str| GraphError::BadNode {
+            node: name.clone(),
+            op: np.op_type.clone(),
+            detail: d.into(),
+        };
+        let mut inputs: Vec<Option<ValueId>> = Vec::with_capacity(np.input.len());
+        for s in &np.input {
+            inputs.push(if s.is_empty() {
+                None
+            } else {
+                Some(*self.ids.get(s).ok_or_else(|| {
+                    GraphError::Invalid(format!(
+                        "node '{name}' ({}) reads '{s}', which no earlier node, input or initializer defines",
+                        np.op_type
+                    ))
+                })?)
+            });
+        }
+        let window = |a: &Attrs| -> Result<Window> {
+            let to_us = |v: Option<Vec<i64>>| -> Result<Vec<usize>> {
+                v.unwrap_or_default()
+                    .iter()
+                    .map(|&x| {
+                        usize::try_from(x)
+                            .map_err(|_| bad(&format!("negative window attribute {x}")))
+                    })
+                    .collect()
+            };
+            let auto_pad = match a.string("auto_pad").as_deref() {
+                None | Some("NOTSET") | Some("") => AutoPad::NotSet,
+                Some("SAME_UPPER") => AutoPad::SameUpper,
+                Some("SAME_LOWER") => AutoPad::SameLower,
+                Some("VALID") => AutoPad::Valid,
+                Some(o) => return Err(bad(&format!("unknown auto_pad '{o}'"))),
+            };
+            Ok(Window {
+                kernel: to_us(a.ints("kernel_shape"))?,
+                strides: to_us(a.ints("strides"))?,
+                pads: to_us(a.ints("pads"))?,
+                dilations: to_us(a.ints("dilations"))?,
+                auto_pad,
+                ceil_mode: a.int("ceil_mode", 0) != 0,
+            })
+        };
+        let ints_const = |this: &mut Self, suffix: &str, v: Vec<i64>| {
+            let n = v.len();
+            Some(this.constant(
+                format!("{name}::{suffix}"),
+                Tensor {
+                    shape: vec![n],
+                    data: TensorData::I64(v),
+                },
+            ))
+        };
+        let op = match np.op_type.as_str() {
+            "Constant" => {
+                let t = if let Some(t) = a.get("value").and_then(|x| x.t.as_ref()) {
+                    tensor_from_proto(t)?
+                } else if let Some(x) = a.get("value_float") {
+                    Tensor {
+                        shape: vec![],
+                        data: TensorData::F32(vec![x.f]),
+                    }
+                } else if let Some(x) = a.get("value_floats") {
+                    Tensor {
+                        shape: vec![x.floats.len()],
+                        data: TensorData::F32(x.floats.clone()),
+                    }
+                } else if let Some(x) = a.get("value_int") {
+                    Tensor {
+                        shape: vec![],
+                        data: TensorData::I64(vec![x.i]),
+                    }
+                } else if let Some(x) = a.get("value_ints") {
+                    Tensor {
+                        shape: vec![x.ints.len()],
+                        data: TensorData::I64(x.ints.clone()),
+                    }
+                } else {
+                    return Err(bad("Constant without a supported value attribute (sparse and string constants are not supported)"));
+                };
+                let out = np.output.first().ok_or_else(|| bad("no output"))?;
+                self.constant(out.clone(), t);
+                return Ok(());
+            }
+            "Conv" => {
+                let group = a.int("group", 1);
+                if group < 1 {
+                    return Err(bad("group must be ≥ 1"));
+                }
+                Op::Conv {
+                    window: window(&a)?,
+                    group: group as usize,
+                }
+            }
+            "Gemm" => Op::Gemm {
+                alpha: a.float("alpha", 1.0),
+                beta: a.float("beta", 1.0),
+                trans_a: a.int("transA", 0) != 0,
+                trans_b: a.int("transB", 0) != 0,
+            },
+            "MatMul" => Op::MatMul,
+            "Add" | "Sub" | "Mul" | "Div" => {
+                if opset < 7 && a.int("broadcast", 0) != 0 {
+                    return Err(bad("legacy (opset < 7) broadcast attribute is not supported; convert the model to opset ≥ 7"));
+                }
+                match np.op_type.as_str() {
+                    "Add" => Op::Add,
+                    "Sub" => Op::Sub,
+                    "Mul" => Op::Mul,
+                    _ => Op::Div,
+                }
+            }
+            "Relu" => Op::Relu,
+            "LeakyRelu" => Op::LeakyRelu {
+                alpha: a.float("alpha", 0.01),
+            },
+            "Sigmoid" => Op::Sigmoid,
+            "Tanh" => Op::Tanh,
+            "Exp" => Op::Exp,
+            "Log" => Op::Log,
+            "Sqrt" => Op::Sqrt,
+            "Neg" => Op::Neg,
+            "Abs" => Op::Abs,
+            "Clip" => {
+                if opset < 11 {
+                    let lo = a.float("min", f32::MIN);
+                    let hi = a.float("max", f32::MAX);
+                    inputs.truncate(1);
+                    let min = self.constant(
+                        format!("{name}::min"),
+                        Tensor {
+                            shape: vec![],
+                            data: TensorData::F32(vec![lo]),
+                        },
+                    );
+                    let max = self.constant(
+                        format!("{name}::max"),
+                        Tensor {
+                            shape: vec![],
+                            data: TensorData::F32(vec![hi]),
+                        },
+                    );
+                    inputs.push(Some(min));
+                    inputs.push(Some(max));
+                }
+                Op::Clip
+            }
+            "BatchNormalization" => {
+                if np.output.len() > 1 && a.int("training_mode", 0) != 0 {
+                    return Err(bad("training-mode BatchNormalization is not supported; export the model for inference"));
+                }
+                if inputs.len() != 5 {
+                    return Err(bad("expects 5 inputs (X, scale, B, mean, var)"));
+                }
+                Op::BatchNorm {
+                    epsilon: a.float("epsilon", 1e-5),
+                }
+            }
+            "MaxPool" => {
+                if a.int("storage_order", 0) != 0 {
+                    return Err(bad("storage_order=1 is not supported"));
+                }
+                let w = window(&a)?;
+                if np.output.len() > 1 {
+                    return Err(bad("the Indices output of MaxPool is not supported"));
+                }
+                Op::MaxPool(w)
+            }
+            "AveragePool" => Op::AveragePool {
+                window: window(&a)?,
+                count_include_pad: a.int("count_include_pad", 0) != 0,
+            },
+            "GlobalAveragePool" => Op::GlobalAveragePool,
+            "GlobalMaxPool" => Op::GlobalMaxPool,
+            "Flatten" => Op::Flatten {
+                axis: a.int("axis", 1),
+            },
+            "Reshape" => {
+                if opset < 5 {
+                    let shape = a
+                        .ints("shape")
+                        .ok_or_else(|| bad("missing shape attribute"))?;
+                    inputs.truncate(1);
+                    inputs.push(ints_const(self, "shape", shape));
+                }
+                Op::Reshape {
+                    allowzero: a.int("allowzero", 0) != 0,
+                }
+            }
+            "Transpose" => Op::Transpose {
+                perm: a
+                    .ints("perm")
+                    .map(|p| {
+                        p.iter()
+                            .map(|&x| usize::try_from(x).map_err(|_| bad("negative perm")))
+                            .collect::<Result<_>>()
+                    })
+                    .transpose()?,
+            },
+            "Concat" => Op::Concat {
+                axis: a.int("axis", if opset < 4 { 1 } else { 0 }),
+            },
+            "Softmax" | "LogSoftmax" => {
+                let legacy = opset < 13;
+                let axis = a.int("axis", if legacy { 1 } else { -1 });
+                if np.op_type == "Softmax" {
+                    Op::Softmax { axis, legacy }
+                } else {
+                    Op::LogSoftmax { axis, legacy }
+                }
+            }
+            "Identity" => Op::Identity,
+            "Dropout" => Op::Dropout,
+            "Pad" => {
+                let mode = match a.string("mode").as_deref().unwrap_or("constant") {
+                    "constant" => PadMode::Constant,
+                    "reflect" => PadMode::Reflect,
+                    "edge" => PadMode::Edge,
+                    o => {
+                        return Err(bad(&format!(
+                            "pad mode '{o}' is not supported (constant, reflect, edge are)"
+                        )))
+                    }
+                };
+                if opset < 11 {
+                    let pads = a
+                        .ints("pads")
+                        .or_else(|| a.ints("paddings"))
+                        .ok_or_else(|| bad("missing pads"))?;
+                    let value = a.float("value", 0.0);
+                    inputs.truncate(1);
+                    inputs.push(ints_const(self, "pads", pads));
+                    let v = self.constant(
+                        format!("{name}::value"),
+                        Tensor {
+                            shape: vec![],
+                            data: TensorData::F32(vec![value]),
+                        },
+                    );
+                    inputs.push(Some(v));
+                }
+                Op::Pad { mode }
+            }
+            "Squeeze" | "Unsqueeze" => {
+                if opset < 13 {
+                    if let Some(axes) = a.ints("axes") {
+                        inputs.truncate(1);
+                        inputs.push(ints_const(self, "axes", axes));
+                    } else if np.op_type == "Unsqueeze" {
+                        return Err(bad("missing axes"));
+                    }
+                }
+                if np.op_type == "Squeeze" {
+                    Op::Squeeze
+                } else {
+                    Op::Unsqueeze
+                }
+            }
+            "Shape" => Op::Shape {
+                start: a.int("start", 0),
+                end: a.get("end").map(|x| x.i),
+            },
+            "Gather" => Op::Gather {
+                axis: a.int("axis", 0),
+            },
+            "Slice" => {
+                if opset < 10 {
+                    let starts = a.ints("starts").ok_or_else(|| bad("missing starts"))?;
+                    let ends = a.ints("ends").ok_or_else(|| bad("missing ends"))?;
+                    let axes = a.ints("axes");
+                    inputs.truncate(1);
+                    inputs.push(ints_const(self, "starts", starts));
+                    inputs.push(ints_const(self, "ends", ends));
+                    if let Some(ax) = axes {
+                        inputs.push(ints_const(self, "axes", ax));
+                    }
+                }
+                Op::Slice
+            }
+            "ConstantOfShape" => {
+                let value = match a.get("value").and_then(|x| x.t.as_ref()) {
+                    Some(t) => tensor_from_proto(t)?,
+                    None => Tensor {
+                        shape: vec![1],
+                        data: TensorData::F32(vec![0.0]),
+                    },
+                };
+                Op::ConstantOfShape { value }
+            }
+            "Cast" => Op::Cast {
+                to: a.int("to", 1) as i32,
+            },
+            _ => return Err(unsupported(np, opset)),
+        };
+        if matches!(
+            op,
+            Op::Slice | Op::Reshape { .. } | Op::Pad { .. } | Op::Squeeze | Op::Unsqueeze
+        ) && inputs.is_empty()
+        {
+            return Err(bad("missing data input"));
+        }
+        let outputs: Vec<ValueId> = np
+            .output
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| self.value(s))
+            .collect();
+        if outputs.is_empty() {
+            return Err(bad("node has no outputs"));
+        }
+        if let Op::Cast { to } = op {
+            for &o in &outputs {
+                self.g.values[o].elem_type = to;
+            }
+        }
+        self.g.nodes.push(Node {
+            name,
+            op,
+            inputs,
+            outputs,
+        });
+        Ok(())
+    }
+}
+
+/// Sort nodes topologically; errors on cycles or values read before any definition.
+pub fn topo_sort(g: &mut Graph) -> Result<()> {
+    let producers = g.producers();
+    let n = g.nodes.len();
+    let mut indeg = vec![0usize; n];
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, node) in g.nodes.iter().enumerate() {
+        for v in node.inputs.iter().flatten() {
+            if let Some(p) = producers[*v] {
+                indeg[i] += 1;
+                users[p].push(i);
+            }
+        }
+    }
+    let mut ready: std::collections::VecDeque<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_front() {
+        order.push(i);
+        for &u in &users[i] {
+            indeg[u] -= 1;
+            if indeg[u] == 0 {
+                ready.push_back(u);
+            }
+        }
+    }
+    if order.len() != n {
+        let stuck: Vec<&str> = (0..n)
+            .filter(|&i| indeg[i] > 0)
+            .take(5)
+            .map(|i| g.nodes[i].name.as_str())
+            .collect();
+        return Err(GraphError::Invalid(format!(
+            "the graph has a cycle through nodes {stuck:?}"
+        )));
+    }
+    let mut old: Vec<Option<Node>> = std::mem::take(&mut g.nodes).into_iter().map(Some).collect();
+    g.nodes = order.into_iter().filter_map(|i| old[i].take()).collect();
+    Ok(())
+}
+
+/// Replace nodes whose inputs are all constants by their (host-evaluated) results, and drop
+/// initializers nothing uses any more.
+pub fn fold_constants(g: &mut Graph) -> Result<()> {
+    let mut kept = Vec::with_capacity(g.nodes.len());
+    for node in std::mem::take(&mut g.nodes) {
+        let all_const = node
+            .inputs
+            .iter()
+            .flatten()
+            .all(|v| g.initializers.contains_key(v));
+        if all_const && node.inputs.iter().flatten().next().is_some() {
+            let ins: Vec<Option<&Tensor>> = node
+                .inputs
+                .iter()
+                .map(|v| v.and_then(|v| g.initializers.get(&v)))
+                .collect();
+            let res = eval_host(&node.op, &ins).map_err(|detail| GraphError::ShapeMismatch {
+                node: node.name.clone(),
+                op: node.op.onnx_name().into(),
+                detail,
+            })?;
+            if let Some(outs) = res.filter(|o| o.len() == node.outputs.len()) {
+                for (o, t) in node.outputs.iter().zip(outs) {
+                    g.values[*o].elem_type = if t.is_float() {
+                        data_type::FLOAT
+                    } else {
+                        data_type::INT64
+                    };
+                    g.initializers.insert(*o, t);
+                }
+                continue;
+            }
+        }
+        kept.push(node);
+    }
+    g.nodes = kept;
+    let counts = g.use_counts();
+    let used: BTreeMap<ValueId, Tensor> = std::mem::take(&mut g.initializers)
+        .into_iter()
+        .filter(|(v, _)| counts[*v] > 0)
+        .collect();
+    g.initializers = used;
+    Ok(())
+}

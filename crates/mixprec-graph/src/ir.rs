@@ -1,0 +1,470 @@
+//! The graph IR: values, nodes with typed operators, named initializers.
+//!
+//! Operator attributes from older opsets that later moved to inputs (Clip min/max, Pad pads,
+//! Squeeze/Unsqueeze axes, Reshape shape, Dropout ratio) are normalised at import to the input
+//! form, so the rest of mixprec sees one form per operator.
+
+use crate::tensor::Tensor;
+use std::collections::BTreeMap;
+
+/// Index of a value (tensor edge) in [`Graph::values`].
+pub type ValueId = usize;
+
+/// A dimension of a declared input or output shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dim {
+    /// A fixed size.
+    Fixed(usize),
+    /// A named or unknown size, such as the batch.
+    Symbolic(String),
+}
+
+/// A tensor edge of the graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Value {
+    /// Name, unique in the graph.
+    pub name: String,
+    /// Declared shape, when the model declares one (graph inputs and outputs).
+    pub shape: Option<Vec<Dim>>,
+    /// ONNX element type (see [`crate::onnx_proto::data_type`]); 1 = float.
+    pub elem_type: i32,
+}
+
+/// `auto_pad` of Conv and pooling operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AutoPad {
+    /// Explicit `pads`.
+    #[default]
+    NotSet,
+    /// Output size ceil(in / stride), extra padding at the end.
+    SameUpper,
+    /// Output size ceil(in / stride), extra padding at the beginning.
+    SameLower,
+    /// No padding.
+    Valid,
+}
+
+/// Spatial attributes shared by Conv, MaxPool and AveragePool.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Window {
+    /// Kernel size per spatial dimension (for Conv taken from the weight when absent).
+    pub kernel: Vec<usize>,
+    /// Strides per spatial dimension.
+    pub strides: Vec<usize>,
+    /// Padding: all begins, then all ends (ONNX order).
+    pub pads: Vec<usize>,
+    /// Dilations per spatial dimension.
+    pub dilations: Vec<usize>,
+    /// `auto_pad`.
+    pub auto_pad: AutoPad,
+    /// Pooling only: output size rounded up.
+    pub ceil_mode: bool,
+}
+
+impl Window {
+    /// Resolve padding (including `auto_pad`) for a concrete input spatial shape. Returns
+    /// (pads begin, pads end, output spatial shape).
+    pub fn resolve(&self, input: &[usize]) -> Option<(Vec<usize>, Vec<usize>, Vec<usize>)> {
+        let n = input.len();
+        if self.kernel.len() != n {
+            return None;
+        }
+        let get = |v: &Vec<usize>, i: usize| v.get(i).copied().unwrap_or(1);
+        let mut begin = vec![0; n];
+        let mut end = vec![0; n];
+        let mut out = vec![0; n];
+        for i in 0..n {
+            let (s, d, k) = (
+                get(&self.strides, i),
+                get(&self.dilations, i),
+                self.kernel[i],
+            );
+            if s == 0 || d == 0 || k == 0 {
+                return None;
+            }
+            let ek = (k - 1) * d + 1;
+            match self.auto_pad {
+                AutoPad::SameUpper | AutoPad::SameLower => {
+                    let o = input[i].div_ceil(s);
+                    let total = ((o.saturating_sub(1)) * s + ek).saturating_sub(input[i]);
+                    let small = total / 2;
+                    let big = total - small;
+                    if self.auto_pad == AutoPad::SameUpper {
+                        begin[i] = small;
+                        end[i] = big;
+                    } else {
+                        begin[i] = big;
+                        end[i] = small;
+                    }
+                    out[i] = o;
+                    continue;
+                }
+                AutoPad::Valid => {}
+                AutoPad::NotSet => {
+                    begin[i] = self.pads.get(i).copied().unwrap_or(0);
+                    end[i] = self.pads.get(i + n).copied().unwrap_or(0);
+                }
+            }
+            let padded = input[i] + begin[i] + end[i];
+            if padded < ek {
+                return None;
+            }
+            let span = padded - ek;
+            out[i] = if self.ceil_mode {
+                span.div_ceil(s) + 1
+            } else {
+                span / s + 1
+            };
+            if self.ceil_mode && (out[i] - 1) * s >= input[i] + begin[i] {
+                // ONNX/PyTorch: the last window must start inside the input or left padding.
+                out[i] -= 1;
+            }
+        }
+        Some((begin, end, out))
+    }
+}
+
+/// Padding mode of Pad.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PadMode {
+    /// Fill with a constant.
+    Constant,
+    /// Mirror without repeating the edge.
+    Reflect,
+    /// Repeat the edge.
+    Edge,
+}
+
+/// Typed operators. Inputs are listed in ONNX order, after the normalisation described above.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Convolution; inputs X, W, optional B.
+    Conv {
+        /// Window attributes.
+        window: Window,
+        /// Groups (channels for depthwise).
+        group: usize,
+    },
+    /// General matrix multiply; inputs A, B, optional C.
+    Gemm {
+        /// Scales A·B.
+        alpha: f32,
+        /// Scales C.
+        beta: f32,
+        /// Transpose A.
+        trans_a: bool,
+        /// Transpose B.
+        trans_b: bool,
+    },
+    /// Numpy-style matrix product.
+    MatMul,
+    /// Elementwise with broadcasting.
+    Add,
+    /// Elementwise with broadcasting.
+    Sub,
+    /// Elementwise with broadcasting.
+    Mul,
+    /// Elementwise with broadcasting.
+    Div,
+    /// max(x, 0).
+    Relu,
+    /// x if x ≥ 0 else alpha·x.
+    LeakyRelu {
+        /// Slope for negative inputs.
+        alpha: f32,
+    },
+    /// Clamp; inputs X, optional min, optional max.
+    Clip,
+    /// Logistic function.
+    Sigmoid,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// Exponential.
+    Exp,
+    /// Natural logarithm.
+    Log,
+    /// Square root.
+    Sqrt,
+    /// Negation.
+    Neg,
+    /// Absolute value.
+    Abs,
+    /// Inference batch normalisation; inputs X, scale, B, mean, var.
+    BatchNorm {
+        /// Added to the variance.
+        epsilon: f32,
+    },
+    /// Max pooling.
+    MaxPool(Window),
+    /// Average pooling.
+    AveragePool {
+        /// Window attributes.
+        window: Window,
+        /// Count padded zeros in the divisor.
+        count_include_pad: bool,
+    },
+    /// Mean over all spatial dimensions, kept as size 1.
+    GlobalAveragePool,
+    /// Max over all spatial dimensions, kept as size 1.
+    GlobalMaxPool,
+    /// Reshape to 2-D at `axis`.
+    Flatten {
+        /// Split point.
+        axis: i64,
+    },
+    /// Reshape; inputs X, shape.
+    Reshape {
+        /// A 0 in the shape means 0 rather than "copy".
+        allowzero: bool,
+    },
+    /// Permute axes.
+    Transpose {
+        /// Permutation; reversed axes when absent.
+        perm: Option<Vec<usize>>,
+    },
+    /// Join along an axis.
+    Concat {
+        /// Axis (negative counts from the end).
+        axis: i64,
+    },
+    /// Softmax.
+    Softmax {
+        /// Axis.
+        axis: i64,
+        /// Opset < 13: input coerced to 2-D at `axis`.
+        legacy: bool,
+    },
+    /// Log of softmax.
+    LogSoftmax {
+        /// Axis.
+        axis: i64,
+        /// Opset < 13: input coerced to 2-D at `axis`.
+        legacy: bool,
+    },
+    /// Copy.
+    Identity,
+    /// Inference dropout (identity); inputs X, optional ratio, optional training_mode.
+    Dropout,
+    /// Pad; inputs X, pads, optional constant value, optional axes.
+    Pad {
+        /// Mode.
+        mode: PadMode,
+    },
+    /// Remove size-1 axes; inputs X, optional axes.
+    Squeeze,
+    /// Insert size-1 axes; inputs X, axes.
+    Unsqueeze,
+    /// Shape of the input as int64, `[start, end)`.
+    Shape {
+        /// First axis.
+        start: i64,
+        /// One past the last axis.
+        end: Option<i64>,
+    },
+    /// Gather along an axis; inputs data, indices.
+    Gather {
+        /// Axis.
+        axis: i64,
+    },
+    /// Slice; inputs data, starts, ends, optional axes, optional steps.
+    Slice,
+    /// Tensor of a shape filled with a value; input shape.
+    ConstantOfShape {
+        /// The fill value.
+        value: Tensor,
+    },
+    /// Type conversion.
+    Cast {
+        /// Target ONNX element type.
+        to: i32,
+    },
+}
+
+impl Op {
+    /// ONNX operator name.
+    pub fn onnx_name(&self) -> &'static str {
+        match self {
+            Op::Conv { .. } => "Conv",
+            Op::Gemm { .. } => "Gemm",
+            Op::MatMul => "MatMul",
+            Op::Add => "Add",
+            Op::Sub => "Sub",
+            Op::Mul => "Mul",
+            Op::Div => "Div",
+            Op::Relu => "Relu",
+            Op::LeakyRelu { .. } => "LeakyRelu",
+            Op::Clip => "Clip",
+            Op::Sigmoid => "Sigmoid",
+            Op::Tanh => "Tanh",
+            Op::Exp => "Exp",
+            Op::Log => "Log",
+            Op::Sqrt => "Sqrt",
+            Op::Neg => "Neg",
+            Op::Abs => "Abs",
+            Op::BatchNorm { .. } => "BatchNormalization",
+            Op::MaxPool(_) => "MaxPool",
+            Op::AveragePool { .. } => "AveragePool",
+            Op::GlobalAveragePool => "GlobalAveragePool",
+            Op::GlobalMaxPool => "GlobalMaxPool",
+            Op::Flatten { .. } => "Flatten",
+            Op::Reshape { .. } => "Reshape",
+            Op::Transpose { .. } => "Transpose",
+            Op::Concat { .. } => "Concat",
+            Op::Softmax { .. } => "Softmax",
+            Op::LogSoftmax { .. } => "LogSoftmax",
+            Op::Identity => "Identity",
+            Op::Dropout => "Dropout",
+            Op::Pad { .. } => "Pad",
+            Op::Squeeze => "Squeeze",
+            Op::Unsqueeze => "Unsqueeze",
+            Op::Shape { .. } => "Shape",
+            Op::Gather { .. } => "Gather",
+            Op::Slice => "Slice",
+            Op::ConstantOfShape { .. } => "ConstantOfShape",
+            Op::Cast { .. } => "Cast",
+        }
+    }
+}
+
+/// One operator application.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// Unique node name (generated as `<op>_<index>` when the model leaves it empty).
+    pub name: String,
+    /// The operator.
+    pub op: Op,
+    /// Inputs; `None` for an omitted optional input.
+    pub inputs: Vec<Option<ValueId>>,
+    /// Outputs.
+    pub outputs: Vec<ValueId>,
+}
+
+impl Node {
+    /// Input `i` if present.
+    pub fn input(&self, i: usize) -> Option<ValueId> {
+        self.inputs.get(i).copied().flatten()
+    }
+}
+
+/// A graph: values, topologically ordered nodes and constant initializers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Graph {
+    /// Graph name.
+    pub name: String,
+    /// Every value.
+    pub values: Vec<Value>,
+    /// Nodes in topological order.
+    pub nodes: Vec<Node>,
+    /// Runtime inputs (initializers excluded).
+    pub inputs: Vec<ValueId>,
+    /// Outputs.
+    pub outputs: Vec<ValueId>,
+    /// Constant tensors: initializers and folded Constant nodes.
+    pub initializers: BTreeMap<ValueId, Tensor>,
+    /// The default-domain opset the model was written for.
+    pub opset: i64,
+}
+
+/// Which operator family a quantizable layer belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerKind {
+    /// Convolution (any groups).
+    Conv,
+    /// Gemm.
+    Gemm,
+    /// MatMul with a constant right-hand side.
+    MatMul,
+}
+
+/// A layer with weights: the unit mixed precision assigns bit-widths to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    /// Layer name (the node name).
+    pub name: String,
+    /// Index in [`Graph::nodes`].
+    pub node: usize,
+    /// Operator family.
+    pub kind: LayerKind,
+    /// The weight initializer.
+    pub weight: ValueId,
+    /// The bias initializer, if any.
+    pub bias: Option<ValueId>,
+}
+
+impl Graph {
+    /// Add a value and return its id.
+    pub fn add_value(&mut self, name: impl Into<String>) -> ValueId {
+        self.values.push(Value {
+            name: name.into(),
+            shape: None,
+            elem_type: 1,
+        });
+        self.values.len() - 1
+    }
+
+    /// Find a value by name.
+    pub fn value_id(&self, name: &str) -> Option<ValueId> {
+        self.values.iter().position(|v| v.name == name)
+    }
+
+    /// Index of the node producing each value (`None` for inputs and initializers).
+    pub fn producers(&self) -> Vec<Option<usize>> {
+        let mut p = vec![None; self.values.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            for &o in &n.outputs {
+                p[o] = Some(i);
+            }
+        }
+        p
+    }
+
+    /// Number of consumers of each value (graph outputs count as one).
+    pub fn use_counts(&self) -> Vec<usize> {
+        let mut c = vec![0; self.values.len()];
+        for n in &self.nodes {
+            for v in n.inputs.iter().flatten() {
+                c[*v] += 1;
+            }
+        }
+        for &o in &self.outputs {
+            c[o] += 1;
+        }
+        c
+    }
+
+    /// The layers with weights (Conv, Gemm, MatMul whose right operand is constant), in node order.
+    pub fn layers(&self) -> Vec<Layer> {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let (kind, w, b) = match n.op {
+                Op::Conv { .. } => (LayerKind::Conv, n.input(1), n.input(2)),
+                Op::Gemm { .. } => (LayerKind::Gemm, n.input(1), n.input(2)),
+                Op::MatMul => (LayerKind::MatMul, n.input(1), None),
+                _ => continue,
+            };
+            let Some(w) = w.filter(|w| self.initializers.get(w).is_some_and(|t| t.is_float()))
+            else {
+                continue;
+            };
+            let b = b.filter(|b| self.initializers.contains_key(b));
+            out.push(Layer {
+                name: n.name.clone(),
+                node: i,
+                kind,
+                weight: w,
+                bias: b,
+            });
+        }
+        out
+    }
+
+    /// Total number of float parameters in initializers used by nodes.
+    pub fn parameter_count(&self) -> usize {
+        self.initializers
+            .values()
+            .filter(|t| t.is_float())
+            .map(|t| t.len())
+            .sum()
+    }
+}

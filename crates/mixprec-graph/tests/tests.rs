@@ -1,0 +1,243 @@
+//! Integration tests of mixprec-graph on the real models and on hand-built protobufs.
+
+use mixprec_graph::onnx_proto as pb;
+use mixprec_graph::*;
+use prost::Message;
+use std::path::PathBuf;
+
+fn data_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("MIXPREC_DATA") {
+        return PathBuf::from(d);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+}
+
+fn model(name: &str) -> PathBuf {
+    data_dir().join("models").join(name)
+}
+
+#[test]
+fn mnist8_imports_with_folded_weight() {
+    let g = load_onnx(model("mnist-8.onnx")).unwrap();
+    assert_eq!(g.opset, 8);
+    let layers = g.layers();
+    assert_eq!(
+        layers.len(),
+        3,
+        "two convs and the MatMul whose weight was a Reshape of an initializer"
+    );
+    assert_eq!(g.initializers[&layers[2].weight].shape, vec![256, 10]);
+    let st = model_stats(&g).unwrap();
+    assert_eq!(st.total_params, 200 + 8 + 3200 + 16 + 2560 + 10);
+    // conv1: 28×28×8 outputs × 25 MACs; conv2: 14×14×16 × 200; fc: 2560.
+    assert_eq!(st.layers[0].macs, 28 * 28 * 8 * 25);
+    assert_eq!(st.layers[1].macs, 14 * 14 * 16 * 200);
+    assert_eq!(st.layers[2].macs, 2560);
+    assert_eq!(st.layers[1].output_shape, vec![1, 16, 14, 14]);
+}
+
+#[test]
+fn resnet8_and_mobilenet_import() {
+    let g = load_onnx(model("resnet8-cifar10.onnx")).unwrap();
+    let st = model_stats(&g).unwrap();
+    assert_eq!(st.layers.len(), 10, "9 convs + 1 gemm");
+    assert_eq!(st.total_params, 78_666);
+    let g = load_onnx(model("vww-mobilenetv1-96.onnx")).unwrap();
+    let st = model_stats(&g).unwrap();
+    assert_eq!(st.layers.len(), 28, "27 convs + 1 gemm");
+    assert_eq!(st.total_params, 221_794);
+    let dw = st
+        .layers
+        .iter()
+        .filter(|l| l.weight_shape[1] == 1 && l.weight_shape[2] == 3)
+        .count();
+    assert_eq!(dw, 13);
+}
+
+#[test]
+fn export_reimport_roundtrip() {
+    for m in [
+        "mnist-8.onnx",
+        "resnet8-cifar10.onnx",
+        "vww-mobilenetv1-96.onnx",
+    ] {
+        let g = load_onnx(model(m)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.onnx");
+        save_onnx(&g, &p).unwrap();
+        let g2 = load_onnx(&p).unwrap();
+        assert_eq!(g.nodes.len(), g2.nodes.len(), "{m}");
+        assert_eq!(g.initializers.len(), g2.initializers.len(), "{m}");
+        assert_eq!(model_stats(&g).unwrap(), model_stats(&g2).unwrap(), "{m}");
+        for (a, b) in g.initializers.values().zip(g2.initializers.values()) {
+            assert_eq!(a, b);
+        }
+    }
+}
+
+#[test]
+fn truncated_and_random_bytes_are_clear_errors() {
+    let bytes = std::fs::read(model("mnist-8.onnx")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("trunc.onnx");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_onnx(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("trunc.onnx") && e.contains("not a valid ONNX model"),
+        "{e}"
+    );
+    let p = dir.path().join("random.onnx");
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&p, noise).unwrap();
+    let e = load_onnx(&p).unwrap_err().to_string();
+    assert!(e.contains("random.onnx"), "{e}");
+    let e = load_onnx(dir.path().join("missing.onnx"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.onnx"), "{e}");
+}
+
+fn vi(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            tensor_type: Some(pb::TypeProtoTensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| pb::Dimension {
+                            dim_value: Some(d),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn model_with(
+    nodes: Vec<pb::NodeProto>,
+    inits: Vec<pb::TensorProto>,
+    inputs: Vec<pb::ValueInfoProto>,
+    out: &str,
+) -> Vec<u8> {
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(pb::GraphProto {
+            node: nodes,
+            name: "t".into(),
+            initializer: inits,
+            input: inputs,
+            output: vec![vi(out, &[])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn node(op: &str, name: &str, ins: &[&str], outs: &[&str]) -> pb::NodeProto {
+    pb::NodeProto {
+        input: ins.iter().map(|s| s.to_string()).collect(),
+        output: outs.iter().map(|s| s.to_string()).collect(),
+        name: name.into(),
+        op_type: op.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn unsupported_op_names_op_node_and_opset() {
+    let bytes = model_with(
+        vec![node("NonMaxSuppression", "nms0", &["x"], &["y"])],
+        vec![],
+        vec![vi("x", &[1, 4])],
+        "y",
+    );
+    let e = import_onnx_bytes(&bytes).unwrap_err().to_string();
+    assert!(
+        e.contains("NonMaxSuppression") && e.contains("nms0") && e.contains("opset 13"),
+        "{e}"
+    );
+}
+
+#[test]
+fn shape_mismatch_names_node() {
+    let w = export::tensor_to_proto("w", &Tensor::f32(vec![5, 3], vec![0.0; 15]).unwrap());
+    let bytes = model_with(
+        vec![node("MatMul", "fc", &["x", "w"], &["y"])],
+        vec![w],
+        vec![vi("x", &[1, 4])],
+        "y",
+    );
+    let g = import_onnx_bytes(&bytes).unwrap();
+    let e = infer(&g, &[vec![1, 4]]).unwrap_err().to_string();
+    assert!(
+        e.contains("'fc'") && e.contains("MatMul") && e.contains("[1, 4]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn constant_node_weights_are_layer_weights() {
+    let w = export::tensor_to_proto(
+        "",
+        &Tensor::f32(vec![3, 4], (0..12).map(|x| x as f32).collect()).unwrap(),
+    );
+    let c = pb::NodeProto {
+        output: vec!["wt".into()],
+        name: "c".into(),
+        op_type: "Constant".into(),
+        attribute: vec![pb::AttributeProto {
+            name: "value".into(),
+            r#type: 4,
+            t: Some(w),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut tr = node("Transpose", "t", &["wt"], &["w"]);
+    tr.attribute.push(pb::AttributeProto {
+        name: "perm".into(),
+        r#type: 7,
+        ints: vec![1, 0],
+        ..Default::default()
+    });
+    let bytes = model_with(
+        vec![c, tr, node("MatMul", "fc", &["x", "w"], &["y"])],
+        vec![],
+        vec![vi("x", &[2, 3])],
+        "y",
+    );
+    let g = import_onnx_bytes(&bytes).unwrap();
+    let layers = g.layers();
+    assert_eq!(layers.len(), 1);
+    assert_eq!(g.initializers[&layers[0].weight].shape, vec![4, 3]);
+    assert_eq!(g.nodes.len(), 1, "Constant and Transpose are folded away");
+}
+
+#[test]
+fn cycle_is_an_error() {
+    let bytes = model_with(
+        vec![
+            node("Relu", "a", &["x", "z"], &["y"]),
+            node("Relu", "b", &["y"], &["z"]),
+        ],
+        vec![],
+        vec![vi("x", &[1])],
+        "y",
+    );
+    // "z" is read before any node defines it in file order: reported clearly.
+    let e = import_onnx_bytes(&bytes).unwrap_err().to_string();
+    assert!(e.contains("'a'") && e.contains("'z'"), "{e}");
+}
