@@ -1,1 +1,12 @@
-//! mixprec-exec
+//! mixprec-exec: the float executor of mixprec on candle — batched forward for every supported
+//! ONNX operator, gradients with respect to weights and inputs, Hessian-vector products,
+//! evaluation on data sets and training.
+
+pub mod error;
+pub mod eval;
+pub mod executor;
+pub mod ops;
+
+pub use error::{ExecError, Result};
+pub use eval::{evaluate, free_batch_dim, EvalResult};
+pub use executor::{init, Executor, LayerHook, RunOptions, RunResult};

@@ -1,0 +1,127 @@
+//! Evaluation on a data set: batched forward passes, top-1 accuracy.
+
+use crate::error::{ExecError, Result};
+use crate::executor::{Executor, LayerHook, RunOptions};
+use candle_core::Tensor;
+use mixprec_data::Dataset;
+use mixprec_graph::Dim;
+
+/// Accuracy of a model on a data set.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct EvalResult {
+    /// Correct top-1 predictions.
+    pub correct: usize,
+    /// Images evaluated.
+    pub total: usize,
+    /// correct / total.
+    pub accuracy: f64,
+    /// Batch size actually used.
+    pub batch: usize,
+}
+
+/// Let the first dimension of every graph input vary (models exported with a fixed batch of 1
+/// often still run at any batch). Returns whether anything changed.
+pub fn free_batch_dim(exec: &mut Executor) -> bool {
+    exec.free_batch_dim()
+}
+
+impl Executor {
+    /// See [`free_batch_dim`].
+    pub fn free_batch_dim(&mut self) -> bool {
+        let mut changed = false;
+        let inputs = self.graph().inputs.clone();
+        let g = self.graph_mut();
+        for v in inputs {
+            if let Some(Some(d0)) = g.values[v].shape.as_mut().map(|s| s.first_mut()) {
+                if matches!(d0, Dim::Fixed(_)) {
+                    *d0 = Dim::Symbolic("N".into());
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// The largest batch ≤ `want` the graph accepts (its shape sub-graphs may pin the batch).
+    pub fn usable_batch(&self, sample_shape: &[usize], want: usize) -> Result<usize> {
+        let shape = |b: usize| {
+            let mut s = vec![b];
+            s.extend_from_slice(sample_shape);
+            s
+        };
+        if self.inferred(vec![shape(want)]).is_ok() {
+            return Ok(want);
+        }
+        self.inferred(vec![shape(1)]).map(|_| 1)
+    }
+
+    /// Logits (or probabilities — whatever the graph outputs first) for one batch of images.
+    pub fn predict(
+        &self,
+        images: &[f32],
+        sample_shape: &[usize],
+        hook: Option<&dyn LayerHook>,
+    ) -> Result<Tensor> {
+        let per: usize = sample_shape.iter().product();
+        if per == 0 || images.len() % per != 0 {
+            return Err(ExecError::Invalid(format!(
+                "{} values do not form images of shape {sample_shape:?}",
+                images.len()
+            )));
+        }
+        let mut shape = vec![images.len() / per];
+        shape.extend_from_slice(sample_shape);
+        let x = Tensor::from_slice(images, shape.as_slice(), self.device())?;
+        let opts = RunOptions {
+            hook,
+            ..Default::default()
+        };
+        let out = self.run(&[x], &opts)?.outputs;
+        out.into_iter()
+            .next()
+            .ok_or_else(|| ExecError::Invalid("the model has no output".into()))
+    }
+}
+
+/// Top-1 accuracy of `exec` on `data`, `batch` images at a time; `progress(done, total)` after
+/// each batch.
+pub fn evaluate(
+    exec: &Executor,
+    data: &Dataset,
+    batch: usize,
+    hook: Option<&dyn LayerHook>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalResult> {
+    let sample = [data.c, data.h, data.w];
+    let batch = exec.usable_batch(&sample, batch.max(1).min(data.n.max(1)))?;
+    let mut correct = 0usize;
+    let mut start = 0;
+    while start < data.n {
+        let len = batch.min(data.n - start);
+        let b = if len == batch {
+            batch
+        } else {
+            exec.usable_batch(&sample, len)?
+        };
+        let len = len.min(b);
+        let (x, y) = data.batch(start, len);
+        let out = exec.predict(x, &sample, hook)?;
+        let out = out.flatten_from(1)?;
+        let classes = out.dims()[1];
+        let v = out.flatten_all()?.to_vec1::<f32>()?;
+        for (i, &label) in y.iter().enumerate() {
+            let row = &v[i * classes..(i + 1) * classes];
+            if mixprec_data::argmax(row) == Some(label as usize) {
+                correct += 1;
+            }
+        }
+        start += len;
+        progress(start, data.n);
+    }
+    Ok(EvalResult {
+        correct,
+        total: data.n,
+        accuracy: correct as f64 / data.n.max(1) as f64,
+        batch,
+    })
+}

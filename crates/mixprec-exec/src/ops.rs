@@ -1,0 +1,378 @@
+//! Operator implementations on candle tensors, independent of the graph: every function takes
+//! tensors and resolved attributes and is differentiable through candle's autodiff (including
+//! second order, used for Hessian-vector products).
+
+use candle_core::{DType, Device, Tensor};
+use mixprec_graph::{PadMode, Window};
+
+/// Result of an operator; the message is wrapped with the node name by the executor.
+pub type OpResult<T> = std::result::Result<T, String>;
+
+fn c<T>(r: candle_core::Result<T>) -> OpResult<T> {
+    r.map_err(|e| e.to_string())
+}
+
+/// Pad `x` along `dim` with `before`/`after` copies of `value`.
+pub fn pad_const_dim(
+    x: &Tensor,
+    dim: usize,
+    before: usize,
+    after: usize,
+    value: f64,
+) -> OpResult<Tensor> {
+    if before == 0 && after == 0 {
+        return Ok(x.clone());
+    }
+    let mut parts = Vec::with_capacity(3);
+    let mut shape = x.dims().to_vec();
+    if before > 0 {
+        shape[dim] = before;
+        parts.push(c(Tensor::full(value as f32, shape.as_slice(), x.device())
+            .and_then(|t| t.to_dtype(x.dtype())))?);
+    }
+    parts.push(x.clone());
+    if after > 0 {
+        shape[dim] = after;
+        parts.push(c(Tensor::full(value as f32, shape.as_slice(), x.device())
+            .and_then(|t| t.to_dtype(x.dtype())))?);
+    }
+    c(Tensor::cat(&parts, dim))
+}
+
+/// Select positions `idx` along `dim` (differentiable gather of slices).
+pub fn select(x: &Tensor, dim: usize, idx: &[usize]) -> OpResult<Tensor> {
+    let t = c(Tensor::from_vec(
+        idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+        idx.len(),
+        x.device(),
+    ))?;
+    c(x.index_select(&t, dim))
+}
+
+/// ONNX Pad for one tensor: per-axis (begin, end), negative values crop.
+pub fn pad(x: &Tensor, amounts: &[(i64, i64)], mode: PadMode, value: f64) -> OpResult<Tensor> {
+    let mut y = x.clone();
+    for (dim, &(b, e)) in amounts.iter().enumerate() {
+        if b == 0 && e == 0 {
+            continue;
+        }
+        let len = y.dims()[dim] as i64;
+        // Crop first (negative pads).
+        let (cb, ce) = ((-b).max(0), (-e).max(0));
+        if cb + ce > 0 {
+            if cb + ce > len {
+                return Err(format!(
+                    "negative padding removes more than the {len} elements of axis {dim}"
+                ));
+            }
+            y = c(y.narrow(dim, cb as usize, (len - cb - ce) as usize))?;
+        }
+        let (pb, pe) = (b.max(0) as usize, e.max(0) as usize);
+        if pb + pe == 0 {
+            continue;
+        }
+        let n = y.dims()[dim];
+        y = match mode {
+            PadMode::Constant => pad_const_dim(&y, dim, pb, pe, value)?,
+            PadMode::Edge | PadMode::Reflect => {
+                if n == 0 || (mode == PadMode::Reflect && n < 2 && pb + pe > 0) {
+                    return Err(format!("cannot {mode:?}-pad axis {dim} of size {n}"));
+                }
+                let idx: Vec<usize> = (-(pb as i64)..(n + pe) as i64)
+                    .map(|i| match mode {
+                        PadMode::Edge => i.clamp(0, n as i64 - 1) as usize,
+                        _ => {
+                            let period = 2 * (n as i64 - 1);
+                            let m = i.rem_euclid(period);
+                            (if m >= n as i64 { period - m } else { m }) as usize
+                        }
+                    })
+                    .collect();
+                select(&y, dim, &idx)?
+            }
+        };
+    }
+    Ok(y)
+}
+
+/// Bring a 3-D (N, C, L) tensor to 4-D (N, C, 1, L) so 1-D windows reuse the 2-D kernels.
+fn to_4d(x: &Tensor) -> OpResult<(Tensor, bool)> {
+    match x.rank() {
+        3 => Ok((c(x.unsqueeze(2))?, true)),
+        4 => Ok((x.clone(), false)),
+        r => Err(format!(
+            "{}-D spatial windows are not supported (1-D and 2-D are)",
+            r.saturating_sub(2)
+        )),
+    }
+}
+
+fn window_2d(win: &Window, spatial: &[usize]) -> OpResult<(Window, Vec<usize>)> {
+    // Express a 1-D window as 2-D with a leading unit dimension.
+    if spatial.len() == 2 {
+        return Ok((win.clone(), spatial.to_vec()));
+    }
+    let one = |v: &Vec<usize>, d: usize| if v.is_empty() { vec![] } else { vec![d, v[0]] };
+    let mut w = win.clone();
+    w.kernel = vec![1, win.kernel[0]];
+    w.strides = one(&win.strides, 1);
+    w.dilations = one(&win.dilations, 1);
+    w.pads = if win.pads.len() == 2 {
+        vec![0, win.pads[0], 0, win.pads[1]]
+    } else {
+        vec![]
+    };
+    Ok((w, vec![1, spatial[0]]))
+}
+
+/// Subsample a 4-D tensor's spatial axes by integer steps.
+fn subsample(x: &Tensor, sh: usize, sw: usize) -> OpResult<Tensor> {
+    let mut y = x.clone();
+    for (dim, s) in [(2, sh), (3, sw)] {
+        if s > 1 {
+            let n = y.dims()[dim];
+            let idx: Vec<usize> = (0..n).step_by(s).collect();
+            y = select(&y, dim, &idx)?;
+        }
+    }
+    Ok(y)
+}
+
+/// ONNX Conv (1-D or 2-D, any groups, asymmetric padding, strides, dilations).
+pub fn conv(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    window: &Window,
+    group: usize,
+) -> OpResult<Tensor> {
+    let mut win = window.clone();
+    if win.kernel.is_empty() {
+        win.kernel = w.dims()[2..].to_vec();
+    }
+    let spatial = &x.dims()[2..];
+    let (win2, sp2) = window_2d(&win, spatial)?;
+    let (x4, squeezed) = to_4d(x)?;
+    let w4 = if squeezed {
+        c(w.unsqueeze(2))?
+    } else {
+        w.clone()
+    };
+    let (begin, end, _) = win2
+        .resolve(&sp2)
+        .ok_or("the window does not fit the input")?;
+    let get = |v: &Vec<usize>, i| v.get(i).copied().unwrap_or(1);
+    let (sh, sw) = (get(&win2.strides, 0), get(&win2.strides, 1));
+    let (dh, dw) = (get(&win2.dilations, 0), get(&win2.dilations, 1));
+    if dh != dw {
+        return Err(format!(
+            "different dilations per axis ({dh}, {dw}) are not supported"
+        ));
+    }
+    let symmetric = begin[0] == end[0] && begin[1] == end[1] && begin[0] == begin[1];
+    let (xin, padding) = if symmetric {
+        (x4, begin[0])
+    } else {
+        let p = pad_const_dim(&x4, 2, begin[0], end[0], 0.0)?;
+        (pad_const_dim(&p, 3, begin[1], end[1], 0.0)?, 0)
+    };
+    let mut y = if sh == sw {
+        c(xin.conv2d(&w4, padding, sh, dh, group))?
+    } else {
+        subsample(&c(xin.conv2d(&w4, padding, 1, dh, group))?, sh, sw)?
+    };
+    if let Some(b) = b {
+        y = c(y.broadcast_add(&c(b.reshape((1, b.elem_count(), 1, 1)))?))?;
+    }
+    if squeezed {
+        y = c(y.squeeze(2))?;
+    }
+    Ok(y)
+}
+
+/// Max or average pooling (1-D or 2-D) with ONNX padding, ceil mode and `count_include_pad`.
+pub fn pool(x: &Tensor, window: &Window, max: bool, count_include_pad: bool) -> OpResult<Tensor> {
+    let spatial = x.dims()[2..].to_vec();
+    let (win, sp) = window_2d(window, &spatial)?;
+    if win.dilations.iter().any(|&d| d != 1) {
+        return Err("pooling with dilation > 1 is not supported".into());
+    }
+    let (x4, squeezed) = to_4d(x)?;
+    let (begin, end, out) = win
+        .resolve(&sp)
+        .ok_or("the window does not fit the input")?;
+    let (kh, kw) = (win.kernel[0], win.kernel[1]);
+    let get = |v: &Vec<usize>, i| v.get(i).copied().unwrap_or(1);
+    let (sh, sw) = (get(&win.strides, 0), get(&win.strides, 1));
+    // Extra end padding so floor-mode pooling yields the (possibly ceil-mode) output size.
+    let need = |o: usize, s: usize, k: usize| (o - 1) * s + k;
+    let extra_h = need(out[0], sh, kh).saturating_sub(sp[0] + begin[0] + end[0]);
+    let extra_w = need(out[1], sw, kw).saturating_sub(sp[1] + begin[1] + end[1]);
+    let fill = if max { f32::NEG_INFINITY as f64 } else { 0.0 };
+    let padded = pad_const_dim(
+        &pad_const_dim(&x4, 2, begin[0], end[0] + extra_h, fill)?,
+        3,
+        begin[1],
+        end[1] + extra_w,
+        fill,
+    )?;
+    let mut y = if max {
+        c(padded.max_pool2d_with_stride((kh, kw), (sh, sw)))?
+    } else {
+        let avg = c(padded.avg_pool2d_with_stride((kh, kw), (sh, sw)))?;
+        let any_pad = begin.iter().chain(&end).any(|&p| p > 0) || extra_h + extra_w > 0;
+        if !any_pad {
+            avg
+        } else {
+            // Divide window sums by the number of counted positions.
+            let (hp, wp) = (
+                sp[0] + begin[0] + end[0] + extra_h,
+                sp[1] + begin[1] + end[1] + extra_w,
+            );
+            let mut mask = vec![0f32; hp * wp];
+            for i in 0..hp {
+                for j in 0..wp {
+                    let inside = i >= begin[0]
+                        && i < begin[0] + sp[0]
+                        && j >= begin[1]
+                        && j < begin[1] + sp[1];
+                    let in_pads = i < sp[0] + begin[0] + end[0] && j < sp[1] + begin[1] + end[1];
+                    if inside || (count_include_pad && in_pads) {
+                        mask[i * wp + j] = 1.0;
+                    }
+                }
+            }
+            let m = c(Tensor::from_vec(mask, (1, 1, hp, wp), x.device()))?;
+            let counts = c(m.avg_pool2d_with_stride((kh, kw), (sh, sw)))?;
+            c(avg.broadcast_div(&counts))?
+        }
+    };
+    if squeezed {
+        y = c(y.squeeze(2))?;
+    }
+    Ok(y)
+}
+
+/// Inference batch normalisation over axis 1.
+pub fn batch_norm(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f32,
+) -> OpResult<Tensor> {
+    let mut shape = vec![1usize; x.rank()];
+    shape[1] = x.dims()[1];
+    let r = |t: &Tensor| c(t.reshape(shape.as_slice()));
+    let inv = c(c((var + eps as f64).and_then(|v| v.sqrt()))?.recip())?;
+    let k = c(scale * inv)?;
+    let y = c(x.broadcast_sub(&r(mean)?))?;
+    c(c(y.broadcast_mul(&r(&k)?))?.broadcast_add(&r(bias)?))
+}
+
+/// Training batch normalisation: normalises with the batch statistics; returns the output and
+/// the batch mean and (biased) variance per channel.
+pub fn batch_norm_train(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+) -> OpResult<(Tensor, Tensor, Tensor)> {
+    let axes: Vec<usize> = (0..x.rank()).filter(|&a| a != 1).collect();
+    let mean = c(x.mean_keepdim(axes.as_slice()))?;
+    let centered = c(x.broadcast_sub(&mean))?;
+    let var = c(c(centered.sqr())?.mean_keepdim(axes.as_slice()))?;
+    let mut shape = vec![1usize; x.rank()];
+    shape[1] = x.dims()[1];
+    let inv = c(c((&var + eps as f64).and_then(|v| v.sqrt()))?.recip())?;
+    let y = c(centered.broadcast_mul(&inv))?;
+    let y = c(c(y.broadcast_mul(&c(scale.reshape(shape.as_slice()))?))?
+        .broadcast_add(&c(bias.reshape(shape.as_slice()))?))?;
+    Ok((y, c(mean.flatten_all())?, c(var.flatten_all())?))
+}
+
+/// Numerically stable softmax or log-softmax along `dim`.
+pub fn softmax(x: &Tensor, dim: usize, log: bool) -> OpResult<Tensor> {
+    let m = c(x.max_keepdim(dim))?.detach();
+    let z = c(x.broadcast_sub(&m))?;
+    let e = c(z.exp())?;
+    let s = c(e.sum_keepdim(dim))?;
+    if log {
+        c(z.broadcast_sub(&c(s.log())?))
+    } else {
+        c(e.broadcast_div(&s))
+    }
+}
+
+/// Logistic function as 0.5·(tanh(x/2) + 1): stable for large |x| and twice differentiable.
+pub fn sigmoid(x: &Tensor) -> OpResult<Tensor> {
+    c(c(c(x.affine(0.5, 0.0))?.tanh())?.affine(0.5, 0.5))
+}
+
+/// Matrix product with numpy semantics (1-D promotion, batch broadcasting).
+pub fn matmul(a: &Tensor, b: &Tensor) -> OpResult<Tensor> {
+    let a1 = a.rank() == 1;
+    let b1 = b.rank() == 1;
+    let a2 = if a1 { c(a.unsqueeze(0))? } else { a.clone() };
+    let b2 = if b1 { c(b.unsqueeze(1))? } else { b.clone() };
+    let mut y = if a2.rank() == 2 && b2.rank() == 2 {
+        c(a2.contiguous().and_then(|a| a.matmul(&b2.contiguous()?)))?
+    } else if b2.rank() == 2 {
+        // (…, M, K) × (K, N): fold the batch into M for one large product.
+        let dims = a2.dims().to_vec();
+        let k = dims[dims.len() - 1];
+        let flat = c(a2.contiguous().and_then(|a| a.reshape(((), k))))?;
+        let y = c(flat.matmul(&c(b2.contiguous())?))?;
+        let mut out = dims[..dims.len() - 1].to_vec();
+        out.push(b2.dims()[1]);
+        c(y.reshape(out.as_slice()))?
+    } else {
+        c(a2.contiguous()
+            .and_then(|a| a.broadcast_matmul(&b2.contiguous()?)))?
+    };
+    if a1 {
+        y = c(y.squeeze(y.rank() - 2))?;
+    }
+    if b1 {
+        y = c(y.squeeze(y.rank() - 1))?;
+    }
+    Ok(y)
+}
+
+/// Cast to the candle type used for an ONNX element type (floats → f32, others → i64).
+pub fn cast(x: &Tensor, onnx_type: i32) -> OpResult<Tensor> {
+    match onnx_type {
+        1 | 10 | 11 | 16 => c(x.to_dtype(DType::F32)),
+        9 => c(x
+            .to_dtype(DType::F32)
+            .and_then(|f| f.ne(0f32))
+            .and_then(|m| m.to_dtype(DType::I64))),
+        _ => c(x.to_dtype(DType::I64)),
+    }
+}
+
+/// Bring two operands to a common dtype (f32 wins).
+pub fn align(a: &Tensor, b: &Tensor) -> OpResult<(Tensor, Tensor)> {
+    if a.dtype() == b.dtype() {
+        return Ok((a.clone(), b.clone()));
+    }
+    Ok((c(a.to_dtype(DType::F32))?, c(b.to_dtype(DType::F32))?))
+}
+
+/// A host tensor of mixprec-graph as a candle tensor.
+pub fn from_host(t: &mixprec_graph::Tensor, device: &Device) -> candle_core::Result<Tensor> {
+    match &t.data {
+        mixprec_graph::TensorData::F32(v) => {
+            Tensor::from_vec(v.clone(), t.shape.as_slice(), device)
+        }
+        mixprec_graph::TensorData::I64(v) => {
+            Tensor::from_vec(v.clone(), t.shape.as_slice(), device)
+        }
+    }
+}
+
+/// Flatten a tensor to `Vec<f32>`.
+pub fn to_vec_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
