@@ -5,8 +5,12 @@
 pub mod error;
 pub mod eval;
 pub mod executor;
+pub mod grad;
+#[cfg(test)]
+mod gradcheck;
 pub mod ops;
 
 pub use error::{ExecError, Result};
 pub use eval::{evaluate, free_batch_dim, EvalResult};
 pub use executor::{init, Executor, LayerHook, RunOptions, RunResult};
+pub use grad::{cross_entropy, loss_target, LossTarget};

@@ -46,7 +46,37 @@ pub fn select(x: &Tensor, dim: usize, idx: &[usize]) -> OpResult<Tensor> {
         idx.len(),
         x.device(),
     ))?;
-    c(x.index_select(&t, dim))
+    c(x.contiguous().and_then(|x| x.index_select(&t, dim)))
+}
+
+/// Pooling as an elementwise maximum (or mean) over the k_h·k_w strided shifts of the
+/// (padded) input: differentiable for overlapping windows, where candle's pooling has no backward.
+fn pool_shifts(
+    x: &Tensor,
+    k: (usize, usize),
+    s: (usize, usize),
+    out: (usize, usize),
+    max: bool,
+) -> OpResult<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for i in 0..k.0 {
+        for j in 0..k.1 {
+            let rows: Vec<usize> = (0..out.0).map(|o| i + o * s.0).collect();
+            let cols: Vec<usize> = (0..out.1).map(|o| j + o * s.1).collect();
+            let v = select(&select(x, 2, &rows)?, 3, &cols)?;
+            acc = Some(match acc {
+                None => v,
+                Some(a) if max => c(a.maximum(&v))?,
+                Some(a) => c(a + v)?,
+            });
+        }
+    }
+    let acc = acc.ok_or_else(|| "empty pooling window".to_string())?;
+    if max {
+        Ok(acc)
+    } else {
+        c(acc.affine(1.0 / (k.0 * k.1) as f64, 0.0))
+    }
 }
 
 /// ONNX Pad for one tensor: per-axis (begin, end), negative values crop.
@@ -216,10 +246,17 @@ pub fn pool(x: &Tensor, window: &Window, max: bool, count_include_pad: bool) -> 
         end[1] + extra_w,
         fill,
     )?;
-    let mut y = if max {
+    let overlapping = (kh, kw) != (sh, sw);
+    let mut y = if max && overlapping {
+        pool_shifts(&padded, (kh, kw), (sh, sw), (out[0], out[1]), true)?
+    } else if max {
         c(padded.max_pool2d_with_stride((kh, kw), (sh, sw)))?
     } else {
-        let avg = c(padded.avg_pool2d_with_stride((kh, kw), (sh, sw)))?;
+        let avg = if overlapping {
+            pool_shifts(&padded, (kh, kw), (sh, sw), (out[0], out[1]), false)?
+        } else {
+            c(padded.avg_pool2d_with_stride((kh, kw), (sh, sw)))?
+        };
         let any_pad = begin.iter().chain(&end).any(|&p| p > 0) || extra_h + extra_w > 0;
         if !any_pad {
             avg
@@ -243,7 +280,11 @@ pub fn pool(x: &Tensor, window: &Window, max: bool, count_include_pad: bool) -> 
                 }
             }
             let m = c(Tensor::from_vec(mask, (1, 1, hp, wp), x.device()))?;
-            let counts = c(m.avg_pool2d_with_stride((kh, kw), (sh, sw)))?;
+            let counts = if overlapping {
+                pool_shifts(&m, (kh, kw), (sh, sw), (out[0], out[1]), false)?
+            } else {
+                c(m.avg_pool2d_with_stride((kh, kw), (sh, sw)))?
+            };
             c(avg.broadcast_div(&counts))?
         }
     };
