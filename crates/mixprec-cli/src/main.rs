@@ -1,1 +1,56 @@
-fn main() {}
+//! The `mixprec` command-line tool.
+
+mod cmd;
+mod model;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// mixprec: mixed-precision quantization of neural networks.
+#[derive(Parser)]
+#[command(name = "mixprec", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Per-layer table of a model: op, weight shape, parameters, MACs, activation sizes.
+    Inspect(cmd::inspect::Args),
+    /// Top-1 accuracy of a model on a data set.
+    Eval(cmd::eval::Args),
+    /// Train a built-in architecture (LeNet-5, ResNet-20) and save safetensors + ONNX.
+    Train(cmd::train::Args),
+    /// Export a model (ONNX, safetensors, or a built-in) to ONNX.
+    Export(cmd::export::Args),
+    /// Time forward and forward+backward passes of a model.
+    Bench(cmd::bench::Args),
+    /// Everything mixprec knows: architectures, operators, data sets.
+    List(cmd::list::Args),
+}
+
+fn main() -> ExitCode {
+    // Second-order gradients need this before any thread touches candle.
+    mixprec_exec::init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Export(a) => cmd::export::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::List(a) => cmd::list::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

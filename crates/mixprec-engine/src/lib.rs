@@ -1,1 +1,2 @@
 //! mixprec-engine
+pub mod kernels;

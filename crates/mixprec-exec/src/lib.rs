@@ -8,9 +8,12 @@ pub mod executor;
 pub mod grad;
 #[cfg(test)]
 mod gradcheck;
+pub mod models;
 pub mod ops;
+pub mod train;
 
 pub use error::{ExecError, Result};
 pub use eval::{evaluate, free_batch_dim, EvalResult};
 pub use executor::{init, Executor, LayerHook, RunOptions, RunResult};
 pub use grad::{cross_entropy, loss_target, LossTarget};
+pub use train::{train, trainable_params, GradTransform, OptimizerKind, TrainConfig, TrainEvent};

@@ -21,4 +21,4 @@ pub use import::{import_onnx_bytes, load_onnx, SUPPORTED_OPS};
 pub use infer::{infer, input_shapes_for_batch, Inferred};
 pub use ir::{AutoPad, Dim, Graph, Layer, LayerKind, Node, Op, PadMode, Value, ValueId, Window};
 pub use tensor::{Tensor, TensorData};
-pub use weights::{load_safetensors, save_safetensors};
+pub use weights::{load_safetensors, safetensors_metadata, save_safetensors};

@@ -7,8 +7,13 @@ use crate::tensor::TensorData;
 use safetensors::tensor::{Dtype, TensorView};
 use std::path::Path;
 
-/// Save every float initializer of `g` to a safetensors file (atomically).
-pub fn save_safetensors(g: &Graph, path: impl AsRef<Path>) -> Result<()> {
+/// Save every float initializer of `g` to a safetensors file (atomically), with optional
+/// string metadata (mixprec records the architecture under `arch`).
+pub fn save_safetensors(
+    g: &Graph,
+    path: impl AsRef<Path>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
     let path = path.as_ref();
     let err = |d: String| GraphError::Safetensors {
         path: path.into(),
@@ -32,7 +37,7 @@ pub fn save_safetensors(g: &Graph, path: impl AsRef<Path>) -> Result<()> {
                 .map_err(|e| err(e.to_string()))
         })
         .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, None).map_err(|e| err(e.to_string()))?;
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| err(e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
@@ -87,4 +92,21 @@ pub fn load_safetensors(g: &mut Graph, path: impl AsRef<Path>) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The string metadata of a safetensors file.
+pub fn safetensors_metadata(
+    path: impl AsRef<Path>,
+) -> Result<std::collections::HashMap<String, String>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| GraphError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| GraphError::Safetensors {
+            path: path.into(),
+            detail: format!("not a valid safetensors file: {e}"),
+        })?;
+    Ok(meta.metadata().clone().unwrap_or_default())
 }

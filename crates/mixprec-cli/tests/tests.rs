@@ -1,0 +1,213 @@
+//! CLI tests: the real binary in a temporary folder.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mixprec"))
+}
+
+fn data() -> PathBuf {
+    mixprec_data::data_dir()
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A failing run: non-zero exit, a message containing every `needle`, and no panic.
+fn fails_clearly(o: &Output, needles: &[&str]) {
+    let (out, err) = text(o);
+    assert!(!o.status.success(), "expected failure, got success: {out}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    for n in needles {
+        assert!(err.contains(n), "'{n}' missing from: {err}");
+    }
+}
+
+#[test]
+fn inspect_mnist8_table_and_json() {
+    let m = data().join("models/mnist-8.onnx");
+    let o = run(&["inspect", m.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("Convolution28")
+            && out.contains("8x1x5x5")
+            && out.contains("total (3 layers)"),
+        "{out}"
+    );
+    let o = run(&["inspect", m.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["layers"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        v["total_macs"],
+        28 * 28 * 8 * 25 + 14 * 14 * 16 * 200 + 2560
+    );
+}
+
+#[test]
+fn default_model_runs_without_shared_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = bin()
+        .args(["eval", "default", "--json"])
+        .env("MIXPREC_DATA", dir.path().join("nothing"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["total"], 1000);
+    assert!(v["accuracy"].as_f64().unwrap() >= 0.98, "{out}");
+}
+
+#[test]
+fn export_then_inspect_roundtrip() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lenet.onnx");
+    let o = run(&["export", "default", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = run(&[
+        "eval",
+        out.to_str().unwrap(),
+        "--data",
+        "mnist-1k",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o2 = run(&["eval", "default", "--json"]);
+    let v2: serde_json::Value = serde_json::from_slice(&o2.stdout).unwrap();
+    assert_eq!(v["correct"], v2["correct"]);
+}
+
+#[test]
+fn truncated_and_random_files_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(data().join("models/resnet8-cifar10.onnx")).unwrap();
+    let t = dir.path().join("cut.onnx");
+    std::fs::write(&t, &bytes[..bytes.len() / 3]).unwrap();
+    fails_clearly(
+        &run(&["inspect", t.to_str().unwrap()]),
+        &["cut.onnx", "not a valid ONNX model"],
+    );
+    let r = dir.path().join("noise.onnx");
+    std::fs::write(
+        &r,
+        (0..10_000u32)
+            .map(|i| (i.wrapping_mul(2246822519) >> 7) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    fails_clearly(
+        &run(&["eval", r.to_str().unwrap(), "--data", "mnist"]),
+        &["noise.onnx"],
+    );
+    fails_clearly(
+        &run(&["inspect", "no/such/model.onnx"]),
+        &["no/such/model.onnx", "does not exist"],
+    );
+}
+
+fn write_model(path: &Path, op: &str, w_shape: &[i64]) {
+    use mixprec_graph::onnx_proto as pb;
+    use prost::Message;
+    let vi = |name: &str, dims: &[i64]| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            tensor_type: Some(pb::TypeProtoTensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| pb::Dimension {
+                            dim_value: Some(d),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let n: i64 = w_shape.iter().product();
+    let w = pb::TensorProto {
+        dims: w_shape.to_vec(),
+        data_type: 1,
+        name: "w".into(),
+        float_data: vec![0.5; n as usize],
+        ..Default::default()
+    };
+    let m = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(pb::GraphProto {
+            node: vec![pb::NodeProto {
+                input: vec!["x".into(), "w".into()],
+                output: vec!["y".into()],
+                name: "layer_7".into(),
+                op_type: op.into(),
+                ..Default::default()
+            }],
+            initializer: vec![w],
+            input: vec![vi("x", &[1, 784])],
+            output: vec![vi("y", &[])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    std::fs::write(path, m.encode_to_vec()).unwrap();
+}
+
+#[test]
+fn unsupported_op_and_shape_mismatch_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("einsum.onnx");
+    write_model(&p, "Einsum", &[784, 10]);
+    fails_clearly(
+        &run(&["inspect", p.to_str().unwrap()]),
+        &["Einsum", "layer_7", "opset 17"],
+    );
+    let p = dir.path().join("mismatch.onnx");
+    write_model(&p, "MatMul", &[783, 10]);
+    fails_clearly(
+        &run(&["inspect", p.to_str().unwrap()]),
+        &["layer_7", "MatMul", "[1, 784]", "[783, 10]"],
+    );
+}
+
+#[test]
+fn missing_data_folder_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = data().join("models/mnist-8.onnx");
+    let o = bin()
+        .args(["eval", m.to_str().unwrap(), "--data", "mnist"])
+        .env("MIXPREC_DATA", dir.path().join("absent"))
+        .output()
+        .unwrap();
+    fails_clearly(&o, &["MNIST", "absent", "MIXPREC_DATA"]);
+}
+
+#[test]
+fn list_names_architectures_and_ops() {
+    let o = run(&["list"]);
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    assert!(
+        out.contains("lenet5")
+            && out.contains("resnet20")
+            && out.contains("BatchNormalization")
+            && out.contains("cifar10")
+    );
+}
