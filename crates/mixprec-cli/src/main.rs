@@ -2,6 +2,7 @@
 
 mod cmd;
 mod model;
+mod npy;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -25,8 +26,13 @@ enum Command {
     Train(cmd::train::Args),
     /// Export a model (ONNX, safetensors, or a built-in) to ONNX.
     Export(cmd::export::Args),
+    /// Uniform post-training quantization of every layer (e.g. --uniform w4a8): float vs
+    /// quantized accuracy and model size.
+    Quantize(cmd::quantize::Args),
     /// Time forward and forward+backward passes of a model.
     Bench(cmd::bench::Args),
+    /// One forward pass on inputs from .npy or ONNX .pb files; outputs to .npz or .npy.
+    Run(cmd::run::Args),
     /// Everything mixprec knows: architectures, operators, data sets.
     List(cmd::list::Args),
 }
@@ -40,7 +46,9 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Export(a) => cmd::export::run(a),
+        Command::Quantize(a) => cmd::quantize::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Run(a) => cmd::run::run(a),
         Command::List(a) => cmd::list::run(a),
     };
     match result {

@@ -211,3 +211,69 @@ fn list_names_architectures_and_ops() {
             && out.contains("cifar10")
     );
 }
+
+#[test]
+fn quantize_default_w8a8_reports_accuracy_size_and_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    let o = bin()
+        .args(["quantize", "--model", "default", "--data", "mnist-1k"])
+        .args(["--uniform", "w8a8", "--json", "--policy-out"])
+        .arg(&policy)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["images"], 1000);
+    assert_eq!(v["quantizer"], "uniform");
+    assert_eq!(v["weight_scheme"]["bits"], 8);
+    assert_eq!(v["activation_scheme"]["bits"], 8);
+    assert_eq!(v["activation_scheme"]["symmetric"], false);
+    let float = v["float_accuracy"].as_f64().unwrap();
+    let quant = v["quantized_accuracy"].as_f64().unwrap();
+    assert!(float >= 0.98, "{out}");
+    assert!((float - quant).abs() <= 0.005, "{out}");
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 5);
+    assert!(layers
+        .iter()
+        .all(|l| l["weight_mse"].as_f64().unwrap() > 0.0
+            && l["activation_range"].as_array().unwrap().len() == 2));
+    // 8-bit codes plus one 32-bit scale per tensor: just under 4x smaller weights.
+    let size = &v["size"];
+    let bpe = size["weight_bits_per_element"].as_f64().unwrap();
+    assert!(bpe > 8.0 && bpe < 8.05, "{size}");
+    let ratio = size["compression"].as_f64().unwrap();
+    assert!(ratio > 3.5 && ratio < 4.0, "{size}");
+    assert!(size["quantized_bytes"].as_u64().unwrap() < size["float_bytes"].as_u64().unwrap());
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&policy).unwrap()).unwrap();
+    assert_eq!(saved["version"], 1);
+    assert_eq!(saved["layers"].as_object().unwrap().len(), 5);
+    assert_eq!(saved["layers"]["conv1"]["weight"]["bits"], 8);
+    // Bad specifications fail with a clear message.
+    let o = run(&[
+        "quantize",
+        "--model",
+        "default",
+        "--uniform",
+        "w4a8",
+        "--quantizer",
+        "fuzzy",
+    ]);
+    fails_clearly(&o, &["fuzzy", "kmeans"]);
+    let o = run(&[
+        "quantize",
+        "--model",
+        "default",
+        "--uniform",
+        "w4a8",
+        "--quantizer",
+        "binary",
+    ]);
+    fails_clearly(&o, &["binary", "1 bit"]);
+    let o = run(&["quantize", "--model", "default", "--uniform", "4a8"]);
+    fails_clearly(&o, &["w<bits>a<bits>"]);
+}

@@ -5,7 +5,7 @@ use crate::error::{ExecError, Result};
 use crate::ops;
 use candle_core::{DType, Device, Tensor, Var};
 use mixprec_graph::shape::{norm_axis, pad_amounts, slice_ranges};
-use mixprec_graph::{infer, Graph, Inferred, Layer, Op, ValueId};
+use mixprec_graph::{infer_with_values, Graph, Inferred, Layer, Op, ValueId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Once};
 
@@ -66,8 +66,18 @@ pub struct Executor {
     device: Device,
     vars: BTreeMap<ValueId, Var>,
     layers_by_node: HashMap<usize, Layer>,
-    infer_cache: Mutex<HashMap<Vec<Vec<usize>>, Arc<Inferred>>>,
+    infer_cache: Mutex<HashMap<InferKey, Arc<Inferred>>>,
 }
+
+/// Shape-inference cache key: input shapes plus the values of small inputs known at run time.
+type InferKey = (Vec<Vec<usize>>, Vec<(ValueId, Vec<u64>)>);
+
+/// Most cached shape inferences; the cache is cleared beyond this.
+const INFER_CACHE_LIMIT: usize = 256;
+
+/// Largest run-time integer input whose values take part in shape inference (shape
+/// parameters such as a Reshape target, Slice starts or Pad pads given as inputs).
+const KNOWN_INPUT_ELEMENTS: usize = 64;
 
 fn node_err(node: &mixprec_graph::Node, detail: impl std::fmt::Display) -> ExecError {
     ExecError::Node {
@@ -148,16 +158,63 @@ impl Executor {
 
     /// Shapes and constants for these input shapes (cached).
     pub fn inferred(&self, input_shapes: Vec<Vec<usize>>) -> Result<Arc<Inferred>> {
+        self.inferred_with(input_shapes, BTreeMap::new())
+    }
+
+    /// [`Executor::inferred`] with the values of some inputs known (cached by value).
+    fn inferred_with(
+        &self,
+        input_shapes: Vec<Vec<usize>>,
+        known: BTreeMap<ValueId, mixprec_graph::Tensor>,
+    ) -> Result<Arc<Inferred>> {
         let mut cache = self
             .infer_cache
             .lock()
             .map_err(|_| ExecError::Invalid("shape cache poisoned".into()))?;
-        if let Some(i) = cache.get(&input_shapes) {
+        let key: InferKey = (
+            input_shapes,
+            known
+                .iter()
+                .map(|(v, t)| {
+                    let bits = match &t.data {
+                        mixprec_graph::TensorData::F32(d) => {
+                            d.iter().map(|x| u64::from(x.to_bits())).collect()
+                        }
+                        mixprec_graph::TensorData::I64(d) => d.iter().map(|&x| x as u64).collect(),
+                    };
+                    (*v, bits)
+                })
+                .collect(),
+        );
+        if let Some(i) = cache.get(&key) {
             return Ok(i.clone());
         }
-        let inf = Arc::new(infer(&self.graph, &input_shapes)?);
-        cache.insert(input_shapes, inf.clone());
+        let inf = Arc::new(infer_with_values(&self.graph, &key.0, &known)?);
+        if cache.len() >= INFER_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(key, inf.clone());
         Ok(inf)
+    }
+
+    /// Values of run-time inputs that shape inference may use: small integer or boolean
+    /// tensors (rank ≤ 1), such as shape parameters or a Dropout training flag.
+    fn known_inputs(&self, inputs: &[Tensor]) -> Result<BTreeMap<ValueId, mixprec_graph::Tensor>> {
+        let mut known = BTreeMap::new();
+        for (x, &v) in inputs.iter().zip(&self.graph.inputs) {
+            let shape = x.dims().to_vec();
+            let t = match x.dtype() {
+                DType::I64 | DType::U32 | DType::U8
+                    if x.rank() <= 1 && x.elem_count() <= KNOWN_INPUT_ELEMENTS =>
+                {
+                    let d = x.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+                    mixprec_graph::Tensor::i64(shape, d)?
+                }
+                _ => continue,
+            };
+            known.insert(v, t);
+        }
+        Ok(known)
     }
 
     /// Plain inference: graph outputs for the given inputs.
@@ -192,7 +249,10 @@ impl Executor {
                 }
             }
         }
-        let inf = self.inferred(inputs.iter().map(|x| x.dims().to_vec()).collect())?;
+        let inf = self.inferred_with(
+            inputs.iter().map(|x| x.dims().to_vec()).collect(),
+            self.known_inputs(inputs)?,
+        )?;
         let mut remaining = g.use_counts();
         for &k in &opts.keep {
             remaining[k] += 1;
@@ -203,9 +263,22 @@ impl Executor {
         }
         let mut bn_stats = Vec::new();
         let mut kept = HashMap::new();
+        // With gradients on, values computed from weights stay on the tape even when shape
+        // inference knows them (e.g. a Gather of a weight at indices given as an input).
+        let mut taped = vec![false; g.values.len()];
+        if opts.track {
+            for v in self.vars.keys() {
+                taped[*v] = true;
+            }
+        }
         for (ni, node) in g.nodes.iter().enumerate() {
+            let on_tape = node.inputs.iter().flatten().any(|v| taped[*v]);
+            let ints_only = node
+                .outputs
+                .iter()
+                .all(|o| inf.consts.get(o).is_some_and(|t| !t.is_float()));
             // Values known before run time (shape sub-graphs) need no computation.
-            if node.outputs.iter().all(|o| inf.consts.contains_key(o)) {
+            if node.outputs.iter().all(|o| inf.consts.contains_key(o)) && (ints_only || !on_tape) {
                 for &o in &node.outputs {
                     if remaining[o] > 0 {
                         vals[o] = Some(self.constant(o, &inf, opts.track)?);
@@ -237,6 +310,7 @@ impl Executor {
             let outs = self.eval_node(node, &ins, &inf, opts, &mut bn_stats)?;
             for (o, t) in node.outputs.iter().zip(outs) {
                 vals[*o] = Some(t);
+                taped[*o] = on_tape;
             }
             for v in node.inputs.iter().flatten() {
                 remaining[*v] = remaining[*v].saturating_sub(1);
@@ -251,12 +325,12 @@ impl Executor {
             }
         }
         for &k in &opts.keep {
-            if !kept.contains_key(&k) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = kept.entry(k) {
                 let t = match &vals[k] {
                     Some(t) => t.clone(),
                     None => self.constant(k, &inf, opts.track)?,
                 };
-                kept.insert(k, t);
+                slot.insert(t);
             }
         }
         let outputs = g
@@ -436,6 +510,36 @@ impl Executor {
                 let shape = out_shape(0)?;
                 one(r.and_then(|r| r.reshape(shape.as_slice())).map_err(ce)?)
             }
+            Op::Dropout if ins.get(2).cloned().flatten().is_some() => {
+                // Training mode with a non-zero ratio draws a random mask: not supported.
+                let scalar = |t: &Tensor| -> Result<f32> {
+                    Ok(ops::to_vec_f32(t)
+                        .map_err(ce)?
+                        .first()
+                        .copied()
+                        .unwrap_or(0.0))
+                };
+                let training = match ins.get(2).cloned().flatten() {
+                    Some(t) => scalar(&t)? != 0.0,
+                    None => false,
+                };
+                let ratio = match ins.get(1).cloned().flatten() {
+                    Some(t) => scalar(&t)?,
+                    None => 0.5,
+                };
+                if training && ratio != 0.0 {
+                    return Err(e(format!(
+                        "training-mode Dropout (ratio {ratio}) draws a random mask; mixprec \
+                         runs Dropout for inference only (set training_mode to false)"
+                    )));
+                }
+                let y = x.clone();
+                if node.outputs.len() > 1 {
+                    let mask = Tensor::ones(y.dims(), DType::I64, &self.device).map_err(ce)?;
+                    return Ok(vec![y, mask]);
+                }
+                one(y)
+            }
             Op::Flatten { .. }
             | Op::Reshape { .. }
             | Op::Squeeze
@@ -491,8 +595,13 @@ impl Executor {
                 let pads = self.host_ints(node, inf, 1, "pads")?.unwrap_or_default();
                 let axes = self.host_ints(node, inf, 3, "axes")?;
                 let amounts = pad_amounts(x.rank(), &pads, axes.as_deref()).map_err(e)?;
-                let value = match node.input(2).and_then(|v| inf.consts.get(&v)) {
-                    Some(t) => t.to_f32().first().copied().unwrap_or(0.0) as f64,
+                // The fill value may be a run-time input as well as a constant.
+                let value = match ins.get(2).cloned().flatten() {
+                    Some(t) => ops::to_vec_f32(&t)
+                        .map_err(ce)?
+                        .first()
+                        .copied()
+                        .unwrap_or(0.0) as f64,
                     None => 0.0,
                 };
                 one(ops::pad(&x, &amounts, *mode, value).map_err(e)?)
@@ -544,10 +653,80 @@ impl Executor {
                 one(y)
             }
             Op::Cast { to } => one(ops::cast(&x, *to).map_err(e)?),
-            Op::Shape { .. } | Op::ConstantOfShape { .. } => Err(e(
+            Op::ConstantOfShape { value } => {
+                let shape = out_shape(0)?;
+                let t = match &value.data {
+                    mixprec_graph::TensorData::F32(v) => Tensor::full(
+                        v.first().copied().unwrap_or(0.0),
+                        shape.as_slice(),
+                        &self.device,
+                    ),
+                    mixprec_graph::TensorData::I64(v) => Tensor::full(
+                        v.first().copied().unwrap_or(0),
+                        shape.as_slice(),
+                        &self.device,
+                    ),
+                };
+                one(t.map_err(ce)?)
+            }
+            Op::Shape { .. } => Err(e(
                 "expected a value computable from shapes; the input shape could not be inferred"
                     .into(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// y = Gather(w, idx) with `idx` a run-time int64 input that shape inference sees by value.
+    fn gather_graph() -> Graph {
+        let mut g = Graph::default();
+        let w = g.add_value("w");
+        let idx = g.add_value("idx");
+        let y = g.add_value("y");
+        g.values[idx].elem_type = 7;
+        g.initializers.insert(
+            w,
+            mixprec_graph::Tensor::f32(vec![4, 2], (0..8).map(|x| x as f32).collect()).unwrap(),
+        );
+        g.inputs.push(idx);
+        g.outputs.push(y);
+        g.nodes.push(mixprec_graph::Node {
+            name: "gather".into(),
+            op: Op::Gather { axis: 0 },
+            inputs: vec![Some(w), Some(idx)],
+            outputs: vec![y],
+        });
+        g
+    }
+
+    #[test]
+    fn known_int_inputs_are_keyed_by_value_and_keep_gradients() {
+        let exec = Executor::new(gather_graph()).unwrap();
+        let dev = Device::Cpu;
+        let rows = |v: Vec<i64>| -> Vec<f32> {
+            let idx = Tensor::new(v.as_slice(), &dev).unwrap();
+            ops::to_vec_f32(&exec.forward(&[idx]).unwrap()[0]).unwrap()
+        };
+        assert_eq!(rows(vec![3, 1]), vec![6.0, 7.0, 2.0, 3.0]);
+        assert_eq!(
+            rows(vec![0, 2]),
+            vec![0.0, 1.0, 4.0, 5.0],
+            "not a stale cache"
+        );
+        // With gradients on, the gathered rows of the weight receive gradient.
+        let idx = Tensor::new(&[3i64, 1], &dev).unwrap();
+        let opts = RunOptions {
+            track: true,
+            ..Default::default()
+        };
+        let y = exec.run(&[idx], &opts).unwrap().outputs.remove(0);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let w = exec.vars().values().next().unwrap();
+        let gw = ops::to_vec_f32(grads.get(w.as_tensor()).expect("gradient reaches w")).unwrap();
+        assert_eq!(gw, vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]);
     }
 }

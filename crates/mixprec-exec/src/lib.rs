@@ -2,9 +2,11 @@
 //! ONNX operator, gradients with respect to weights and inputs, Hessian-vector products,
 //! evaluation on data sets and training.
 
+pub mod conv2d;
 pub mod error;
 pub mod eval;
 pub mod executor;
+pub mod fakequant;
 pub mod grad;
 #[cfg(test)]
 mod gradcheck;
@@ -15,5 +17,8 @@ pub mod train;
 pub use error::{ExecError, Result};
 pub use eval::{evaluate, free_batch_dim, EvalResult};
 pub use executor::{init, Executor, LayerHook, RunOptions, RunResult};
+pub use fakequant::{
+    calibrate, check_policy, ActivationRanges, FakeQuant, GradQuant, LayerQuantInfo,
+};
 pub use grad::{cross_entropy, loss_target, LossTarget};
 pub use train::{train, trainable_params, GradTransform, OptimizerKind, TrainConfig, TrainEvent};

@@ -72,6 +72,7 @@ impl GraphBuilder {
     }
 
     /// Convolution with He-uniform weights (and a bias unless followed by BatchNorm).
+    #[allow(clippy::too_many_arguments)]
     pub fn conv(
         &mut self,
         name: &str,

@@ -49,20 +49,22 @@ pub fn select(x: &Tensor, dim: usize, idx: &[usize]) -> OpResult<Tensor> {
     c(x.contiguous().and_then(|x| x.index_select(&t, dim)))
 }
 
-/// Pooling as an elementwise maximum (or mean) over the k_h·k_w strided shifts of the
-/// (padded) input: differentiable for overlapping windows, where candle's pooling has no backward.
+/// Pooling as an elementwise maximum (or mean) over the k_h·k_w strided (and dilated) shifts
+/// of the (padded) input: differentiable for overlapping windows, where candle's pooling has no
+/// backward.
 fn pool_shifts(
     x: &Tensor,
     k: (usize, usize),
     s: (usize, usize),
+    d: (usize, usize),
     out: (usize, usize),
     max: bool,
 ) -> OpResult<Tensor> {
     let mut acc: Option<Tensor> = None;
     for i in 0..k.0 {
         for j in 0..k.1 {
-            let rows: Vec<usize> = (0..out.0).map(|o| i + o * s.0).collect();
-            let cols: Vec<usize> = (0..out.1).map(|o| j + o * s.1).collect();
+            let rows: Vec<usize> = (0..out.0).map(|o| i * d.0 + o * s.0).collect();
+            let cols: Vec<usize> = (0..out.1).map(|o| j * d.1 + o * s.1).collect();
             let v = select(&select(x, 2, &rows)?, 3, &cols)?;
             acc = Some(match acc {
                 None => v,
@@ -220,13 +222,14 @@ pub fn conv(
     Ok(y)
 }
 
-/// Max or average pooling (1-D or 2-D) with ONNX padding, ceil mode and `count_include_pad`.
+/// Max or average pooling (1-D, 2-D or 3-D) with ONNX padding, dilations, ceil mode and
+/// `count_include_pad`.
 pub fn pool(x: &Tensor, window: &Window, max: bool, count_include_pad: bool) -> OpResult<Tensor> {
+    if x.rank() == 5 {
+        return pool_3d(x, window, max, count_include_pad);
+    }
     let spatial = x.dims()[2..].to_vec();
     let (win, sp) = window_2d(window, &spatial)?;
-    if win.dilations.iter().any(|&d| d != 1) {
-        return Err("pooling with dilation > 1 is not supported".into());
-    }
     let (x4, squeezed) = to_4d(x)?;
     let (begin, end, out) = win
         .resolve(&sp)
@@ -234,10 +237,16 @@ pub fn pool(x: &Tensor, window: &Window, max: bool, count_include_pad: bool) -> 
     let (kh, kw) = (win.kernel[0], win.kernel[1]);
     let get = |v: &Vec<usize>, i| v.get(i).copied().unwrap_or(1);
     let (sh, sw) = (get(&win.strides, 0), get(&win.strides, 1));
+    let (dh, dw) = (get(&win.dilations, 0), get(&win.dilations, 1));
+    if out.contains(&0) {
+        return Err(format!(
+            "the pooling output would be empty (output size {out:?})"
+        ));
+    }
     // Extra end padding so floor-mode pooling yields the (possibly ceil-mode) output size.
-    let need = |o: usize, s: usize, k: usize| (o - 1) * s + k;
-    let extra_h = need(out[0], sh, kh).saturating_sub(sp[0] + begin[0] + end[0]);
-    let extra_w = need(out[1], sw, kw).saturating_sub(sp[1] + begin[1] + end[1]);
+    let need = |o: usize, s: usize, k: usize, d: usize| (o - 1) * s + (k - 1) * d + 1;
+    let extra_h = need(out[0], sh, kh, dh).saturating_sub(sp[0] + begin[0] + end[0]);
+    let extra_w = need(out[1], sw, kw, dw).saturating_sub(sp[1] + begin[1] + end[1]);
     let fill = if max { f32::NEG_INFINITY as f64 } else { 0.0 };
     let padded = pad_const_dim(
         &pad_const_dim(&x4, 2, begin[0], end[0] + extra_h, fill)?,
@@ -246,14 +255,16 @@ pub fn pool(x: &Tensor, window: &Window, max: bool, count_include_pad: bool) -> 
         end[1] + extra_w,
         fill,
     )?;
-    let overlapping = (kh, kw) != (sh, sw);
+    // Windows that overlap, leave gaps or are dilated go through the shift formulation.
+    let overlapping = (kh, kw) != (sh, sw) || (dh, dw) != (1, 1);
+    let (k2, s2, d2, o2) = ((kh, kw), (sh, sw), (dh, dw), (out[0], out[1]));
     let mut y = if max && overlapping {
-        pool_shifts(&padded, (kh, kw), (sh, sw), (out[0], out[1]), true)?
+        pool_shifts(&padded, k2, s2, d2, o2, true)?
     } else if max {
         c(padded.max_pool2d_with_stride((kh, kw), (sh, sw)))?
     } else {
         let avg = if overlapping {
-            pool_shifts(&padded, (kh, kw), (sh, sw), (out[0], out[1]), false)?
+            pool_shifts(&padded, k2, s2, d2, o2, false)?
         } else {
             c(padded.avg_pool2d_with_stride((kh, kw), (sh, sw)))?
         };
@@ -281,7 +292,7 @@ pub fn pool(x: &Tensor, window: &Window, max: bool, count_include_pad: bool) -> 
             }
             let m = c(Tensor::from_vec(mask, (1, 1, hp, wp), x.device()))?;
             let counts = if overlapping {
-                pool_shifts(&m, (kh, kw), (sh, sw), (out[0], out[1]), false)?
+                pool_shifts(&m, k2, s2, d2, o2, false)?
             } else {
                 c(m.avg_pool2d_with_stride((kh, kw), (sh, sw)))?
             };
@@ -292,6 +303,80 @@ pub fn pool(x: &Tensor, window: &Window, max: bool, count_include_pad: bool) -> 
         y = c(y.squeeze(2))?;
     }
     Ok(y)
+}
+
+/// 3-D pooling as 2-D pooling over (H, W) followed by 1-D pooling over D. Both maximum and
+/// average are separable: the window is a box, so the divisor of an average (counted positions,
+/// with or without padding) is the product of per-axis counts.
+fn pool_3d(x: &Tensor, window: &Window, max: bool, count_include_pad: bool) -> OpResult<Tensor> {
+    let (n, ch, d, h, w) = c(x.dims5())?;
+    if window.kernel.len() != 3 {
+        return Err(format!(
+            "kernel_shape {:?} does not fit a 3-D spatial input",
+            window.kernel
+        ));
+    }
+    let pick = |v: &Vec<usize>, idx: &[usize]| -> Vec<usize> {
+        if v.is_empty() {
+            vec![]
+        } else {
+            idx.iter()
+                .map(|&i| v.get(i).copied().unwrap_or(1))
+                .collect()
+        }
+    };
+    let pads = |axes: &[usize]| -> Vec<usize> {
+        if window.pads.len() != 6 {
+            return vec![];
+        }
+        let mut p: Vec<usize> = axes.iter().map(|&a| window.pads[a]).collect();
+        p.extend(axes.iter().map(|&a| window.pads[a + 3]));
+        p
+    };
+    let hw = Window {
+        kernel: window.kernel[1..].to_vec(),
+        strides: pick(&window.strides, &[1, 2]),
+        pads: pads(&[1, 2]),
+        dilations: pick(&window.dilations, &[1, 2]),
+        auto_pad: window.auto_pad,
+        ceil_mode: window.ceil_mode,
+    };
+    let y = pool(
+        &c(x.reshape((n, ch * d, h, w)))?,
+        &hw,
+        max,
+        count_include_pad,
+    )?;
+    let (_, _, h2, w2) = c(y.dims4())?;
+    // D as the first of two spatial axes, the second of window size 1.
+    let mut dp = pads(&[0]);
+    if dp.len() == 2 {
+        dp = vec![dp[0], 0, dp[1], 0];
+    }
+    let dw = Window {
+        kernel: vec![window.kernel[0], 1],
+        strides: if window.strides.is_empty() {
+            vec![]
+        } else {
+            vec![window.strides[0], 1]
+        },
+        pads: dp,
+        dilations: if window.dilations.is_empty() {
+            vec![]
+        } else {
+            vec![window.dilations[0], 1]
+        },
+        auto_pad: window.auto_pad,
+        ceil_mode: window.ceil_mode,
+    };
+    let y = pool(
+        &c(y.reshape((n, ch, d, h2 * w2)))?,
+        &dw,
+        max,
+        count_include_pad,
+    )?;
+    let d2 = y.dims()[2];
+    c(y.reshape((n, ch, d2, h2, w2)))
 }
 
 /// Inference batch normalisation over axis 1.

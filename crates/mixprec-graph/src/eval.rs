@@ -68,6 +68,10 @@ fn broadcast_indices(from: &[usize], to: &[usize]) -> Vec<usize> {
 
 fn binary(a: &Tensor, b: &Tensor, op: &Op) -> Option<Tensor> {
     let shape = broadcast(&a.shape, &b.shape)?;
+    if too_big(&shape) {
+        // Left to the executor (a broadcast of two small constants can be huge).
+        return None;
+    }
     let ia = broadcast_indices(&a.shape, &shape);
     let ib = broadcast_indices(&b.shape, &shape);
     let data = match (&a.data, &b.data) {
@@ -102,6 +106,11 @@ fn binary(a: &Tensor, b: &Tensor, op: &Op) -> Option<Tensor> {
     Some(Tensor { shape, data })
 }
 
+/// True when a result of `shape` is beyond what the host evaluator produces.
+fn too_big(shape: &[usize]) -> bool {
+    crate::tensor::checked_numel(shape).is_none_or(|n| n > MAX_FOLD_ELEMENTS)
+}
+
 /// Evaluate `op` on constant inputs. Returns `Ok(None)` when the operator is not host-evaluable
 /// (or the result would be too large), `Err` with a message when the inputs are invalid.
 pub fn eval_host(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Option<Vec<Tensor>>, String> {
@@ -114,6 +123,10 @@ pub fn eval_host(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Option<Vec<Tenso
     let ints = |i: usize| inputs.get(i).copied().flatten().map(|t| t.to_i64());
     let one = |t: Tensor| Ok(Some(vec![t]));
     match op {
+        Op::Dropout if ints(2).is_some_and(|t| t.iter().any(|&b| b != 0)) => {
+            // Training mode: left to the executor, which rejects a non-zero ratio.
+            Ok(None)
+        }
         Op::Identity | Op::Dropout => one(x.clone()),
         Op::Cast { to } => {
             let data = match *to {
@@ -154,6 +167,9 @@ pub fn eval_host(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Option<Vec<Tenso
             let Some(b) = inputs.get(1).copied().flatten() else {
                 return Ok(None);
             };
+            if broadcast(&x.shape, &b.shape).is_some_and(|s| too_big(&s)) {
+                return Ok(None);
+            }
             match binary(x, b, op) {
                 Some(t) => one(t),
                 None => Err(format!(
@@ -270,6 +286,9 @@ pub fn eval_host(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Option<Vec<Tenso
                 .collect::<Result<_, _>>()?;
             let outer: usize = x.shape[..a].iter().product();
             let inner: usize = x.shape[a + 1..].iter().product();
+            if too_big(&[outer, idx.len(), inner]) {
+                return Ok(None);
+            }
             let mut flat = Vec::with_capacity(outer * idx.len() * inner);
             for o in 0..outer {
                 for &i in &idx {

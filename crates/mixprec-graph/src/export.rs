@@ -153,11 +153,9 @@ pub fn to_model_proto(g: &Graph) -> Result<pb::ModelProto> {
                 attribute.push(attr_i("count_include_pad", *count_include_pad as i64));
             }
             Op::Flatten { axis } => attribute.push(attr_i("axis", *axis)),
-            Op::Reshape { allowzero } => {
-                if *allowzero {
-                    opset = opset.max(14);
-                    attribute.push(attr_i("allowzero", 1));
-                }
+            Op::Reshape { allowzero: true } => {
+                opset = opset.max(14);
+                attribute.push(attr_i("allowzero", 1));
             }
             Op::Transpose { perm: Some(p) } => attribute.push(attr_ints("perm", p)),
             Op::Concat { axis } => attribute.push(attr_i("axis", *axis)),
@@ -211,13 +209,11 @@ pub fn to_model_proto(g: &Graph) -> Result<pb::ModelProto> {
                 };
                 attribute.push(attr_s("mode", m));
             }
-            Op::Shape { start, end } => {
-                if *start != 0 || end.is_some() {
-                    opset = opset.max(15);
-                    attribute.push(attr_i("start", *start));
-                    if let Some(e) = end {
-                        attribute.push(attr_i("end", *e));
-                    }
+            Op::Shape { start, end } if *start != 0 || end.is_some() => {
+                opset = opset.max(15);
+                attribute.push(attr_i("start", *start));
+                if let Some(e) = end {
+                    attribute.push(attr_i("end", *e));
                 }
             }
             Op::Gather { axis } => attribute.push(attr_i("axis", *axis)),

@@ -70,6 +70,20 @@ pub fn load_onnx(path: impl AsRef<Path>) -> Result<Graph> {
     })
 }
 
+/// Read an ONNX `TensorProto` file (the `input_*.pb` / `output_*.pb` files of the ONNX test
+/// suites); convert it with [`tensor_from_proto`].
+pub fn load_tensor_proto(path: impl AsRef<Path>) -> Result<pb::TensorProto> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| GraphError::Io {
+        path: path.into(),
+        source,
+    })?;
+    pb::TensorProto::decode(bytes.as_slice()).map_err(|e| GraphError::BadTensor {
+        name: path.display().to_string(),
+        detail: format!("not a valid ONNX TensorProto file ({e})"),
+    })
+}
+
 /// Import an ONNX model from bytes.
 pub fn import_onnx_bytes(bytes: &[u8]) -> Result<Graph> {
     let model = pb::ModelProto::decode(bytes).map_err(|e| GraphError::Decode {
@@ -111,7 +125,7 @@ pub fn import_onnx_bytes(bytes: &[u8]) -> Result<Graph> {
         if b.g.initializers.contains_key(&id) {
             continue;
         }
-        set_type(&mut b.g.values[id], vi);
+        set_type(&mut b.g.values[id], vi)?;
         b.g.inputs.push(id);
     }
     let mut used_names: HashMap<String, usize> = HashMap::new();
@@ -138,7 +152,7 @@ pub fn import_onnx_bytes(bytes: &[u8]) -> Result<Graph> {
                 vi.name
             ))
         })?;
-        set_type(&mut b.g.values[id], vi);
+        set_type(&mut b.g.values[id], vi)?;
         b.g.outputs.push(id);
     }
     let mut g = b.g;
@@ -147,7 +161,25 @@ pub fn import_onnx_bytes(bytes: &[u8]) -> Result<Graph> {
     Ok(g)
 }
 
-fn set_type(v: &mut Value, vi: &pb::ValueInfoProto) {
+fn set_type(v: &mut Value, vi: &pb::ValueInfoProto) -> Result<()> {
+    if let Some(t) = &vi.r#type {
+        let kind = [
+            (t.sequence_type.is_some(), "a sequence"),
+            (t.map_type.is_some(), "a map"),
+            (t.sparse_tensor_type.is_some(), "a sparse tensor"),
+            (t.optional_type.is_some(), "an optional"),
+        ]
+        .into_iter()
+        .find_map(|(is, what)| is.then_some(what));
+        if let Some(what) = kind {
+            return Err(GraphError::BadTensor {
+                name: vi.name.clone(),
+                detail: format!(
+                    "graph input or output is {what}; mixprec supports dense tensors only"
+                ),
+            });
+        }
+    }
     if let Some(tt) = vi.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()) {
         v.elem_type = tt.elem_type;
         v.shape = tt.shape.as_ref().map(|s| {
@@ -161,6 +193,7 @@ fn set_type(v: &mut Value, vi: &pb::ValueInfoProto) {
                 .collect()
         });
     }
+    Ok(())
 }
 
 fn unsupported(np: &pb::NodeProto, opset: i64) -> GraphError {
@@ -337,6 +370,17 @@ impl Builder {
         id
     }
 
+    /// Values are assigned once (SSA): a node output must not redefine an existing value.
+    fn check_new(&self, value: &str, node: &str, op: &str) -> Result<()> {
+        if self.ids.contains_key(value) {
+            return Err(GraphError::Invalid(format!(
+                "node '{node}' ({op}) writes '{value}', which an earlier node, graph input or \
+                 initializer already defines (each value must be assigned once)"
+            )));
+        }
+        Ok(())
+    }
+
     fn constant(&mut self, name: String, t: Tensor) -> ValueId {
         let id = self.value(&name);
         self.g.values[id].elem_type = if t.is_float() {
@@ -432,6 +476,7 @@ impl Builder {
                     return Err(bad("Constant without a supported value attribute (sparse and string constants are not supported)"));
                 };
                 let out = np.output.first().ok_or_else(|| bad("no output"))?;
+                self.check_new(out, &name, &np.op_type)?;
                 self.constant(out.clone(), t);
                 return Ok(());
             }
@@ -652,12 +697,11 @@ impl Builder {
         {
             return Err(bad("missing data input"));
         }
-        let outputs: Vec<ValueId> = np
-            .output
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| self.value(s))
-            .collect();
+        let mut outputs: Vec<ValueId> = Vec::with_capacity(np.output.len());
+        for s in np.output.iter().filter(|s| !s.is_empty()) {
+            self.check_new(s, &name, &np.op_type)?;
+            outputs.push(self.value(s));
+        }
         if outputs.is_empty() {
             return Err(bad("node has no outputs"));
         }

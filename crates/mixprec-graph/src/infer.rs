@@ -8,7 +8,7 @@ use crate::shape::{
     broadcast, matmul_shape, norm_axis, pad_amounts, reshape_target, slice_ranges, squeeze_shape,
     unsqueeze_shape,
 };
-use crate::tensor::Tensor;
+use crate::tensor::{checked_numel, Tensor, MAX_ELEMENTS};
 use std::collections::BTreeMap;
 
 /// Shapes of every value (for concrete input shapes) and the values known at load time.
@@ -62,6 +62,17 @@ pub fn input_shapes_for_batch(g: &Graph, batch: usize) -> Result<Vec<Vec<usize>>
 
 /// Infer every value's shape for the given input shapes (one per graph input, in order).
 pub fn infer(g: &Graph, input_shapes: &[Vec<usize>]) -> Result<Inferred> {
+    infer_with_values(g, input_shapes, &BTreeMap::new())
+}
+
+/// [`infer`] with the values of some graph inputs known, such as integer shape parameters (a
+/// Reshape target, Slice starts, Pad pads) that a model takes as run-time inputs. Each known
+/// value must have the shape given for its input.
+pub fn infer_with_values(
+    g: &Graph,
+    input_shapes: &[Vec<usize>],
+    known: &BTreeMap<ValueId, Tensor>,
+) -> Result<Inferred> {
     if input_shapes.len() != g.inputs.len() {
         return Err(GraphError::Invalid(format!(
             "{} input shapes given for {} graph inputs",
@@ -75,7 +86,28 @@ pub fn infer(g: &Graph, input_shapes: &[Vec<usize>]) -> Result<Inferred> {
         shapes[*t_id] = Some(t.shape.clone());
     }
     for (&i, s) in g.inputs.iter().zip(input_shapes) {
+        if checked_numel(s).is_none() {
+            return Err(GraphError::Invalid(format!(
+                "input '{}' with shape {s:?} would have more than {MAX_ELEMENTS} elements",
+                g.values[i].name
+            )));
+        }
         shapes[i] = Some(s.clone());
+    }
+    for (&v, t) in known {
+        let pos = g.inputs.iter().position(|&i| i == v).ok_or_else(|| {
+            GraphError::Invalid(format!(
+                "a value is given for '{}', which is not a graph input",
+                g.values.get(v).map_or("?", |x| x.name.as_str())
+            ))
+        })?;
+        if t.shape != input_shapes[pos] {
+            return Err(GraphError::Invalid(format!(
+                "the value given for input '{}' has shape {:?}, its declared shape is {:?}",
+                g.values[v].name, t.shape, input_shapes[pos]
+            )));
+        }
+        consts.insert(v, t.clone());
     }
     for n in &g.nodes {
         let ins: Vec<Option<&[usize]>> = n
@@ -134,6 +166,12 @@ pub fn infer(g: &Graph, input_shapes: &[Vec<usize>]) -> Result<Inferred> {
         }
         let outs = node_shapes(g, n, &ins, &consts)?;
         for (o, s) in n.outputs.iter().zip(outs) {
+            if checked_numel(&s).is_none() {
+                return Err(mismatch(
+                    n,
+                    format!("output shape {s:?} would have more than {MAX_ELEMENTS} elements"),
+                ));
+            }
             shapes[*o] = Some(s);
         }
     }
@@ -366,7 +404,7 @@ fn node_shapes(
             let s: Vec<i64> = x
                 .iter()
                 .zip(&amounts)
-                .map(|(&d, (b, e))| d as i64 + b + e)
+                .map(|(&d, (b, e))| (d as i64).saturating_add(*b).saturating_add(*e))
                 .collect();
             if s.iter().any(|&d| d < 0) {
                 return Err(mismatch(
@@ -405,7 +443,24 @@ fn node_shapes(
                 .map_err(|e| mismatch(n, e))?;
             Ok(vec![r.iter().map(|r| r.2).collect()])
         }
-        Op::Shape { .. } | Op::ConstantOfShape { .. } => {
+        Op::ConstantOfShape { .. } => {
+            let dims = const_ints(n, consts, 0, "the shape")?
+                .ok_or_else(|| mismatch(n, "missing shape input"))?;
+            let shape = dims
+                .iter()
+                .map(|&d| {
+                    usize::try_from(d).map_err(|_| mismatch(n, format!("negative dimension {d}")))
+                })
+                .collect::<Result<Vec<usize>>>()?;
+            checked_numel(&shape).ok_or_else(|| {
+                mismatch(
+                    n,
+                    format!("shape {shape:?} has more than {MAX_ELEMENTS} elements"),
+                )
+            })?;
+            Ok(vec![shape])
+        }
+        Op::Shape { .. } => {
             let _ = g;
             Err(mismatch(
                 n,

@@ -82,11 +82,15 @@ impl Window {
             if s == 0 || d == 0 || k == 0 {
                 return None;
             }
-            let ek = (k - 1) * d + 1;
+            let ek = (k - 1).checked_mul(d)?.checked_add(1)?;
             match self.auto_pad {
                 AutoPad::SameUpper | AutoPad::SameLower => {
                     let o = input[i].div_ceil(s);
-                    let total = ((o.saturating_sub(1)) * s + ek).saturating_sub(input[i]);
+                    let total = o
+                        .saturating_sub(1)
+                        .checked_mul(s)?
+                        .checked_add(ek)?
+                        .saturating_sub(input[i]);
                     let small = total / 2;
                     let big = total - small;
                     if self.auto_pad == AutoPad::SameUpper {
@@ -105,7 +109,7 @@ impl Window {
                     end[i] = self.pads.get(i + n).copied().unwrap_or(0);
                 }
             }
-            let padded = input[i] + begin[i] + end[i];
+            let padded = input[i].checked_add(begin[i])?.checked_add(end[i])?;
             if padded < ek {
                 return None;
             }

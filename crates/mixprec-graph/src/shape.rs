@@ -56,10 +56,13 @@ pub fn reshape_target(
                 })?)
             }
             s if s < -1 => return Err(format!("invalid dimension {s} in the target shape")),
-            s => out.push(s as usize),
+            s => out.push(usize::try_from(s).map_err(|_| format!("invalid dimension {s}"))?),
         }
     }
-    let known: usize = out.iter().product();
+    let known = out
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("target shape {spec:?} is too large"))?;
     if let Some(i) = infer_at {
         if known == 0 || total % known != 0 {
             return Err(format!("cannot infer -1: {total} elements into {spec:?}"));

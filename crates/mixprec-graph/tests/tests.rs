@@ -241,3 +241,188 @@ fn cycle_is_an_error() {
     let e = import_onnx_bytes(&bytes).unwrap_err().to_string();
     assert!(e.contains("'a'") && e.contains("'z'"), "{e}");
 }
+
+fn init(name: &str, dims: &[i64], data_type: i32, raw: Vec<u8>) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type,
+        raw_data: raw,
+        ..Default::default()
+    }
+}
+
+fn i64_init(name: &str, v: &[i64]) -> pb::TensorProto {
+    init(
+        name,
+        &[v.len() as i64],
+        7,
+        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
+}
+
+#[test]
+fn huge_tensor_claims_fail_before_allocating() {
+    // 10^12 elements declared, 4 bytes given.
+    let bytes = model_with(
+        vec![node("Relu", "r", &["w"], &["y"])],
+        vec![init("w", &[1_000_000, 1_000_000], 1, vec![0; 4])],
+        vec![],
+        "y",
+    );
+    let e = import_onnx_bytes(&bytes).unwrap_err().to_string();
+    assert!(e.contains("'w'") && e.contains("too large"), "{e}");
+    // 2^30 elements (under the cap) declared, 4 bytes given: a size error, not a 4 GiB buffer.
+    let bytes = model_with(
+        vec![node("Relu", "r", &["w"], &["y"])],
+        vec![init("w", &[1 << 30], 1, vec![0; 4])],
+        vec![],
+        "y",
+    );
+    let e = import_onnx_bytes(&bytes).unwrap_err().to_string();
+    assert!(e.contains("raw data has 4 bytes"), "{e}");
+    // ConstantOfShape to 10^12 elements, folded at import.
+    let bytes = model_with(
+        vec![node("ConstantOfShape", "cos", &["s"], &["y"])],
+        vec![i64_init("s", &[1_000_000, 1_000_000])],
+        vec![],
+        "y",
+    );
+    let e = import_onnx_bytes(&bytes).unwrap_err().to_string();
+    assert!(e.contains("'cos'") && e.contains("too large"), "{e}");
+    // ConstantOfShape of a run-time shape: caught by shape inference.
+    let bytes = model_with(
+        vec![
+            node("Shape", "sh", &["x"], &["s"]),
+            node("ConstantOfShape", "cos", &["s"], &["y"]),
+        ],
+        vec![],
+        vec![vi("x", &[1 << 20, 1 << 20])],
+        "y",
+    );
+    let g = import_onnx_bytes(&bytes).unwrap();
+    let e = infer(&g, &[vec![1 << 20, 1 << 20]])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more than 2147483648 elements"), "{e}");
+    // Reshape of a weight to 2^80 elements: an overflow-checked error.
+    let bytes = model_with(
+        vec![node("Reshape", "rs", &["w", "s"], &["y"])],
+        vec![
+            init("w", &[2], 1, vec![0; 8]),
+            i64_init("s", &[1 << 40, 1 << 40]),
+        ],
+        vec![],
+        "y",
+    );
+    let e = import_onnx_bytes(&bytes).unwrap_err().to_string();
+    assert!(e.contains("'rs'") && e.contains("too large"), "{e}");
+    // Two small constants broadcasting to 2^40 elements are not folded at import, and shape
+    // inference names the node.
+    let bytes = model_with(
+        vec![node("Add", "big", &["a", "b"], &["y"])],
+        vec![
+            init("a", &[1 << 20, 1], 1, vec![0; 4 << 20]),
+            init("b", &[1, 1 << 20], 1, vec![0; 4 << 20]),
+        ],
+        vec![],
+        "y",
+    );
+    let g = import_onnx_bytes(&bytes).unwrap();
+    assert_eq!(g.nodes.len(), 1);
+    let e = infer(&g, &[]).unwrap_err().to_string();
+    assert!(e.contains("'big'") && e.contains("more than"), "{e}");
+}
+
+#[test]
+fn chain_of_100k_nodes_imports_and_infers() {
+    let n = 100_000;
+    let nodes: Vec<pb::NodeProto> = (0..n)
+        .map(|i| {
+            let a = if i == 0 { "x".into() } else { format!("v{i}") };
+            let b = if i + 1 == n {
+                "y".into()
+            } else {
+                format!("v{}", i + 1)
+            };
+            node("Relu", &format!("r{i}"), &[&a], &[&b])
+        })
+        .collect();
+    let bytes = model_with(nodes, vec![], vec![vi("x", &[1, 4])], "y");
+    let t = std::time::Instant::now();
+    let g = import_onnx_bytes(&bytes).unwrap();
+    assert_eq!(g.nodes.len(), n);
+    let inf = infer(&g, &[vec![1, 4]]).unwrap();
+    assert_eq!(inf.shapes[g.outputs[0]], Some(vec![1, 4]));
+    assert!(t.elapsed().as_secs() < 20, "{:?}", t.elapsed());
+}
+
+#[test]
+fn cycles_and_reassigned_values_are_errors() {
+    // A node writing its own input would close a cycle through one node.
+    let bytes = model_with(
+        vec![node("Relu", "loop", &["x"], &["x"])],
+        vec![],
+        vec![vi("x", &[1])],
+        "x",
+    );
+    let e = import_onnx_bytes(&bytes).unwrap_err().to_string();
+    assert!(e.contains("'loop'") && e.contains("already defines"), "{e}");
+    // Two nodes writing the same value.
+    let bytes = model_with(
+        vec![
+            node("Relu", "a", &["x"], &["y"]),
+            node("Neg", "b", &["x"], &["y"]),
+        ],
+        vec![],
+        vec![vi("x", &[1])],
+        "y",
+    );
+    let e = import_onnx_bytes(&bytes).unwrap_err().to_string();
+    assert!(e.contains("'b'") && e.contains("'y'"), "{e}");
+    // A graph built in memory with a cycle: the sort reports the nodes.
+    let mut g = Graph::default();
+    let (x, y, z) = (g.add_value("x"), g.add_value("y"), g.add_value("z"));
+    g.inputs.push(x);
+    g.outputs.push(y);
+    for (name, ins, out) in [("a", vec![x, z], y), ("b", vec![y], z)] {
+        g.nodes.push(Node {
+            name: name.into(),
+            op: Op::Add,
+            inputs: ins.into_iter().map(Some).collect(),
+            outputs: vec![out],
+        });
+    }
+    let e = import::topo_sort(&mut g).unwrap_err().to_string();
+    assert!(e.contains("cycle") && e.contains("\"a\""), "{e}");
+}
+
+#[test]
+fn claimed_lengths_beyond_the_data_and_deep_nesting_are_decode_errors() {
+    // Field 7 (graph), length-delimited, claiming 2 GiB, followed by 3 bytes.
+    let mut bytes = vec![0x3a, 0x80, 0x80, 0x80, 0x80, 0x08];
+    bytes.extend_from_slice(&[0x0a, 0x01, 0x00]);
+    let e = import_onnx_bytes(&bytes).unwrap_err().to_string();
+    assert!(e.contains("not a valid ONNX model"), "{e}");
+    // A raw_data field inside an initializer claiming 2 GiB.
+    let ok = model_with(
+        vec![node("Relu", "r", &["w"], &["y"])],
+        vec![init("w", &[1], 1, vec![0; 4])],
+        vec![],
+        "y",
+    );
+    let mut bad = ok.clone();
+    let at = bad
+        .windows(6)
+        .position(|w| w == [0x4a, 0x04, 0, 0, 0, 0])
+        .expect("raw_data field of w");
+    bad.splice(at + 1..at + 2, [0xff, 0xff, 0xff, 0xff, 0x07]);
+    assert!(import_onnx_bytes(&ok).is_ok());
+    let e = import_onnx_bytes(&bad).unwrap_err().to_string();
+    assert!(e.contains("not a valid ONNX model"), "{e}");
+    // 100k nested groups of an unknown field: a recursion-limit error, not a stack overflow.
+    let mut deep = vec![0xa3, 0x06]; // field 100, start group
+    deep = deep.repeat(100_000);
+    let e = import_onnx_bytes(&deep).unwrap_err().to_string();
+    assert!(e.contains("not a valid ONNX model"), "{e}");
+}

@@ -6,6 +6,8 @@ pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod list;
+pub mod quantize;
+pub mod run;
 pub mod train;
 
 /// Human-readable large counts: 12.3M, 4.5k.

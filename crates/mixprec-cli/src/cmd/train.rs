@@ -4,7 +4,9 @@ use super::data::{self, Scale};
 use crate::progress::bar;
 use anyhow::{bail, Context, Result};
 use mixprec_data::Split;
-use mixprec_exec::{train, Executor, OptimizerKind, TrainConfig, TrainEvent};
+use mixprec_exec::{
+    train, Executor, GradQuant, GradTransform, OptimizerKind, TrainConfig, TrainEvent,
+};
 use std::path::PathBuf;
 
 /// Arguments of `train`.
@@ -34,6 +36,10 @@ pub struct Args {
     /// Stop after this many steps (0 = all epochs).
     #[arg(long, default_value_t = 0)]
     pub max_steps: usize,
+    /// Quantize gradients to K bits (stochastic rounding, per-tensor max scale) before each
+    /// optimiser step.
+    #[arg(long, value_name = "K")]
+    pub grad_bits: Option<u8>,
     /// Train on the first N training images only.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -84,6 +90,11 @@ pub fn run(a: Args) -> Result<()> {
         max_steps: a.max_steps,
         ..Default::default()
     };
+    let grad_quant = a
+        .grad_bits
+        .map(|k| GradQuant::new(k, a.seed))
+        .transpose()
+        .context("--grad-bits")?;
     let mut exec = Executor::new(g)?;
     let steps = train_set.n.div_ceil(a.batch) as u64;
     let t0 = std::time::Instant::now();
@@ -96,7 +107,7 @@ pub fn run(a: Args) -> Result<()> {
         Some(&test_set),
         &cfg,
         None,
-        None,
+        grad_quant.as_ref().map(|q| q as &dyn GradTransform),
         &mut |ev| match ev {
             TrainEvent::Step {
                 epoch, step, loss, ..
@@ -160,7 +171,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     let summary = serde_json::json!({
         "arch": a.arch, "data": a.data, "config": cfg, "epochs": log,
-        "final_test_accuracy": last_acc, "seconds": t0.elapsed().as_secs_f64(),
+        "grad_bits": a.grad_bits, "final_test_accuracy": last_acc,
+        "seconds": t0.elapsed().as_secs_f64(),
         "onnx_reimport_max_abs_diff": diff,
     });
     mixprec_graph::write_atomic(

@@ -1,0 +1,300 @@
+//! `mixprec quantize --model M --data D --uniform w4a8`: uniform post-training quantization of
+//! every layer — the same weight bits and activation bits everywhere (survey §2.3: weights and
+//! activations; §2.4, Eq. 8 and 10 with calibrated activation ranges; weights through any
+//! quantizer of Table 1). Reports float and quantized top-1 accuracy and the model size.
+
+use super::data::{self, Scale};
+use crate::progress::bar;
+use anyhow::{bail, Context, Result};
+use mixprec_data::{calibration_subset, Dataset, Split};
+use mixprec_exec::{calibrate, evaluate, Executor, FakeQuant, LayerQuantInfo};
+use mixprec_quant::{Granularity, Policy, QScheme, QuantKind};
+use std::path::PathBuf;
+
+/// Arguments of `quantize`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model: .onnx, .safetensors from `mixprec train`, or `default`.
+    #[arg(long)]
+    pub model: String,
+    /// Data set: mnist, fashion-mnist, cifar10, or mnist-1k (embedded). Default: from the
+    /// model's input shape (mnist-1k for `default`).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Bit widths of every layer: `w<bits>a<bits>` (e.g. w4a8), or `w<bits>` to keep
+    /// activations in floating point.
+    #[arg(long, value_name = "WxAy")]
+    pub uniform: String,
+    /// Weight parameter sharing: tensor, channel, or g<N> (groups of N inside each channel).
+    #[arg(long, default_value = "tensor")]
+    pub granularity: String,
+    /// Weight quantizer (uniform, uniform-pow2, power-of-two, kmeans, fixed-point, …; see
+    /// `mixprec list`). Activations always use asymmetric uniform quantization per tensor.
+    #[arg(long, default_value = "uniform")]
+    pub quantizer: String,
+    /// Calibration images (from the training split when the data set has one).
+    #[arg(long, default_value_t = 256)]
+    pub calib: usize,
+    /// Calibration observer for the activation ranges (min-max, percentile, mse, kl, aciq, …).
+    #[arg(long, default_value = "min-max")]
+    pub observer: String,
+    /// Evaluate only the first N test images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Batch size.
+    #[arg(long, default_value_t = 250)]
+    pub batch: usize,
+    /// Input scaling.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub scale: Scale,
+    /// Seed (calibration subset, stochastic choices, k-means initialisation).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Skip the float evaluation (the float accuracy is then reported as null).
+    #[arg(long)]
+    pub skip_float: bool,
+    /// Save the policy JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub policy_out: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `w4a8` → (4, Some(8)); `w4` → (4, None).
+fn parse_bits(spec: &str) -> Result<(u8, Option<u8>)> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--uniform {spec}: expected w<bits>a<bits> (e.g. w4a8) or w<bits> (float activations)"
+        )
+    };
+    let rest = spec.to_ascii_lowercase();
+    let rest = rest.strip_prefix('w').ok_or_else(bad)?;
+    let (w, a) = match rest.split_once('a') {
+        Some((w, a)) => (w, Some(a)),
+        None => (rest, None),
+    };
+    let w: u8 = w.parse().map_err(|_| bad())?;
+    let a = a.map(|a| a.parse::<u8>().map_err(|_| bad())).transpose()?;
+    Ok((w, a))
+}
+
+/// `tensor`, `channel`, `g64` / `group64`.
+fn parse_granularity(s: &str) -> Result<Granularity> {
+    Ok(match s {
+        "tensor" => Granularity::Tensor,
+        "channel" => Granularity::Channel,
+        g => {
+            let n = g
+                .strip_prefix("group")
+                .or_else(|| g.strip_prefix('g'))
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&n| n > 0);
+            match n {
+                Some(n) => Granularity::Group(n),
+                None => bail!("--granularity {s}: use tensor, channel or g<N> (e.g. g16)"),
+            }
+        }
+    })
+}
+
+/// The calibration images and where they came from: a seeded class-balanced subset of the
+/// training split, else of the test images after the evaluated ones, else of the test set.
+fn calibration_set(
+    name: &str,
+    scale: Scale,
+    full: &Dataset,
+    evaluated: usize,
+    n: usize,
+    seed: u64,
+) -> Result<(Dataset, String)> {
+    if n == 0 {
+        bail!("--calib must be at least 1");
+    }
+    if name != data::EMBEDDED {
+        if let Ok(train) = data::load(name, Split::Train, scale) {
+            let set = calibration_subset(&train, n.min(train.n), seed)?;
+            return Ok((set, "train split".into()));
+        }
+    }
+    if full.n - evaluated >= n {
+        let rest: Vec<usize> = (evaluated..full.n).collect();
+        let set = calibration_subset(&full.subset(&rest)?, n, seed)?;
+        return Ok((set, "test split, images after the evaluated ones".into()));
+    }
+    let set = calibration_subset(full, n.min(full.n), seed)?;
+    Ok((set, "test split (overlaps the evaluated images)".into()))
+}
+
+/// Run `quantize`.
+pub fn run(a: Args) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let (wbits, abits) = parse_bits(&a.uniform)?;
+    let granularity = parse_granularity(&a.granularity)?;
+    let kind: QuantKind = a
+        .quantizer
+        .parse()
+        .with_context(|| format!("--quantizer {}", a.quantizer))?;
+    let g = crate::model::load(&a.model)?;
+    let name = match &a.data {
+        Some(d) => d.clone(),
+        None if a.model == crate::model::DEFAULT_MODEL => data::EMBEDDED.into(),
+        None => crate::model::default_dataset(&g)
+            .context("cannot tell which data set fits this model's input; pass --data")?
+            .into(),
+    };
+    let full = data::load(&name, Split::Test, a.scale)?;
+    let ds = match a.limit {
+        Some(n) => full.head(n),
+        None => full.clone(),
+    };
+    let mut exec = Executor::new(g)?;
+    exec.free_batch_dim();
+
+    let weight = QScheme::new(kind, wbits, true, granularity);
+    let activation = abits.map(|b| QScheme::new(QuantKind::Uniform, b, false, Granularity::Tensor));
+    let layers = exec.graph().layers();
+    if layers.is_empty() {
+        bail!(
+            "{} has no Conv, Gemm or MatMul layer with constant weights to quantize",
+            a.model
+        );
+    }
+    let mut policy = Policy::new();
+    for l in &layers {
+        policy.set_weight(&l.name, weight);
+        if let Some(s) = activation {
+            policy.set_activation(&l.name, s);
+        }
+    }
+    mixprec_exec::check_policy(exec.graph(), &policy)
+        .with_context(|| format!("--uniform {} --quantizer {kind}", a.uniform))?;
+
+    let (calib, calib_source) = calibration_set(&name, a.scale, &full, ds.n, a.calib, a.seed)?;
+    let ranges = calibrate(&exec, &calib, &a.observer, &policy)
+        .with_context(|| format!("calibrating on {} images of {name}", calib.n))?;
+    let fq = FakeQuant::new(&exec, &policy, &ranges, a.seed)?;
+
+    let float = if a.skip_float {
+        None
+    } else {
+        let pb = bar(ds.n as u64, "float");
+        let r = evaluate(&exec, &ds, a.batch, None, &mut |d, _| {
+            pb.set_position(d as u64)
+        })
+        .with_context(|| format!("evaluating {} on {name}", a.model))?;
+        pb.finish_and_clear();
+        Some(r)
+    };
+    let pb = bar(ds.n as u64, "quantized");
+    let quant = evaluate(&exec, &ds, a.batch, Some(&fq), &mut |d, _| {
+        pb.set_position(d as u64)
+    })
+    .with_context(|| format!("evaluating quantized {} on {name}", a.model))?;
+    pb.finish_and_clear();
+
+    let info: Vec<LayerQuantInfo> = fq.layer_info();
+    let params = exec.graph().parameter_count() as u64;
+    let weight_elems: u64 = info.iter().map(|i| i.weight_elems as u64).sum();
+    let weight_qbits: u64 = info.iter().map(|i| i.weight_bits).sum();
+    let float_bits = 32 * params;
+    let quant_bits = weight_qbits + 32 * params.saturating_sub(weight_elems);
+    let float_bytes = float_bits / 8;
+    let quant_bytes = quant_bits.div_ceil(8);
+
+    if let Some(p) = &a.policy_out {
+        policy
+            .save(p)
+            .with_context(|| format!("writing the policy to {}", p.display()))?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let float_acc = float.as_ref().map(|r| r.accuracy);
+    if a.json {
+        let v = serde_json::json!({
+            "model": a.model, "data": name, "split": "test", "images": ds.n,
+            "uniform": a.uniform, "quantizer": kind.name(), "granularity": a.granularity,
+            "weight_scheme": weight, "activation_scheme": activation,
+            "observer": a.observer,
+            "calibration": {"images": calib.n, "source": calib_source},
+            "float_accuracy": float_acc,
+            "quantized_accuracy": quant.accuracy,
+            "quantized_correct": quant.correct,
+            "accuracy_drop": float_acc.map(|f| f - quant.accuracy),
+            "size": {
+                "float_bytes": float_bytes,
+                "quantized_bytes": quant_bytes,
+                "compression": float_bits as f64 / quant_bits.max(1) as f64,
+                "weight_elements": weight_elems,
+                "weight_float_bits": 32 * weight_elems,
+                "weight_quantized_bits": weight_qbits,
+                "weight_bits_per_element": weight_qbits as f64 / weight_elems.max(1) as f64,
+            },
+            "layers": info,
+            "policy_out": a.policy_out,
+            "seconds": secs,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{}  on {name} (test, {} images)  weights {weight}  activations {}",
+        a.model,
+        ds.n,
+        activation.map_or("float".to_string(), |s| s.to_string())
+    );
+    println!(
+        "calibration: {} images of the {calib_source}, observer {}",
+        calib.n, a.observer
+    );
+    println!(
+        "{:<24} {:>9} {:>22} {:>12} {:>11} {:>22}",
+        "layer", "weights", "weight scheme", "bits/elem", "weight MSE", "input range"
+    );
+    for i in &info {
+        println!(
+            "{:<24} {:>9} {:>22} {:>12.3} {:>11.3e} {:>22}",
+            i.layer,
+            i.weight_elems,
+            i.weight_scheme.map_or("float".into(), |s| s.to_string()),
+            i.weight_bits as f64 / i.weight_elems.max(1) as f64,
+            i.weight_mse,
+            i.activation_range
+                .map_or("float".into(), |(lo, hi)| format!("[{lo:.3}, {hi:.3}]")),
+        );
+    }
+    match float_acc {
+        Some(f) => println!(
+            "top-1: float {:.2} %  quantized {:.2} %  (change {:+.2} points)",
+            100.0 * f,
+            100.0 * quant.accuracy,
+            100.0 * (quant.accuracy - f)
+        ),
+        None => println!("top-1: quantized {:.2} %", 100.0 * quant.accuracy),
+    }
+    println!(
+        "size: float {} bytes  quantized {} bytes  ({:.2}x smaller; weights {:.3} bits/element incl. scales, zero points and codebooks)  [{secs:.1} s]",
+        float_bytes,
+        quant_bytes,
+        float_bits as f64 / quant_bits.max(1) as f64,
+        weight_qbits as f64 / weight_elems.max(1) as f64
+    );
+    if let Some(p) = &a.policy_out {
+        println!("policy written to {}", p.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bit_and_granularity_specs_parse() {
+        assert_eq!(parse_bits("w4a8").unwrap(), (4, Some(8)));
+        assert_eq!(parse_bits("W2").unwrap(), (2, None));
+        assert!(parse_bits("4a8").is_err() && parse_bits("wxa8").is_err());
+        assert_eq!(parse_granularity("channel").unwrap(), Granularity::Channel);
+        assert_eq!(parse_granularity("g16").unwrap(), Granularity::Group(16));
+        assert!(parse_granularity("g0").is_err() && parse_granularity("row").is_err());
+    }
+}

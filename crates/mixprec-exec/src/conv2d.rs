@@ -1,0 +1,1317 @@
+//! Fast 2-D convolution on the CPU that candle can differentiate to any order.
+//!
+//! The Hessian-aware sensitivity metrics (survey §3.2.3 HAWQ-V2 and §3.3 HAWQ-V3: Hutchinson's
+//! trace estimate Tr(H) ≈ E[vᵀHv], eq. of §3.2.3) and the gradient-based methods of §3.1 and §3.4
+//! run many forward, backward and double-backward passes through convolution layers; this module
+//! makes those passes cheap.
+//!
+//! Convolution is bilinear, so with the trilinear form `T(X, W, G) = <Conv(X, W), G>` three
+//! operators close the set under differentiation:
+//! - `Y = Conv(X, W)`; its adjoints are `dX = ConvBackwardInput(gY, W)` (transposed
+//!   convolution, col2im) and `dW = ConvBackwardWeight(X, gY)`;
+//! - `ConvBackwardInput(G, W) = ∂T/∂X`: `<g, CBI(G, W)> = T(g, W, G)`, so its adjoints are
+//!   `dG = Conv(g, W)` and `dW = ConvBackwardWeight(g, G)`;
+//! - `ConvBackwardWeight(X, G) = ∂T/∂W`: `<g, CBW(X, G)> = T(X, g, G)`, so its adjoints are
+//!   `dG = Conv(X, g)` and `dX = ConvBackwardInput(G, g)`.
+//!
+//! Every operator is a candle `CustomOp2` whose backward is built from the three operators, so
+//! double backward (Hessian-vector products) works when `CANDLE_GRAD_DO_NOT_DETACH` is set (see
+//! [`crate::init`]).
+//!
+//! Kernels: im2col over tiles of output positions (so the column buffer stays in L2) followed by
+//! an SGEMM of the `gemm` crate; 1×1 convolutions with unit stride and no padding use the input
+//! as the column matrix directly; convolutions with one input channel per group (depthwise, or a
+//! single-channel first layer with few filters) use direct loops. Work is split across the batch,
+//! the groups and column tiles with rayon.
+//! Complexity: N·M·(C/groups)·KH·KW·OH·OW multiply-adds per operator, extra memory
+//! O(threads · C/groups·KH·KW · tile).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Column-buffer budget per task in floats (≈ 512 KiB, half of one core's L2).
+const TILE_FLOATS: usize = 128 * 1024;
+/// Smallest tile of output positions for the im2col kernels.
+const MIN_TILE: usize = 64;
+
+/// Strides, paddings, dilations and groups of a convolution: everything but the tensor shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Params {
+    stride: (usize, usize),
+    /// top, left, bottom, right
+    pads: [usize; 4],
+    dilation: (usize, usize),
+    groups: usize,
+}
+
+/// Full geometry of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    m: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    p: Params,
+}
+
+impl Geom {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        p: Params,
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        m: usize,
+        kh: usize,
+        kw: usize,
+    ) -> Result<Self> {
+        let Params {
+            stride,
+            pads,
+            dilation,
+            groups,
+        } = p;
+        if groups == 0 || stride.0 == 0 || stride.1 == 0 || dilation.0 == 0 || dilation.1 == 0 {
+            bail!("conv2d: groups, strides and dilations must be positive, got {p:?}")
+        }
+        if c % groups != 0 || m % groups != 0 {
+            bail!(
+                "conv2d: {c} input and {m} output channels are not both divisible by {groups} groups"
+            )
+        }
+        if kh == 0 || kw == 0 {
+            bail!("conv2d: empty {kh}x{kw} kernel")
+        }
+        let span_h = dilation.0 * (kh - 1) + 1;
+        let span_w = dilation.1 * (kw - 1) + 1;
+        let (ph, pw) = (h + pads[0] + pads[2], w + pads[1] + pads[3]);
+        if ph < span_h || pw < span_w {
+            bail!(
+                "conv2d: the dilated {kh}x{kw} kernel ({span_h}x{span_w}) does not fit the padded \
+                 {ph}x{pw} input"
+            )
+        }
+        Ok(Self {
+            n,
+            c,
+            h,
+            w,
+            m,
+            kh,
+            kw,
+            oh: (ph - span_h) / stride.0 + 1,
+            ow: (pw - span_w) / stride.1 + 1,
+            p,
+        })
+    }
+    fn cg(&self) -> usize {
+        self.c / self.p.groups
+    }
+    fn mg(&self) -> usize {
+        self.m / self.p.groups
+    }
+    /// Rows of the column matrix: (C/groups)·KH·KW.
+    fn k(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+    fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// The column matrix equals the input (1×1 kernel, unit stride, no padding).
+    fn identity_cols(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.p.stride == (1, 1)
+            && self.p.pads == [0; 4]
+            && self.oh == self.h
+            && self.ow == self.w
+    }
+    /// Direct loops beat im2col + GEMM when each output channel reads a single input channel
+    /// and few output channels share it.
+    fn direct(&self) -> bool {
+        self.cg() == 1 && self.mg() <= 8
+    }
+    /// Tile of output positions for the im2col kernels.
+    fn tile(&self) -> usize {
+        (TILE_FLOATS / self.k().max(1)).max(MIN_TILE).min(self.ohw())
+    }
+    /// Range `[lo, hi)` ⊂ `[a, b)` of output coordinates `o` with `0 <= o·s + off < len`.
+    fn valid(off: isize, s: usize, len: usize, a: usize, b: usize) -> (usize, usize) {
+        let s = s as isize;
+        let lo = if off < 0 { (-off + s - 1) / s } else { 0 };
+        let last = len as isize - 1 - off;
+        let hi = if last < 0 { 0 } else { last / s + 1 };
+        let lo = (lo as usize).clamp(a, b);
+        let hi = (hi as usize).clamp(lo, b);
+        (lo, hi)
+    }
+    fn off_h(&self, ki: usize) -> isize {
+        (ki * self.p.dilation.0) as isize - self.p.pads[0] as isize
+    }
+    fn off_w(&self, kj: usize) -> isize {
+        (kj * self.p.dilation.1) as isize - self.p.pads[1] as isize
+    }
+}
+
+/// A raw pointer shared by tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: only used to hand disjoint regions of one output buffer to rayon tasks.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+/// `dst[m×n] (row stride dst_rs) = [dst +] lhs[m×k] · rhs[k×n]` with arbitrary strides for the
+/// operands; bounds are checked against the slices.
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let span = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(span(m, n, dst_rs, 1) < dst.len(), "sgemm: dst out of bounds");
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(span(m, k, lhs_rs, lhs_cs) < lhs.len(), "sgemm: lhs out of bounds");
+    assert!(span(k, n, rhs_rs, rhs_cs) < rhs.len(), "sgemm: rhs out of bounds");
+    // SAFETY: every accessed element lies inside the slices (checked above), and `dst` is
+    // exclusively borrowed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// Columns `[p0, p1)` of the im2col matrix of one group's input `xg` (`Cg·H·W`), written to
+/// `col` as a `[K, p1 - p0]` row-major matrix.
+fn im2col(g: &Geom, xg: &[f32], p0: usize, p1: usize, col: &mut [f32]) {
+    let len = p1 - p0;
+    let (sh, sw) = g.p.stride;
+    for c in 0..g.cg() {
+        let xc = &xg[c * g.hw()..(c + 1) * g.hw()];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let r = (c * g.kh + ki) * g.kw + kj;
+                let row = &mut col[r * len..(r + 1) * len];
+                let (offh, offw) = (g.off_h(ki), g.off_w(kj));
+                let mut p = p0;
+                while p < p1 {
+                    let (oh, ow0) = (p / g.ow, p % g.ow);
+                    let ow1 = g.ow.min(ow0 + (p1 - p));
+                    let seg = &mut row[p - p0..p - p0 + (ow1 - ow0)];
+                    let ih = (oh * sh) as isize + offh;
+                    if ih < 0 || ih >= g.h as isize {
+                        seg.fill(0.0);
+                    } else {
+                        let xrow = &xc[ih as usize * g.w..(ih as usize + 1) * g.w];
+                        let (lo, hi) = Geom::valid(offw, sw, g.w, ow0, ow1);
+                        seg[..lo - ow0].fill(0.0);
+                        seg[hi - ow0..].fill(0.0);
+                        let dst = &mut seg[lo - ow0..hi - ow0];
+                        if sw == 1 {
+                            let s = (lo as isize + offw) as usize;
+                            dst.copy_from_slice(&xrow[s..s + (hi - lo)]);
+                        } else {
+                            for (o, d) in (lo..hi).zip(dst.iter_mut()) {
+                                *d = xrow[((o * sw) as isize + offw) as usize];
+                            }
+                        }
+                    }
+                    p += ow1 - ow0;
+                }
+            }
+        }
+    }
+}
+
+/// Adds columns `[p0, p1)` of a `[K, p1 - p0]` column matrix back into one group's input
+/// gradient `dxg` (`Cg·H·W`): the adjoint of [`im2col`].
+fn col2im_add(g: &Geom, col: &[f32], p0: usize, p1: usize, dxg: &mut [f32]) {
+    let len = p1 - p0;
+    let (sh, sw) = g.p.stride;
+    for c in 0..g.cg() {
+        let dxc = &mut dxg[c * g.hw()..(c + 1) * g.hw()];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let r = (c * g.kh + ki) * g.kw + kj;
+                let row = &col[r * len..(r + 1) * len];
+                let (offh, offw) = (g.off_h(ki), g.off_w(kj));
+                let mut p = p0;
+                while p < p1 {
+                    let (oh, ow0) = (p / g.ow, p % g.ow);
+                    let ow1 = g.ow.min(ow0 + (p1 - p));
+                    let seg = &row[p - p0..p - p0 + (ow1 - ow0)];
+                    let ih = (oh * sh) as isize + offh;
+                    if ih >= 0 && ih < g.h as isize {
+                        let dxrow = &mut dxc[ih as usize * g.w..(ih as usize + 1) * g.w];
+                        let (lo, hi) = Geom::valid(offw, sw, g.w, ow0, ow1);
+                        let src = &seg[lo - ow0..hi - ow0];
+                        if sw == 1 {
+                            let s = (lo as isize + offw) as usize;
+                            for (d, v) in dxrow[s..s + (hi - lo)].iter_mut().zip(src) {
+                                *d += v;
+                            }
+                        } else {
+                            for (o, v) in (lo..hi).zip(src) {
+                                dxrow[((o * sw) as isize + offw) as usize] += v;
+                            }
+                        }
+                    }
+                    p += ow1 - ow0;
+                }
+            }
+        }
+    }
+}
+
+/// Dot product with eight independent partial sums (vectorises without reassociation).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = 0.0;
+    for (x, y) in ar.iter().zip(br) {
+        s += x * y;
+    }
+    acc.iter().sum::<f32>() + s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conv: y[N, M, OH, OW] = x[N, C, H, W] ⋆ w[M, C/groups, KH, KW]
+// ---------------------------------------------------------------------------------------------
+
+fn conv_fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; g.n * g.m * g.ohw()];
+    if y.is_empty() {
+        return y;
+    }
+    if g.direct() {
+        conv_fwd_direct(g, x, w, &mut y);
+        return y;
+    }
+    let (cg, mg, k, ohw, groups) = (g.cg(), g.mg(), g.k(), g.ohw(), g.p.groups);
+    if g.identity_cols() {
+        // y[n, g] = w[g] · x[n, g]
+        let tasks = g.n * groups;
+        let par = if tasks >= threads() {
+            Parallelism::None
+        } else {
+            Parallelism::Rayon(threads())
+        };
+        y.par_chunks_mut(mg * ohw)
+            .enumerate()
+            .for_each(|(t, yc)| {
+                let (n, gi) = (t / groups, t % groups);
+                let xg = &x[(n * g.c + gi * cg) * ohw..][..cg * ohw];
+                let wg = &w[gi * mg * k..][..mg * k];
+                sgemm((mg, ohw, cg), yc, ohw, false, wg, (k, 1), xg, (ohw, 1), par);
+            });
+        return y;
+    }
+    let tile = g.tile();
+    let ntiles = ohw.div_ceil(tile);
+    let tasks = g.n * groups * ntiles;
+    let par = if tasks >= threads() {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(threads())
+    };
+    let yp = SyncPtr(y.as_mut_ptr());
+    let ylen = y.len();
+    (0..tasks).into_par_iter().for_each_init(
+        || vec![0f32; k * tile],
+        |col, t| {
+            let (ng, ti) = (t / ntiles, t % ntiles);
+            let (n, gi) = (ng / groups, ng % groups);
+            let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
+            let xg = &x[(n * g.c + gi * cg) * g.hw()..][..cg * g.hw()];
+            im2col(g, xg, p0, p1, col);
+            let wg = &w[gi * mg * k..][..mg * k];
+            let start = (n * g.m + gi * mg) * ohw + p0;
+            let span = (mg - 1) * ohw + (p1 - p0);
+            debug_assert!(start + span <= ylen);
+            let yp = yp;
+            // SAFETY: task `t` writes only rows gi·mg.. of image n, columns [p0, p1): the
+            // regions of different tasks are disjoint and lie inside `y`, which outlives the
+            // parallel loop.
+            let dst = unsafe { std::slice::from_raw_parts_mut(yp.0.add(start), span) };
+            let len = p1 - p0;
+            sgemm((mg, len, k), dst, ohw, false, wg, (k, 1), col, (len, 1), par);
+        },
+    );
+    y
+}
+
+/// Direct convolution for one input channel per group.
+fn conv_fwd_direct(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
+    let (mg, ohw, khw) = (g.mg(), g.ohw(), g.kh * g.kw);
+    let (sh, sw) = g.p.stride;
+    y.par_chunks_mut(ohw).enumerate().for_each(|(t, yp)| {
+        let (n, m) = (t / g.m, t % g.m);
+        let xc = &x[(n * g.c + m / mg) * g.hw()..][..g.hw()];
+        let wm = &w[m * khw..][..khw];
+        for oh in 0..g.oh {
+            let yrow = &mut yp[oh * g.ow..(oh + 1) * g.ow];
+            for ki in 0..g.kh {
+                let ih = (oh * sh) as isize + g.off_h(ki);
+                if ih < 0 || ih >= g.h as isize {
+                    continue;
+                }
+                let xrow = &xc[ih as usize * g.w..(ih as usize + 1) * g.w];
+                for kj in 0..g.kw {
+                    let wv = wm[ki * g.kw + kj];
+                    let offw = g.off_w(kj);
+                    let (lo, hi) = Geom::valid(offw, sw, g.w, 0, g.ow);
+                    if sw == 1 {
+                        let s = (lo as isize + offw) as usize;
+                        for (yv, xv) in yrow[lo..hi].iter_mut().zip(&xrow[s..s + (hi - lo)]) {
+                            *yv += wv * xv;
+                        }
+                    } else {
+                        for o in lo..hi {
+                            yrow[o] += wv * xrow[((o * sw) as isize + offw) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// ConvBackwardInput: dx[N, C, H, W] from gy[N, M, OH, OW] and w
+// ---------------------------------------------------------------------------------------------
+
+fn cbi_fwd(g: &Geom, gy: &[f32], w: &[f32]) -> Vec<f32> {
+    let mut dx = vec![0f32; g.n * g.c * g.hw()];
+    if dx.is_empty() || g.ohw() == 0 {
+        return dx;
+    }
+    if g.direct() {
+        cbi_direct(g, gy, w, &mut dx);
+        return dx;
+    }
+    let (cg, mg, k, ohw, hw, groups) = (g.cg(), g.mg(), g.k(), g.ohw(), g.hw(), g.p.groups);
+    let tasks = g.n * groups;
+    let par = if tasks >= threads() {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(threads())
+    };
+    if g.identity_cols() {
+        // dx[n, g] = w[g]ᵀ · gy[n, g]
+        dx.par_chunks_mut(cg * hw).enumerate().for_each(|(t, dxc)| {
+            let (n, gi) = (t / groups, t % groups);
+            let gg = &gy[(n * g.m + gi * mg) * ohw..][..mg * ohw];
+            let wg = &w[gi * mg * k..][..mg * k];
+            sgemm((cg, ohw, mg), dxc, hw, false, wg, (1, k), gg, (ohw, 1), par);
+        });
+        return dx;
+    }
+    let tile = g.tile();
+    dx.par_chunks_mut(cg * hw).enumerate().for_each_init(
+        || vec![0f32; k * tile],
+        |col, (t, dxc)| {
+            let (n, gi) = (t / groups, t % groups);
+            let gg = &gy[(n * g.m + gi * mg) * ohw..][..mg * ohw];
+            let wg = &w[gi * mg * k..][..mg * k];
+            let mut p0 = 0;
+            while p0 < ohw {
+                let p1 = (p0 + tile).min(ohw);
+                let len = p1 - p0;
+                // col[K, len] = w[g]ᵀ[K, Mg] · gy[n, g][Mg, p0..p1]
+                sgemm(
+                    (k, len, mg),
+                    col,
+                    len,
+                    false,
+                    wg,
+                    (1, k),
+                    &gg[p0..],
+                    (ohw, 1),
+                    par,
+                );
+                col2im_add(g, col, p0, p1, dxc);
+                p0 = p1;
+            }
+        },
+    );
+    dx
+}
+
+/// Direct transposed convolution for one input channel per group.
+fn cbi_direct(g: &Geom, gy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let (mg, ohw, khw) = (g.mg(), g.ohw(), g.kh * g.kw);
+    let (sh, sw) = g.p.stride;
+    dx.par_chunks_mut(g.hw()).enumerate().for_each(|(t, dxp)| {
+        let (n, c) = (t / g.c, t % g.c);
+        for m in c * mg..(c + 1) * mg {
+            let gp = &gy[(n * g.m + m) * ohw..][..ohw];
+            let wm = &w[m * khw..][..khw];
+            for oh in 0..g.oh {
+                let grow = &gp[oh * g.ow..(oh + 1) * g.ow];
+                for ki in 0..g.kh {
+                    let ih = (oh * sh) as isize + g.off_h(ki);
+                    if ih < 0 || ih >= g.h as isize {
+                        continue;
+                    }
+                    let dxrow = &mut dxp[ih as usize * g.w..(ih as usize + 1) * g.w];
+                    for kj in 0..g.kw {
+                        let wv = wm[ki * g.kw + kj];
+                        let offw = g.off_w(kj);
+                        let (lo, hi) = Geom::valid(offw, sw, g.w, 0, g.ow);
+                        if sw == 1 {
+                            let s = (lo as isize + offw) as usize;
+                            for (d, gv) in dxrow[s..s + (hi - lo)].iter_mut().zip(&grow[lo..hi]) {
+                                *d += wv * gv;
+                            }
+                        } else {
+                            for o in lo..hi {
+                                dxrow[((o * sw) as isize + offw) as usize] += wv * grow[o];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// ConvBackwardWeight: dw[M, C/groups, KH, KW] from x and gy
+// ---------------------------------------------------------------------------------------------
+
+fn cbw_fwd(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
+    let (cg, mg, k, ohw, hw, groups) = (g.cg(), g.mg(), g.k(), g.ohw(), g.hw(), g.p.groups);
+    let mut dw = vec![0f32; g.m * k];
+    if dw.is_empty() || g.n == 0 || ohw == 0 {
+        return dw;
+    }
+    if g.direct() {
+        cbw_direct(g, x, gy, &mut dw);
+        return dw;
+    }
+    // Tasks: groups × batch chunks, each accumulating a partial [Mg, K] sum.
+    let chunks = if groups >= threads() {
+        1
+    } else {
+        g.n.min(threads().div_ceil(groups))
+    };
+    let per = g.n.div_ceil(chunks);
+    let chunks = g.n.div_ceil(per);
+    let tasks = groups * chunks;
+    let par = if tasks >= threads() {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(threads())
+    };
+    let tile = if g.identity_cols() { 0 } else { g.tile() };
+    let partials: Vec<Vec<f32>> = (0..tasks)
+        .into_par_iter()
+        .map_init(
+            || vec![0f32; k * tile],
+            |col, t| {
+                let (gi, ch) = (t / chunks, t % chunks);
+                let mut acc = vec![0f32; mg * k];
+                let mut first = true;
+                for n in ch * per..((ch + 1) * per).min(g.n) {
+                    let gg = &gy[(n * g.m + gi * mg) * ohw..][..mg * ohw];
+                    let xg = &x[(n * g.c + gi * cg) * hw..][..cg * hw];
+                    if tile == 0 {
+                        // acc[Mg, Cg] += gy[n, g][Mg, HW] · x[n, g]ᵀ[HW, Cg]
+                        sgemm(
+                            (mg, cg, ohw),
+                            &mut acc,
+                            k,
+                            !first,
+                            gg,
+                            (ohw, 1),
+                            xg,
+                            (1, hw),
+                            par,
+                        );
+                        first = false;
+                        continue;
+                    }
+                    let mut p0 = 0;
+                    while p0 < ohw {
+                        let p1 = (p0 + tile).min(ohw);
+                        let len = p1 - p0;
+                        im2col(g, xg, p0, p1, col);
+                        // acc[Mg, K] += gy[n, g][Mg, p0..p1] · col[K, len]ᵀ
+                        sgemm(
+                            (mg, k, len),
+                            &mut acc,
+                            k,
+                            !first,
+                            &gg[p0..],
+                            (ohw, 1),
+                            col,
+                            (1, len),
+                            par,
+                        );
+                        first = false;
+                        p0 = p1;
+                    }
+                }
+                acc
+            },
+        )
+        .collect();
+    for (t, part) in partials.iter().enumerate() {
+        let gi = t / chunks;
+        for (d, v) in dw[gi * mg * k..(gi + 1) * mg * k].iter_mut().zip(part) {
+            *d += v;
+        }
+    }
+    dw
+}
+
+/// Direct weight gradient for one input channel per group.
+fn cbw_direct(g: &Geom, x: &[f32], gy: &[f32], dw: &mut [f32]) {
+    let (mg, ohw, khw) = (g.mg(), g.ohw(), g.kh * g.kw);
+    let (sh, sw) = g.p.stride;
+    dw.par_chunks_mut(khw).enumerate().for_each(|(m, dwm)| {
+        let ci = m / mg;
+        for n in 0..g.n {
+            let gp = &gy[(n * g.m + m) * ohw..][..ohw];
+            let xc = &x[(n * g.c + ci) * g.hw()..][..g.hw()];
+            for oh in 0..g.oh {
+                let grow = &gp[oh * g.ow..(oh + 1) * g.ow];
+                for ki in 0..g.kh {
+                    let ih = (oh * sh) as isize + g.off_h(ki);
+                    if ih < 0 || ih >= g.h as isize {
+                        continue;
+                    }
+                    let xrow = &xc[ih as usize * g.w..(ih as usize + 1) * g.w];
+                    for kj in 0..g.kw {
+                        let offw = g.off_w(kj);
+                        let (lo, hi) = Geom::valid(offw, sw, g.w, 0, g.ow);
+                        dwm[ki * g.kw + kj] += if sw == 1 {
+                            let s = (lo as isize + offw) as usize;
+                            dot(&grow[lo..hi], &xrow[s..s + (hi - lo)])
+                        } else {
+                            (lo..hi)
+                                .map(|o| grow[o] * xrow[((o * sw) as isize + offw) as usize])
+                                .sum::<f32>()
+                        };
+                    }
+                }
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// candle operators
+// ---------------------------------------------------------------------------------------------
+
+/// The contiguous f32 data of a CPU operand.
+fn f32_data<'a>(op: &str, what: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        other => bail!(
+            "{op}: only f32 is supported, the {what} is {:?} (convert it with to_dtype(F32))",
+            other.dtype()
+        ),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{op}: the {what} must be contiguous"),
+    }
+}
+
+fn dims4(op: &str, what: &str, l: &Layout) -> Result<(usize, usize, usize, usize)> {
+    match *l.dims() {
+        [a, b, c, d] => Ok((a, b, c, d)),
+        ref d => bail!("{op}: the {what} must be 4-D, got shape {d:?}"),
+    }
+}
+
+/// `y = Conv(x, w)`.
+struct Conv(Params);
+/// `dx = ConvBackwardInput(gy, w)` for an input of spatial size `hw`.
+struct ConvBackwardInput(Params, (usize, usize));
+/// `dw = ConvBackwardWeight(x, gy)` for a kernel of spatial size `khw`.
+struct ConvBackwardWeight(Params, (usize, usize));
+
+fn apply_conv(x: &Tensor, w: &Tensor, p: Params) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, Conv(p))
+}
+
+fn apply_cbi(gy: &Tensor, w: &Tensor, p: Params, hw: (usize, usize)) -> Result<Tensor> {
+    gy.contiguous()?
+        .apply_op2(&w.contiguous()?, ConvBackwardInput(p, hw))
+}
+
+fn apply_cbw(x: &Tensor, gy: &Tensor, p: Params, khw: (usize, usize)) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&gy.contiguous()?, ConvBackwardWeight(p, khw))
+}
+
+fn spatial(t: &Tensor) -> Result<(usize, usize)> {
+    let (_, _, h, w) = t.dims4()?;
+    Ok((h, w))
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "mixprec-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (n, c, h, w) = dims4(op, "input", l1)?;
+        let (m, cg, kh, kw) = dims4(op, "weight", l2)?;
+        if cg * self.0.groups != c {
+            bail!(
+                "{op}: the weight has {cg} input channels per group but the input has {c} \
+                 channels in {} groups",
+                self.0.groups
+            )
+        }
+        let g = Geom::new(self.0, n, c, h, w, m, kh, kw)?;
+        let y = conv_fwd(&g, f32_data(op, "input", s1, l1)?, f32_data(op, "weight", s2, l2)?);
+        Ok((CpuStorage::F32(y), Shape::from((n, m, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = if x.track_op() {
+            Some(apply_cbi(gy, w, self.0, spatial(x)?)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(apply_cbw(x, gy, self.0, spatial(w)?)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp2 for ConvBackwardInput {
+    fn name(&self) -> &'static str {
+        "mixprec-conv2d-backward-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (n, m, oh, ow) = dims4(op, "output gradient", l1)?;
+        let (mw, cg, kh, kw) = dims4(op, "weight", l2)?;
+        if mw != m {
+            bail!("{op}: the output gradient has {m} channels but the weight has {mw} filters")
+        }
+        let (h, w) = self.1;
+        let c = cg * self.0.groups;
+        let g = Geom::new(self.0, n, c, h, w, m, kh, kw)?;
+        if (g.oh, g.ow) != (oh, ow) {
+            bail!(
+                "{op}: an output gradient of size {oh}x{ow} does not match the {}x{} output of a \
+                 {h}x{w} input",
+                g.oh,
+                g.ow
+            )
+        }
+        let dx = cbi_fwd(
+            &g,
+            f32_data(op, "output gradient", s1, l1)?,
+            f32_data(op, "weight", s2, l2)?,
+        );
+        Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
+    }
+
+    fn bwd(
+        &self,
+        gy: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // <g, CBI(G, W)> = <Conv(g, W), G> = <W, CBW(g, G)>
+        let dgy = if gy.track_op() {
+            Some(apply_conv(g, w, self.0)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(apply_cbw(g, gy, self.0, spatial(w)?)?)
+        } else {
+            None
+        };
+        Ok((dgy, dw))
+    }
+}
+
+impl CustomOp2 for ConvBackwardWeight {
+    fn name(&self) -> &'static str {
+        "mixprec-conv2d-backward-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (n, c, h, w) = dims4(op, "input", l1)?;
+        let (ng, m, oh, ow) = dims4(op, "output gradient", l2)?;
+        if ng != n {
+            bail!("{op}: the input has batch {n} but the output gradient has batch {ng}")
+        }
+        let (kh, kw) = self.1;
+        let g = Geom::new(self.0, n, c, h, w, m, kh, kw)?;
+        if (g.oh, g.ow) != (oh, ow) {
+            bail!(
+                "{op}: an output gradient of size {oh}x{ow} does not match the {}x{} output of a \
+                 {h}x{w} input",
+                g.oh,
+                g.ow
+            )
+        }
+        let dw = cbw_fwd(
+            &g,
+            f32_data(op, "input", s1, l1)?,
+            f32_data(op, "output gradient", s2, l2)?,
+        );
+        Ok((CpuStorage::F32(dw), Shape::from((m, g.cg(), kh, kw))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gy: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // <g, CBW(X, G)> = <Conv(X, g), G> = <X, CBI(G, g)>
+        let dx = if x.track_op() {
+            Some(apply_cbi(gy, g, self.0, spatial(x)?)?)
+        } else {
+            None
+        };
+        let dgy = if gy.track_op() {
+            Some(apply_conv(x, g, self.0)?)
+        } else {
+            None
+        };
+        Ok((dx, dgy))
+    }
+}
+
+/// 2-D convolution of an f32 NCHW input `x` with a `[M, C/groups, KH, KW]` weight `w` on the
+/// CPU: `stride` and `dilation` as (height, width), `pads` as [top, left, bottom, right].
+/// Differentiable to any order with candle's autodiff. Other dtypes or devices are an error.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: (usize, usize),
+    pads: [usize; 4],
+    dilation: (usize, usize),
+    groups: usize,
+) -> Result<Tensor> {
+    for (t, what) in [(x, "input"), (w, "weight")] {
+        if t.dtype() != DType::F32 {
+            bail!(
+                "conv2d: only f32 is supported, the {what} is {:?}",
+                t.dtype()
+            )
+        }
+        if !t.device().is_cpu() {
+            bail!("conv2d: only the CPU device is supported, the {what} is on another device")
+        }
+        if t.rank() != 4 {
+            bail!("conv2d: the {what} must be 4-D, got shape {:?}", t.dims())
+        }
+    }
+    apply_conv(
+        x,
+        w,
+        Params {
+            stride,
+            pads,
+            dilation,
+            groups,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+
+    /// One test geometry: input [n, c, h, w], weight [m, c/groups, kh, kw].
+    #[derive(Clone, Copy, Debug)]
+    struct Case {
+        x: [usize; 4],
+        wt: [usize; 4],
+        stride: (usize, usize),
+        pads: [usize; 4],
+        dil: (usize, usize),
+        groups: usize,
+    }
+
+    const fn case(
+        x: [usize; 4],
+        m: usize,
+        k: (usize, usize),
+        stride: (usize, usize),
+        pads: [usize; 4],
+        dil: (usize, usize),
+        groups: usize,
+    ) -> Case {
+        Case {
+            x,
+            wt: [m, x[1] / groups, k.0, k.1],
+            stride,
+            pads,
+            dil,
+            groups,
+        }
+    }
+
+    /// Shapes that reach every kernel: direct (depthwise, one input channel), im2col with and
+    /// without several tiles, identity columns, strides, dilations, asymmetric pads, batch 1.
+    const CASES: &[Case] = &[
+        case([8, 1, 28, 28], 6, (5, 5), (1, 1), [2; 4], (1, 1), 1),
+        case([2, 16, 12, 12], 16, (3, 3), (1, 1), [1; 4], (1, 1), 1),
+        case([2, 8, 9, 11], 12, (3, 3), (2, 2), [1; 4], (1, 1), 1),
+        case([1, 4, 10, 10], 6, (3, 3), (1, 1), [2; 4], (2, 2), 1),
+        case([2, 6, 9, 9], 6, (3, 3), (1, 1), [1; 4], (1, 1), 6),
+        case([2, 4, 9, 9], 8, (3, 3), (2, 2), [1; 4], (1, 1), 4),
+        case([2, 8, 8, 8], 12, (3, 3), (1, 1), [1; 4], (1, 1), 2),
+        case([2, 8, 7, 7], 16, (1, 1), (1, 1), [0; 4], (1, 1), 1),
+        case([1, 8, 7, 7], 16, (1, 1), (1, 1), [0; 4], (1, 1), 2),
+        case([2, 8, 7, 7], 16, (1, 1), (2, 2), [0; 4], (1, 1), 2),
+        case([1, 3, 11, 8], 5, (3, 2), (2, 1), [1, 0, 2, 1], (1, 1), 1),
+        case([1, 64, 16, 16], 8, (3, 3), (1, 1), [1; 4], (1, 1), 1),
+        case([3, 1, 12, 12], 16, (3, 3), (1, 1), [1; 4], (1, 1), 1),
+        case([2, 3, 8, 8], 4, (5, 5), (3, 3), [2; 4], (1, 1), 1),
+        case([1, 3, 5, 5], 3, (3, 3), (1, 1), [3; 4], (1, 1), 3),
+        case([2, 4, 3, 3], 5, (3, 3), (1, 1), [0; 4], (1, 1), 1),
+        case([2, 4, 9, 7], 4, (3, 3), (2, 1), [0, 1, 2, 0], (1, 1), 4),
+        case([2, 6, 10, 9], 4, (3, 3), (1, 2), [0, 2, 1, 0], (2, 1), 2),
+    ];
+
+    fn rand_vec(rng: &mut rand_chacha::ChaCha8Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    struct Data {
+        x: Tensor,
+        w: Tensor,
+    }
+
+    fn data(cs: &Case, seed: u64) -> Data {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let x = rand_vec(&mut rng, cs.x.iter().product());
+        let w = rand_vec(&mut rng, cs.wt.iter().product());
+        Data {
+            x: Tensor::from_vec(x, cs.x.to_vec(), &Device::Cpu).unwrap(),
+            w: Tensor::from_vec(w, cs.wt.to_vec(), &Device::Cpu).unwrap(),
+        }
+    }
+
+    fn ours(cs: &Case, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        conv2d(x, w, cs.stride, cs.pads, cs.dil, cs.groups)
+    }
+
+    /// The same convolution from candle's own groups = 1 `conv2d` (its grouped gradients are
+    /// not used): explicit asymmetric padding, one convolution per group, subsampling for
+    /// unequal strides. Needs equal dilations.
+    fn reference(cs: &Case, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        assert_eq!(cs.dil.0, cs.dil.1);
+        let p = cs.pads;
+        let sym = p.iter().all(|&v| v == p[0]);
+        let (xp, pad) = if sym {
+            (x.clone(), p[0])
+        } else {
+            (
+                x.pad_with_zeros(2, p[0], p[2])?
+                    .pad_with_zeros(3, p[1], p[3])?,
+                0,
+            )
+        };
+        let step = if cs.stride.0 == cs.stride.1 {
+            cs.stride.0
+        } else {
+            1
+        };
+        let (cg, mg) = (cs.wt[1], cs.wt[0] / cs.groups);
+        let mut outs = Vec::new();
+        for gi in 0..cs.groups {
+            let xg = xp.narrow(1, gi * cg, cg)?.contiguous()?;
+            let wg = w.narrow(0, gi * mg, mg)?.contiguous()?;
+            outs.push(xg.conv2d(&wg, pad, step, cs.dil.0, 1)?);
+        }
+        let mut y = Tensor::cat(&outs, 1)?;
+        if step == 1 {
+            for (dim, s) in [(2, cs.stride.0), (3, cs.stride.1)] {
+                if s > 1 {
+                    let idx: Vec<u32> = (0..y.dim(dim)? as u32).step_by(s).collect();
+                    let idx = Tensor::new(idx.as_slice(), y.device())?;
+                    y = y.index_select(&idx, dim)?;
+                }
+            }
+        }
+        Ok(y)
+    }
+
+    /// Plain f64 loops over the definition of the convolution.
+    fn naive(cs: &Case, x: &[f32], w: &[f32]) -> (Vec<f64>, [usize; 4]) {
+        let [n, c, h, wd] = cs.x;
+        let [m, cg, kh, kw] = cs.wt;
+        let mg = m / cs.groups;
+        let oh = (h + cs.pads[0] + cs.pads[2] - cs.dil.0 * (kh - 1) - 1) / cs.stride.0 + 1;
+        let ow = (wd + cs.pads[1] + cs.pads[3] - cs.dil.1 * (kw - 1) - 1) / cs.stride.1 + 1;
+        let mut y = vec![0f64; n * m * oh * ow];
+        for ni in 0..n {
+            for mi in 0..m {
+                let gi = mi / mg;
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let mut s = 0f64;
+                        for ci in 0..cg {
+                            for a in 0..kh {
+                                for b in 0..kw {
+                                    let ih = (i * cs.stride.0 + a * cs.dil.0) as isize
+                                        - cs.pads[0] as isize;
+                                    let iw = (j * cs.stride.1 + b * cs.dil.1) as isize
+                                        - cs.pads[1] as isize;
+                                    if ih < 0 || iw < 0 || ih >= h as isize || iw >= wd as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((ni * c + gi * cg + ci) * h + ih as usize) * wd
+                                        + iw as usize];
+                                    let wv = w[((mi * cg + ci) * kh + a) * kw + b];
+                                    s += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        y[((ni * m + mi) * oh + i) * ow + j] = s;
+                    }
+                }
+            }
+        }
+        (y, [n, m, oh, ow])
+    }
+
+    fn to_vec(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// max |a - b| / max(1, max |b|).
+    fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(1f64, |s, v| s.max(v.abs() as f64));
+        let diff = a
+            .iter()
+            .zip(b)
+            .fold(0f64, |d, (x, y)| d.max((*x as f64 - *y as f64).abs()));
+        diff / scale
+    }
+
+    #[test]
+    fn forward_matches_definition_and_candle() {
+        for (i, cs) in CASES.iter().enumerate() {
+            let d = data(cs, i as u64);
+            let y = ours(cs, &d.x, &d.w).unwrap();
+            let (yn, shape) = naive(cs, &to_vec(&d.x), &to_vec(&d.w));
+            assert_eq!(y.dims(), shape, "case {cs:?}");
+            let yn: Vec<f32> = yn.iter().map(|&v| v as f32).collect();
+            let e = rel_err(&to_vec(&y), &yn);
+            assert!(e < 1e-5, "case {cs:?}: {e} against the definition");
+            if cs.dil.0 == cs.dil.1 {
+                let yr = reference(cs, &d.x, &d.w).unwrap();
+                let e = rel_err(&to_vec(&y), &to_vec(&yr));
+                assert!(e < 1e-4, "case {cs:?}: {e} against candle");
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_is_exercised() {
+        let geoms: Vec<Geom> = CASES
+            .iter()
+            .map(|cs| {
+                let p = Params {
+                    stride: cs.stride,
+                    pads: cs.pads,
+                    dilation: cs.dil,
+                    groups: cs.groups,
+                };
+                let [n, c, h, w] = cs.x;
+                Geom::new(p, n, c, h, w, cs.wt[0], cs.wt[2], cs.wt[3]).unwrap()
+            })
+            .collect();
+        assert!(geoms.iter().any(|g| g.direct()));
+        assert!(geoms.iter().any(|g| !g.direct() && g.identity_cols()));
+        assert!(geoms.iter().any(|g| !g.direct() && g.tile() < g.ohw()));
+        assert!(geoms
+            .iter()
+            .any(|g| !g.direct() && !g.identity_cols() && g.cg() == 1));
+    }
+
+    /// Output weights `r` and a direction (vx, vw) for Hessian-vector products.
+    struct Dirs {
+        r: Tensor,
+        vx: Tensor,
+        vw: Tensor,
+    }
+
+    fn dirs(cs: &Case, d: &Data, seed: u64) -> Dirs {
+        let y_dims = ours(cs, &d.x, &d.w).unwrap().dims().to_vec();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut t = |dims: &[usize]| {
+            let n = dims.iter().product();
+            Tensor::from_vec(rand_vec(&mut rng, n), dims, &Device::Cpu).unwrap()
+        };
+        Dirs {
+            r: t(&y_dims),
+            vx: t(d.x.dims()),
+            vw: t(d.w.dims()),
+        }
+    }
+
+    /// Loss `sum(r ⊙ y)` (linear) or `sum(r ⊙ tanh(y))` with `y = f(x, w)`, its gradients with
+    /// respect to x and w and, with `hvp`, the Hessian-vector product along (vx, vw) by double
+    /// backward.
+    struct Derivs {
+        loss: f64,
+        gx: Vec<f32>,
+        gw: Vec<f32>,
+        hx: Vec<f32>,
+        hw: Vec<f32>,
+    }
+
+    fn derivs(
+        f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        d: &Data,
+        dirs: &Dirs,
+        tanh: bool,
+        hvp: bool,
+    ) -> Derivs {
+        let x = Var::from_tensor(&d.x).unwrap();
+        let w = Var::from_tensor(&d.w).unwrap();
+        let y = f(x.as_tensor(), w.as_tensor()).unwrap();
+        let act = if tanh { y.tanh().unwrap() } else { y };
+        let loss = (act * &dirs.r).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let gx = grads.get(&x).unwrap().clone();
+        let gw = grads.get(&w).unwrap().clone();
+        let (mut hx, mut hw) = (vec![], vec![]);
+        if hvp {
+            let s = ((&gx * &dirs.vx).unwrap().sum_all().unwrap()
+                + (&gw * &dirs.vw).unwrap().sum_all().unwrap())
+            .unwrap();
+            let g2 = s.backward().unwrap();
+            hx = to_vec(g2.get(&x).expect("second derivative w.r.t. x"));
+            hw = to_vec(g2.get(&w).expect("second derivative w.r.t. w"));
+        }
+        Derivs {
+            loss: loss.to_scalar::<f32>().unwrap() as f64,
+            gx: to_vec(&gx),
+            gw: to_vec(&gw),
+            hx,
+            hw,
+        }
+    }
+
+    #[test]
+    fn gradients_match_candle() {
+        for (i, cs) in CASES.iter().enumerate() {
+            if cs.dil.0 != cs.dil.1 {
+                continue;
+            }
+            let d = data(cs, 100 + i as u64);
+            let dd = dirs(cs, &d, i as u64);
+            let a = derivs(&|x, w| ours(cs, x, w), &d, &dd, false, false);
+            let b = derivs(&|x, w| reference(cs, x, w), &d, &dd, false, false);
+            let (ex, ew) = (rel_err(&a.gx, &b.gx), rel_err(&a.gw, &b.gw));
+            assert!(ex < 1e-4 && ew < 1e-4, "case {cs:?}: dx {ex}, dw {ew}");
+        }
+    }
+
+    #[test]
+    fn hessian_vector_products_match_candle() {
+        crate::init();
+        for (i, cs) in CASES.iter().enumerate() {
+            if cs.dil.0 != cs.dil.1 {
+                continue;
+            }
+            let d = data(cs, 200 + i as u64);
+            let dd = dirs(cs, &d, i as u64);
+            let a = derivs(&|x, w| ours(cs, x, w), &d, &dd, true, true);
+            let b = derivs(&|x, w| reference(cs, x, w), &d, &dd, true, true);
+            for (name, u, v) in [
+                ("dx", &a.gx, &b.gx),
+                ("dw", &a.gw, &b.gw),
+                ("Hv x", &a.hx, &b.hx),
+                ("Hv w", &a.hw, &b.hw),
+            ] {
+                let e = rel_err(u, v);
+                assert!(e < 1e-4, "case {cs:?}: {name} differs by {e}");
+            }
+        }
+    }
+
+    /// Central finite differences along (vx, vw) for the grouped, dilated and asymmetric cases:
+    /// first order `(L(p + εv) − L(p − εv)) / 2ε = <∇L, v>` and second order
+    /// `(∇L(p + εv) − ∇L(p − εv)) / 2ε = Hv`.
+    #[test]
+    fn grouped_derivatives_match_finite_differences() {
+        crate::init();
+        let eps = 1e-2;
+        let mut checked = 0;
+        for (i, cs) in CASES.iter().enumerate() {
+            if cs.groups == 1 && cs.dil.0 == cs.dil.1 && cs.pads.iter().all(|&p| p == cs.pads[0])
+            {
+                continue;
+            }
+            checked += 1;
+            let d = data(cs, 300 + i as u64);
+            let dd = dirs(cs, &d, i as u64);
+            let at = |e: f64| Data {
+                x: (&d.x + dd.vx.affine(e, 0.0).unwrap()).unwrap(),
+                w: (&d.w + dd.vw.affine(e, 0.0).unwrap()).unwrap(),
+            };
+            let f = |x: &Tensor, w: &Tensor| ours(cs, x, w);
+            let base = derivs(&f, &d, &dd, true, true);
+            let (p, m) = (
+                derivs(&f, &at(eps), &dd, true, false),
+                derivs(&f, &at(-eps), &dd, true, false),
+            );
+            let fd = (p.loss - m.loss) / (2.0 * eps);
+            let exact: f64 = base
+                .gx
+                .iter()
+                .zip(to_vec(&dd.vx))
+                .chain(base.gw.iter().zip(to_vec(&dd.vw)))
+                .map(|(g, v)| *g as f64 * v as f64)
+                .sum();
+            assert!(
+                (fd - exact).abs() <= 2e-3 * exact.abs().max(1.0),
+                "case {cs:?}: directional derivative {exact} vs finite difference {fd}"
+            );
+            let central = |a: &[f32], b: &[f32]| -> Vec<f32> {
+                a.iter()
+                    .zip(b)
+                    .map(|(u, v)| ((*u as f64 - *v as f64) / (2.0 * eps)) as f32)
+                    .collect()
+            };
+            let ex = rel_err(&base.hx, &central(&p.gx, &m.gx));
+            let ew = rel_err(&base.hw, &central(&p.gw, &m.gw));
+            assert!(ex < 5e-3 && ew < 5e-3, "case {cs:?}: Hv x {ex}, Hv w {ew}");
+        }
+        assert!(checked >= 8);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let x = Tensor::zeros((1, 4, 5, 5), DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::zeros((2, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        let e = conv2d(&x, &w, (1, 1), [0; 4], (1, 1), 1).unwrap_err();
+        assert!(e.to_string().contains("channels"), "{e}");
+        let w = Tensor::zeros((2, 4, 7, 7), DType::F32, &Device::Cpu).unwrap();
+        let e = conv2d(&x, &w, (1, 1), [0; 4], (1, 1), 1).unwrap_err();
+        assert!(e.to_string().contains("does not fit"), "{e}");
+        let w64 = Tensor::zeros((2, 4, 3, 3), DType::F64, &Device::Cpu).unwrap();
+        let e = conv2d(&x, &w64, (1, 1), [0; 4], (1, 1), 1).unwrap_err();
+        assert!(e.to_string().contains("f32"), "{e}");
+        let w = Tensor::zeros((3, 2, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        let e = conv2d(&x, &w, (1, 1), [0; 4], (1, 1), 2).unwrap_err();
+        assert!(e.to_string().contains("divisible"), "{e}");
+        let e = conv2d(&x, &w, (0, 1), [0; 4], (1, 1), 2).unwrap_err();
+        assert!(e.to_string().contains("positive"), "{e}");
+    }
+
+    #[test]
+    fn non_contiguous_operands() {
+        let cs = &CASES[1];
+        let d = data(cs, 5);
+        // A transposed-and-back view is non-contiguous in memory but equal in value.
+        let xt = d.x.transpose(2, 3).unwrap().contiguous().unwrap().transpose(2, 3).unwrap();
+        assert!(!xt.is_contiguous());
+        let a = ours(cs, &xt, &d.w).unwrap();
+        let b = ours(cs, &d.x, &d.w).unwrap();
+        assert_eq!(to_vec(&a), to_vec(&b));
+    }
+}
