@@ -8,7 +8,10 @@ use std::path::Path;
 
 fn check(bytes: &[u8], p: &Path) {
     if let Ok(im) = parse_idx_images(bytes, p) {
-        assert_eq!(im.data.len() as u128, im.n as u128 * im.rows as u128 * im.cols as u128);
+        assert_eq!(
+            im.data.len() as u128,
+            im.n as u128 * im.rows as u128 * im.cols as u128
+        );
     }
     if let Ok(l) = parse_idx_labels(bytes, p) {
         assert_eq!(l.len() + 8, bytes.len());

@@ -17,10 +17,8 @@ fn graph() -> Graph {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let path = std::env::temp_dir().join(format!(
-        "mixprec-fuzz-{}.safetensors",
-        std::process::id()
-    ));
+    let path =
+        std::env::temp_dir().join(format!("mixprec-fuzz-{}.safetensors", std::process::id()));
     if std::fs::write(&path, data).is_err() {
         return;
     }

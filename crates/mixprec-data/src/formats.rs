@@ -120,7 +120,12 @@ pub fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<IdxImages> {
     let n = be_u32(bytes, 4) as usize;
     let rows = be_u32(bytes, 8) as usize;
     let cols = be_u32(bytes, 12) as usize;
-    let expected = 16u64 + (n as u64) * (rows as u64) * (cols as u64);
+    // Three 32-bit counts can overflow 64 bits: such a header can never match the file.
+    let expected = (n as u64)
+        .checked_mul(rows as u64)
+        .and_then(|x| x.checked_mul(cols as u64))
+        .and_then(|x| x.checked_add(16))
+        .unwrap_or(u64::MAX);
     check_len(path, bytes, expected)?;
     Ok(IdxImages {
         n,

@@ -408,3 +408,16 @@ fn upsample_matches_recipe_on_real_image() {
         );
     }
 }
+
+/// An IDX images header whose three counts multiply beyond 64 bits (found by fuzzing, target
+/// data_formats in `fuzz/`): a clear size error, not an overflow.
+#[test]
+fn idx_header_with_overflowing_counts_is_an_error() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz-regressions/idx-images-count-overflow.idx");
+    let bytes = std::fs::read(&p).unwrap();
+    let e = mixprec_data::formats::parse_idx_images(&bytes, &p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("idx-images-count-overflow.idx"), "{e}");
+}

@@ -140,21 +140,34 @@ impl Geom {
     /// Direct loops beat im2col + GEMM when each output channel reads a single input channel
     /// and few output channels share it.
     fn direct(&self) -> bool {
-        self.cg() == 1 && self.mg() <= 8
+        self.cg() == 1 && self.mg() <= 4
     }
     /// Tile of output positions for the im2col kernels.
     fn tile(&self) -> usize {
-        (TILE_FLOATS / self.k().max(1)).max(MIN_TILE).min(self.ohw())
+        (TILE_FLOATS / self.k().max(1))
+            .max(MIN_TILE)
+            .min(self.ohw())
     }
-    /// Range `[lo, hi)` ⊂ `[a, b)` of output coordinates `o` with `0 <= o·s + off < len`.
-    fn valid(off: isize, s: usize, len: usize, a: usize, b: usize) -> (usize, usize) {
-        let s = s as isize;
-        let lo = if off < 0 { (-off + s - 1) / s } else { 0 };
-        let last = len as isize - 1 - off;
-        let hi = if last < 0 { 0 } else { last / s + 1 };
-        let lo = (lo as usize).clamp(a, b);
-        let hi = (hi as usize).clamp(lo, b);
-        (lo, hi)
+    /// For each kernel column `kj`: the output columns `[lo, hi)` whose input column
+    /// `ow·sw + off` lies inside the input, and `off`.
+    fn col_ranges(&self) -> Vec<ColRange> {
+        let s = self.p.stride.1 as isize;
+        (0..self.kw)
+            .map(|kj| {
+                let off = self.off_w(kj);
+                let lo = if off < 0 { (-off + s - 1) / s } else { 0 };
+                let last = self.w as isize - 1 - off;
+                let hi = if last < 0 { 0 } else { last / s + 1 };
+                let lo = (lo as usize).min(self.ow);
+                let hi = (hi as usize).clamp(lo, self.ow);
+                ColRange { lo, hi, off }
+            })
+            .collect()
+    }
+    /// Input row read by output row `oh` and kernel row `ki`, if inside the input.
+    fn in_row(&self, oh: usize, ki: usize) -> Option<usize> {
+        let ih = (oh * self.p.stride.0) as isize + self.off_h(ki);
+        (ih >= 0 && ih < self.h as isize).then_some(ih as usize)
     }
     fn off_h(&self, ki: usize) -> isize {
         (ki * self.p.dilation.0) as isize - self.p.pads[0] as isize
@@ -189,7 +202,10 @@ fn sgemm(
         return;
     }
     let span = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(span(m, n, dst_rs, 1) < dst.len(), "sgemm: dst out of bounds");
+    assert!(
+        span(m, n, dst_rs, 1) < dst.len(),
+        "sgemm: dst out of bounds"
+    );
     if k == 0 {
         if !accumulate {
             for r in 0..m {
@@ -198,8 +214,14 @@ fn sgemm(
         }
         return;
     }
-    assert!(span(m, k, lhs_rs, lhs_cs) < lhs.len(), "sgemm: lhs out of bounds");
-    assert!(span(k, n, rhs_rs, rhs_cs) < rhs.len(), "sgemm: rhs out of bounds");
+    assert!(
+        span(m, k, lhs_rs, lhs_cs) < lhs.len(),
+        "sgemm: lhs out of bounds"
+    );
+    assert!(
+        span(k, n, rhs_rs, rhs_cs) < rhs.len(),
+        "sgemm: rhs out of bounds"
+    );
     // SAFETY: every accessed element lies inside the slices (checked above), and `dst` is
     // exclusively borrowed.
     unsafe {
@@ -231,42 +253,63 @@ fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
+/// Output columns `[lo, hi)` of one kernel column that read inside the input, whose input
+/// column is `o·sw + off`.
+#[derive(Clone, Copy, Debug)]
+struct ColRange {
+    lo: usize,
+    hi: usize,
+    off: isize,
+}
+
+impl ColRange {
+    /// Input column of output column `o`.
+    #[inline(always)]
+    fn at(&self, o: usize, sw: usize) -> usize {
+        ((o * sw) as isize + self.off) as usize
+    }
+    /// The part inside `[a, b)`.
+    #[inline(always)]
+    fn clamp(&self, a: usize, b: usize) -> (usize, usize) {
+        let lo = self.lo.clamp(a, b);
+        (lo, self.hi.clamp(lo, b))
+    }
+}
+
 /// Columns `[p0, p1)` of the im2col matrix of one group's input `xg` (`Cg·H·W`), written to
 /// `col` as a `[K, p1 - p0]` row-major matrix.
-fn im2col(g: &Geom, xg: &[f32], p0: usize, p1: usize, col: &mut [f32]) {
+fn im2col(g: &Geom, ranges: &[ColRange], xg: &[f32], p0: usize, p1: usize, col: &mut [f32]) {
     let len = p1 - p0;
-    let (sh, sw) = g.p.stride;
+    let sw = g.p.stride.1;
+    let (oh0, oh1) = (p0 / g.ow, (p1 - 1) / g.ow + 1);
     for c in 0..g.cg() {
         let xc = &xg[c * g.hw()..(c + 1) * g.hw()];
         for ki in 0..g.kh {
-            for kj in 0..g.kw {
+            for (kj, cr) in ranges.iter().enumerate() {
                 let r = (c * g.kh + ki) * g.kw + kj;
                 let row = &mut col[r * len..(r + 1) * len];
-                let (offh, offw) = (g.off_h(ki), g.off_w(kj));
-                let mut p = p0;
-                while p < p1 {
-                    let (oh, ow0) = (p / g.ow, p % g.ow);
-                    let ow1 = g.ow.min(ow0 + (p1 - p));
-                    let seg = &mut row[p - p0..p - p0 + (ow1 - ow0)];
-                    let ih = (oh * sh) as isize + offh;
-                    if ih < 0 || ih >= g.h as isize {
+                for oh in oh0..oh1 {
+                    let base = oh * g.ow;
+                    let ow0 = p0.saturating_sub(base);
+                    let ow1 = g.ow.min(p1 - base);
+                    let seg = &mut row[base + ow0 - p0..base + ow1 - p0];
+                    let Some(ih) = g.in_row(oh, ki) else {
                         seg.fill(0.0);
+                        continue;
+                    };
+                    let xrow = &xc[ih * g.w..(ih + 1) * g.w];
+                    let (lo, hi) = cr.clamp(ow0, ow1);
+                    seg[..lo - ow0].fill(0.0);
+                    seg[hi - ow0..].fill(0.0);
+                    let dst = &mut seg[lo - ow0..hi - ow0];
+                    if sw == 1 {
+                        let s = cr.at(lo, 1);
+                        dst.copy_from_slice(&xrow[s..s + (hi - lo)]);
                     } else {
-                        let xrow = &xc[ih as usize * g.w..(ih as usize + 1) * g.w];
-                        let (lo, hi) = Geom::valid(offw, sw, g.w, ow0, ow1);
-                        seg[..lo - ow0].fill(0.0);
-                        seg[hi - ow0..].fill(0.0);
-                        let dst = &mut seg[lo - ow0..hi - ow0];
-                        if sw == 1 {
-                            let s = (lo as isize + offw) as usize;
-                            dst.copy_from_slice(&xrow[s..s + (hi - lo)]);
-                        } else {
-                            for (o, d) in (lo..hi).zip(dst.iter_mut()) {
-                                *d = xrow[((o * sw) as isize + offw) as usize];
-                            }
+                        for (o, d) in (lo..hi).zip(dst.iter_mut()) {
+                            *d = xrow[cr.at(o, sw)];
                         }
                     }
-                    p += ow1 - ow0;
                 }
             }
         }
@@ -275,62 +318,216 @@ fn im2col(g: &Geom, xg: &[f32], p0: usize, p1: usize, col: &mut [f32]) {
 
 /// Adds columns `[p0, p1)` of a `[K, p1 - p0]` column matrix back into one group's input
 /// gradient `dxg` (`Cg·H·W`): the adjoint of [`im2col`].
-fn col2im_add(g: &Geom, col: &[f32], p0: usize, p1: usize, dxg: &mut [f32]) {
+fn col2im_add(g: &Geom, ranges: &[ColRange], col: &[f32], p0: usize, p1: usize, dxg: &mut [f32]) {
     let len = p1 - p0;
-    let (sh, sw) = g.p.stride;
+    let sw = g.p.stride.1;
+    let (oh0, oh1) = (p0 / g.ow, (p1 - 1) / g.ow + 1);
     for c in 0..g.cg() {
         let dxc = &mut dxg[c * g.hw()..(c + 1) * g.hw()];
         for ki in 0..g.kh {
-            for kj in 0..g.kw {
+            for (kj, cr) in ranges.iter().enumerate() {
                 let r = (c * g.kh + ki) * g.kw + kj;
                 let row = &col[r * len..(r + 1) * len];
-                let (offh, offw) = (g.off_h(ki), g.off_w(kj));
-                let mut p = p0;
-                while p < p1 {
-                    let (oh, ow0) = (p / g.ow, p % g.ow);
-                    let ow1 = g.ow.min(ow0 + (p1 - p));
-                    let seg = &row[p - p0..p - p0 + (ow1 - ow0)];
-                    let ih = (oh * sh) as isize + offh;
-                    if ih >= 0 && ih < g.h as isize {
-                        let dxrow = &mut dxc[ih as usize * g.w..(ih as usize + 1) * g.w];
-                        let (lo, hi) = Geom::valid(offw, sw, g.w, ow0, ow1);
-                        let src = &seg[lo - ow0..hi - ow0];
-                        if sw == 1 {
-                            let s = (lo as isize + offw) as usize;
-                            for (d, v) in dxrow[s..s + (hi - lo)].iter_mut().zip(src) {
-                                *d += v;
-                            }
-                        } else {
-                            for (o, v) in (lo..hi).zip(src) {
-                                dxrow[((o * sw) as isize + offw) as usize] += v;
-                            }
+                for oh in oh0..oh1 {
+                    let Some(ih) = g.in_row(oh, ki) else {
+                        continue;
+                    };
+                    let base = oh * g.ow;
+                    let ow0 = p0.saturating_sub(base);
+                    let ow1 = g.ow.min(p1 - base);
+                    let (lo, hi) = cr.clamp(ow0, ow1);
+                    let src = &row[base + lo - p0..base + hi - p0];
+                    let dxrow = &mut dxc[ih * g.w..(ih + 1) * g.w];
+                    if sw == 1 {
+                        let s = cr.at(lo, 1);
+                        for (d, v) in dxrow[s..s + (hi - lo)].iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    } else {
+                        for (o, v) in (lo..hi).zip(src) {
+                            dxrow[cr.at(o, sw)] += v;
                         }
                     }
-                    p += ow1 - ow0;
                 }
             }
         }
     }
 }
 
-/// Dot product with eight independent partial sums (vectorises without reassociation).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// `a·b + c`, fused when the kernel is compiled with FMA.
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Dot product with sixteen independent partial sums (vectorises without reassociation).
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ar, br) = (ac.remainder(), bc.remainder());
     for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+        for i in 0..16 {
+            acc[i] = madd::<FMA>(x[i], y[i], acc[i]);
         }
     }
     let mut s = 0.0;
     for (x, y) in ar.iter().zip(br) {
-        s += x * y;
+        s = madd::<FMA>(*x, *y, s);
     }
     acc.iter().sum::<f32>() + s
 }
+
+/// Output plane of one channel of the direct convolution: `yp += xc ⋆ wm` (one input channel
+/// `xc`, one `KH·KW` filter `wm`).
+#[inline(always)]
+fn fwd_plane<const FMA: bool>(
+    g: &Geom,
+    ranges: &[ColRange],
+    xc: &[f32],
+    wm: &[f32],
+    yp: &mut [f32],
+) {
+    let sw = g.p.stride.1;
+    for oh in 0..g.oh {
+        let yrow = &mut yp[oh * g.ow..(oh + 1) * g.ow];
+        for ki in 0..g.kh {
+            let Some(ih) = g.in_row(oh, ki) else {
+                continue;
+            };
+            let xrow = &xc[ih * g.w..(ih + 1) * g.w];
+            for (kj, cr) in ranges.iter().enumerate() {
+                let wv = wm[ki * g.kw + kj];
+                let (lo, hi) = (cr.lo, cr.hi);
+                if sw == 1 {
+                    let s = cr.at(lo, 1);
+                    for (yv, xv) in yrow[lo..hi].iter_mut().zip(&xrow[s..s + (hi - lo)]) {
+                        *yv = madd::<FMA>(wv, *xv, *yv);
+                    }
+                } else {
+                    for o in lo..hi {
+                        yrow[o] = madd::<FMA>(wv, xrow[cr.at(o, sw)], yrow[o]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Transposed direct convolution of one output channel's gradient `gp` into the gradient
+/// `dxp` of its input channel.
+#[inline(always)]
+fn cbi_plane<const FMA: bool>(
+    g: &Geom,
+    ranges: &[ColRange],
+    gp: &[f32],
+    wm: &[f32],
+    dxp: &mut [f32],
+) {
+    let sw = g.p.stride.1;
+    for oh in 0..g.oh {
+        let grow = &gp[oh * g.ow..(oh + 1) * g.ow];
+        for ki in 0..g.kh {
+            let Some(ih) = g.in_row(oh, ki) else {
+                continue;
+            };
+            let dxrow = &mut dxp[ih * g.w..(ih + 1) * g.w];
+            for (kj, cr) in ranges.iter().enumerate() {
+                let wv = wm[ki * g.kw + kj];
+                let (lo, hi) = (cr.lo, cr.hi);
+                if sw == 1 {
+                    let s = cr.at(lo, 1);
+                    for (d, gv) in dxrow[s..s + (hi - lo)].iter_mut().zip(&grow[lo..hi]) {
+                        *d = madd::<FMA>(wv, *gv, *d);
+                    }
+                } else {
+                    for o in lo..hi {
+                        let d = &mut dxrow[cr.at(o, sw)];
+                        *d = madd::<FMA>(wv, grow[o], *d);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Weight gradient of one direct-convolution filter from one image: `dwm += gp ⋆ xc`.
+#[inline(always)]
+fn cbw_plane<const FMA: bool>(
+    g: &Geom,
+    ranges: &[ColRange],
+    gp: &[f32],
+    xc: &[f32],
+    dwm: &mut [f32],
+) {
+    let sw = g.p.stride.1;
+    for oh in 0..g.oh {
+        let grow = &gp[oh * g.ow..(oh + 1) * g.ow];
+        for ki in 0..g.kh {
+            let Some(ih) = g.in_row(oh, ki) else {
+                continue;
+            };
+            let xrow = &xc[ih * g.w..(ih + 1) * g.w];
+            for (kj, cr) in ranges.iter().enumerate() {
+                let (lo, hi) = (cr.lo, cr.hi);
+                dwm[ki * g.kw + kj] += if sw == 1 {
+                    let s = cr.at(lo, 1);
+                    dot::<FMA>(&grow[lo..hi], &xrow[s..s + (hi - lo)])
+                } else {
+                    (lo..hi).fold(0.0, |acc, o| madd::<FMA>(grow[o], xrow[cr.at(o, sw)], acc))
+                };
+            }
+        }
+    }
+}
+
+/// Whether the CPU has AVX2 and FMA (the direct kernels are compiled for them too).
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines `$name`, which runs the `#[inline(always)]` kernel `$kernel` compiled for AVX2 +
+/// FMA when `simd` is true (the caller checked [`has_avx2_fma`]) and for the baseline target
+/// otherwise.
+macro_rules! dispatch {
+    ($name:ident, $avx:ident, $kernel:ident, ($($a:ident: $t:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx($($a: $t),*) {
+            $kernel::<true>($($a),*)
+        }
+
+        fn $name(simd: bool, $($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: `simd` is only true when the CPU supports AVX2 and FMA.
+                return unsafe { $avx($($a),*) };
+            }
+            let _ = simd;
+            $kernel::<false>($($a),*)
+        }
+    };
+}
+
+dispatch!(fwd_plane_any, fwd_plane_avx2, fwd_plane,
+    (g: &Geom, ranges: &[ColRange], xc: &[f32], wm: &[f32], yp: &mut [f32]));
+dispatch!(cbi_plane_any, cbi_plane_avx2, cbi_plane,
+    (g: &Geom, ranges: &[ColRange], gp: &[f32], wm: &[f32], dxp: &mut [f32]));
+dispatch!(cbw_plane_any, cbw_plane_avx2, cbw_plane,
+    (g: &Geom, ranges: &[ColRange], gp: &[f32], xc: &[f32], dwm: &mut [f32]));
 
 // ---------------------------------------------------------------------------------------------
 // Conv: y[N, M, OH, OW] = x[N, C, H, W] ⋆ w[M, C/groups, KH, KW]
@@ -354,17 +551,16 @@ fn conv_fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
         } else {
             Parallelism::Rayon(threads())
         };
-        y.par_chunks_mut(mg * ohw)
-            .enumerate()
-            .for_each(|(t, yc)| {
-                let (n, gi) = (t / groups, t % groups);
-                let xg = &x[(n * g.c + gi * cg) * ohw..][..cg * ohw];
-                let wg = &w[gi * mg * k..][..mg * k];
-                sgemm((mg, ohw, cg), yc, ohw, false, wg, (k, 1), xg, (ohw, 1), par);
-            });
+        y.par_chunks_mut(mg * ohw).enumerate().for_each(|(t, yc)| {
+            let (n, gi) = (t / groups, t % groups);
+            let xg = &x[(n * g.c + gi * cg) * ohw..][..cg * ohw];
+            let wg = &w[gi * mg * k..][..mg * k];
+            sgemm((mg, ohw, cg), yc, ohw, false, wg, (k, 1), xg, (ohw, 1), par);
+        });
         return y;
     }
     let tile = g.tile();
+    let ranges = g.col_ranges();
     let ntiles = ohw.div_ceil(tile);
     let tasks = g.n * groups * ntiles;
     let par = if tasks >= threads() {
@@ -381,7 +577,7 @@ fn conv_fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
             let (n, gi) = (ng / groups, ng % groups);
             let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
             let xg = &x[(n * g.c + gi * cg) * g.hw()..][..cg * g.hw()];
-            im2col(g, xg, p0, p1, col);
+            im2col(g, &ranges, xg, p0, p1, col);
             let wg = &w[gi * mg * k..][..mg * k];
             let start = (n * g.m + gi * mg) * ohw + p0;
             let span = (mg - 1) * ohw + (p1 - p0);
@@ -392,7 +588,17 @@ fn conv_fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
             // parallel loop.
             let dst = unsafe { std::slice::from_raw_parts_mut(yp.0.add(start), span) };
             let len = p1 - p0;
-            sgemm((mg, len, k), dst, ohw, false, wg, (k, 1), col, (len, 1), par);
+            sgemm(
+                (mg, len, k),
+                dst,
+                ohw,
+                false,
+                wg,
+                (k, 1),
+                col,
+                (len, 1),
+                par,
+            );
         },
     );
     y
@@ -401,36 +607,12 @@ fn conv_fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
 /// Direct convolution for one input channel per group.
 fn conv_fwd_direct(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
     let (mg, ohw, khw) = (g.mg(), g.ohw(), g.kh * g.kw);
-    let (sh, sw) = g.p.stride;
+    let ranges = g.col_ranges();
+    let simd = has_avx2_fma();
     y.par_chunks_mut(ohw).enumerate().for_each(|(t, yp)| {
         let (n, m) = (t / g.m, t % g.m);
         let xc = &x[(n * g.c + m / mg) * g.hw()..][..g.hw()];
-        let wm = &w[m * khw..][..khw];
-        for oh in 0..g.oh {
-            let yrow = &mut yp[oh * g.ow..(oh + 1) * g.ow];
-            for ki in 0..g.kh {
-                let ih = (oh * sh) as isize + g.off_h(ki);
-                if ih < 0 || ih >= g.h as isize {
-                    continue;
-                }
-                let xrow = &xc[ih as usize * g.w..(ih as usize + 1) * g.w];
-                for kj in 0..g.kw {
-                    let wv = wm[ki * g.kw + kj];
-                    let offw = g.off_w(kj);
-                    let (lo, hi) = Geom::valid(offw, sw, g.w, 0, g.ow);
-                    if sw == 1 {
-                        let s = (lo as isize + offw) as usize;
-                        for (yv, xv) in yrow[lo..hi].iter_mut().zip(&xrow[s..s + (hi - lo)]) {
-                            *yv += wv * xv;
-                        }
-                    } else {
-                        for o in lo..hi {
-                            yrow[o] += wv * xrow[((o * sw) as isize + offw) as usize];
-                        }
-                    }
-                }
-            }
-        }
+        fwd_plane_any(simd, g, &ranges, xc, &w[m * khw..][..khw], yp);
     });
 }
 
@@ -465,6 +647,7 @@ fn cbi_fwd(g: &Geom, gy: &[f32], w: &[f32]) -> Vec<f32> {
         return dx;
     }
     let tile = g.tile();
+    let ranges = g.col_ranges();
     dx.par_chunks_mut(cg * hw).enumerate().for_each_init(
         || vec![0f32; k * tile],
         |col, (t, dxc)| {
@@ -487,7 +670,7 @@ fn cbi_fwd(g: &Geom, gy: &[f32], w: &[f32]) -> Vec<f32> {
                     (ohw, 1),
                     par,
                 );
-                col2im_add(g, col, p0, p1, dxc);
+                col2im_add(g, &ranges, col, p0, p1, dxc);
                 p0 = p1;
             }
         },
@@ -498,37 +681,13 @@ fn cbi_fwd(g: &Geom, gy: &[f32], w: &[f32]) -> Vec<f32> {
 /// Direct transposed convolution for one input channel per group.
 fn cbi_direct(g: &Geom, gy: &[f32], w: &[f32], dx: &mut [f32]) {
     let (mg, ohw, khw) = (g.mg(), g.ohw(), g.kh * g.kw);
-    let (sh, sw) = g.p.stride;
+    let ranges = g.col_ranges();
+    let simd = has_avx2_fma();
     dx.par_chunks_mut(g.hw()).enumerate().for_each(|(t, dxp)| {
         let (n, c) = (t / g.c, t % g.c);
         for m in c * mg..(c + 1) * mg {
             let gp = &gy[(n * g.m + m) * ohw..][..ohw];
-            let wm = &w[m * khw..][..khw];
-            for oh in 0..g.oh {
-                let grow = &gp[oh * g.ow..(oh + 1) * g.ow];
-                for ki in 0..g.kh {
-                    let ih = (oh * sh) as isize + g.off_h(ki);
-                    if ih < 0 || ih >= g.h as isize {
-                        continue;
-                    }
-                    let dxrow = &mut dxp[ih as usize * g.w..(ih as usize + 1) * g.w];
-                    for kj in 0..g.kw {
-                        let wv = wm[ki * g.kw + kj];
-                        let offw = g.off_w(kj);
-                        let (lo, hi) = Geom::valid(offw, sw, g.w, 0, g.ow);
-                        if sw == 1 {
-                            let s = (lo as isize + offw) as usize;
-                            for (d, gv) in dxrow[s..s + (hi - lo)].iter_mut().zip(&grow[lo..hi]) {
-                                *d += wv * gv;
-                            }
-                        } else {
-                            for o in lo..hi {
-                                dxrow[((o * sw) as isize + offw) as usize] += wv * grow[o];
-                            }
-                        }
-                    }
-                }
-            }
+            cbi_plane_any(simd, g, &ranges, gp, &w[m * khw..][..khw], dxp);
         }
     });
 }
@@ -562,6 +721,7 @@ fn cbw_fwd(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
         Parallelism::Rayon(threads())
     };
     let tile = if g.identity_cols() { 0 } else { g.tile() };
+    let ranges = g.col_ranges();
     let partials: Vec<Vec<f32>> = (0..tasks)
         .into_par_iter()
         .map_init(
@@ -593,7 +753,7 @@ fn cbw_fwd(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
                     while p0 < ohw {
                         let p1 = (p0 + tile).min(ohw);
                         let len = p1 - p0;
-                        im2col(g, xg, p0, p1, col);
+                        im2col(g, &ranges, xg, p0, p1, col);
                         // acc[Mg, K] += gy[n, g][Mg, p0..p1] · col[K, len]ᵀ
                         sgemm(
                             (mg, k, len),
@@ -626,34 +786,14 @@ fn cbw_fwd(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
 /// Direct weight gradient for one input channel per group.
 fn cbw_direct(g: &Geom, x: &[f32], gy: &[f32], dw: &mut [f32]) {
     let (mg, ohw, khw) = (g.mg(), g.ohw(), g.kh * g.kw);
-    let (sh, sw) = g.p.stride;
+    let ranges = g.col_ranges();
+    let simd = has_avx2_fma();
     dw.par_chunks_mut(khw).enumerate().for_each(|(m, dwm)| {
         let ci = m / mg;
         for n in 0..g.n {
             let gp = &gy[(n * g.m + m) * ohw..][..ohw];
             let xc = &x[(n * g.c + ci) * g.hw()..][..g.hw()];
-            for oh in 0..g.oh {
-                let grow = &gp[oh * g.ow..(oh + 1) * g.ow];
-                for ki in 0..g.kh {
-                    let ih = (oh * sh) as isize + g.off_h(ki);
-                    if ih < 0 || ih >= g.h as isize {
-                        continue;
-                    }
-                    let xrow = &xc[ih as usize * g.w..(ih as usize + 1) * g.w];
-                    for kj in 0..g.kw {
-                        let offw = g.off_w(kj);
-                        let (lo, hi) = Geom::valid(offw, sw, g.w, 0, g.ow);
-                        dwm[ki * g.kw + kj] += if sw == 1 {
-                            let s = (lo as isize + offw) as usize;
-                            dot(&grow[lo..hi], &xrow[s..s + (hi - lo)])
-                        } else {
-                            (lo..hi)
-                                .map(|o| grow[o] * xrow[((o * sw) as isize + offw) as usize])
-                                .sum::<f32>()
-                        };
-                    }
-                }
-            }
+            cbw_plane_any(simd, g, &ranges, gp, xc, dwm);
         }
     });
 }
@@ -733,7 +873,11 @@ impl CustomOp2 for Conv {
             )
         }
         let g = Geom::new(self.0, n, c, h, w, m, kh, kw)?;
-        let y = conv_fwd(&g, f32_data(op, "input", s1, l1)?, f32_data(op, "weight", s2, l2)?);
+        let y = conv_fwd(
+            &g,
+            f32_data(op, "input", s1, l1)?,
+            f32_data(op, "weight", s2, l2)?,
+        );
         Ok((CpuStorage::F32(y), Shape::from((n, m, g.oh, g.ow))))
     }
 
@@ -1242,8 +1386,7 @@ mod tests {
         let eps = 1e-2;
         let mut checked = 0;
         for (i, cs) in CASES.iter().enumerate() {
-            if cs.groups == 1 && cs.dil.0 == cs.dil.1 && cs.pads.iter().all(|&p| p == cs.pads[0])
-            {
+            if cs.groups == 1 && cs.dil.0 == cs.dil.1 && cs.pads.iter().all(|&p| p == cs.pads[0]) {
                 continue;
             }
             checked += 1;
@@ -1308,10 +1451,55 @@ mod tests {
         let cs = &CASES[1];
         let d = data(cs, 5);
         // A transposed-and-back view is non-contiguous in memory but equal in value.
-        let xt = d.x.transpose(2, 3).unwrap().contiguous().unwrap().transpose(2, 3).unwrap();
+        let xt =
+            d.x.transpose(2, 3)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .transpose(2, 3)
+                .unwrap();
         assert!(!xt.is_contiguous());
         let a = ours(cs, &xt, &d.w).unwrap();
         let b = ours(cs, &d.x, &d.w).unwrap();
         assert_eq!(to_vec(&a), to_vec(&b));
+    }
+}
+#[cfg(test)]
+mod tmp_timing {
+    use super::*;
+    fn best(mut f: impl FnMut()) -> f64 {
+        let mut b = f64::MAX;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            f();
+            b = b.min(t.elapsed().as_secs_f64() * 1e3);
+        }
+        b
+    }
+    #[test]
+    #[ignore]
+    fn timing() {
+        let shapes: &[([usize; 4], [usize; 4], usize, usize, usize)] = &[
+            ([64, 1, 28, 28], [6, 1, 5, 5], 1, 2, 1),
+            ([64, 16, 32, 32], [16, 16, 3, 3], 1, 1, 1),
+            ([64, 16, 32, 32], [32, 16, 3, 3], 2, 1, 1),
+            ([64, 16, 32, 32], [32, 16, 1, 1], 2, 0, 1),
+            ([64, 32, 16, 16], [32, 32, 3, 3], 1, 1, 1),
+            ([64, 64, 8, 8], [64, 64, 3, 3], 1, 1, 1),
+            ([32, 64, 48, 48], [64, 1, 3, 3], 1, 1, 64),
+            ([32, 64, 48, 48], [128, 64, 1, 1], 1, 0, 1),
+        ];
+        for &(xs, ws, s, p, gr) in shapes {
+            let prm = Params { stride: (s, s), pads: [p; 4], dilation: (1, 1), groups: gr };
+            let g = Geom::new(prm, xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3]).unwrap();
+            let x: Vec<f32> = (0..xs.iter().product::<usize>()).map(|i| (i % 7) as f32).collect();
+            let w: Vec<f32> = (0..ws.iter().product::<usize>()).map(|i| (i % 5) as f32).collect();
+            let y = conv_fwd(&g, &x, &w);
+            let a = best(|| drop(conv_fwd(&g, &x, &w)));
+            let b = best(|| drop(cbi_fwd(&g, &y, &w)));
+            let c = best(|| drop(cbw_fwd(&g, &x, &y)));
+            let flop = 2.0 * (g.n * g.m * g.k() * g.ohw()) as f64 / 1e6;
+            println!("{xs:?} {ws:?}: conv {a:.2} cbi {b:.2} cbw {c:.2} ms; GFLOP/s {:.1} {:.1} {:.1}", flop / a, flop / b, flop / c);
+        }
     }
 }

@@ -157,19 +157,6 @@ fn window_2d(win: &Window, spatial: &[usize]) -> OpResult<(Window, Vec<usize>)> 
     Ok((w, vec![1, spatial[0]]))
 }
 
-/// Subsample a 4-D tensor's spatial axes by integer steps.
-fn subsample(x: &Tensor, sh: usize, sw: usize) -> OpResult<Tensor> {
-    let mut y = x.clone();
-    for (dim, s) in [(2, sh), (3, sw)] {
-        if s > 1 {
-            let n = y.dims()[dim];
-            let idx: Vec<usize> = (0..n).step_by(s).collect();
-            y = select(&y, dim, &idx)?;
-        }
-    }
-    Ok(y)
-}
-
 /// ONNX Conv (1-D or 2-D, any groups, asymmetric padding, strides, dilations).
 pub fn conv(
     x: &Tensor,
@@ -194,25 +181,12 @@ pub fn conv(
         .resolve(&sp2)
         .ok_or("the window does not fit the input")?;
     let get = |v: &Vec<usize>, i| v.get(i).copied().unwrap_or(1);
-    let (sh, sw) = (get(&win2.strides, 0), get(&win2.strides, 1));
-    let (dh, dw) = (get(&win2.dilations, 0), get(&win2.dilations, 1));
-    if dh != dw {
-        return Err(format!(
-            "different dilations per axis ({dh}, {dw}) are not supported"
-        ));
-    }
-    let symmetric = begin[0] == end[0] && begin[1] == end[1] && begin[0] == begin[1];
-    let (xin, padding) = if symmetric {
-        (x4, begin[0])
-    } else {
-        let p = pad_const_dim(&x4, 2, begin[0], end[0], 0.0)?;
-        (pad_const_dim(&p, 3, begin[1], end[1], 0.0)?, 0)
-    };
-    let mut y = if sh == sw {
-        c(xin.conv2d(&w4, padding, sh, dh, group))?
-    } else {
-        subsample(&c(xin.conv2d(&w4, padding, 1, dh, group))?, sh, sw)?
-    };
+    let stride = (get(&win2.strides, 0), get(&win2.strides, 1));
+    let dilation = (get(&win2.dilations, 0), get(&win2.dilations, 1));
+    let pads = [begin[0], begin[1], end[0], end[1]];
+    let mut y = c(crate::conv2d::conv2d(
+        &x4, &w4, stride, pads, dilation, group,
+    ))?;
     if let Some(b) = b {
         y = c(y.broadcast_add(&c(b.reshape((1, b.elem_count(), 1, 1)))?))?;
     }

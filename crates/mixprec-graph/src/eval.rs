@@ -114,6 +114,21 @@ fn too_big(shape: &[usize]) -> bool {
 /// Evaluate `op` on constant inputs. Returns `Ok(None)` when the operator is not host-evaluable
 /// (or the result would be too large), `Err` with a message when the inputs are invalid.
 pub fn eval_host(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Option<Vec<Tensor>>, String> {
+    let out = eval_inner(op, inputs)?;
+    for t in out.iter().flatten() {
+        // Even an empty result must not carry dimensions whose product overflows.
+        if crate::tensor::checked_numel(&t.shape).is_none() {
+            return Err(format!(
+                "result shape {:?} is too large (more than {} elements)",
+                t.shape,
+                crate::tensor::MAX_ELEMENTS
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn eval_inner(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Option<Vec<Tensor>>, String> {
     let x = match inputs.first().copied().flatten() {
         Some(x) => x,
         None => {
@@ -152,7 +167,7 @@ pub fn eval_host(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Option<Vec<Tenso
         Op::Neg | Op::Abs | Op::Relu | Op::Sqrt | Op::Exp | Op::Log => {
             let data = match op {
                 Op::Neg => map_data(x, |v| -v, |v| v.wrapping_neg()),
-                Op::Abs => map_data(x, f32::abs, i64::abs),
+                Op::Abs => map_data(x, f32::abs, i64::wrapping_abs),
                 Op::Relu => map_data(x, |v| v.max(0.0), |v| v.max(0)),
                 Op::Sqrt => TensorData::F32(x.to_f32().iter().map(|v| v.sqrt()).collect()),
                 Op::Exp => TensorData::F32(x.to_f32().iter().map(|v| v.exp()).collect()),

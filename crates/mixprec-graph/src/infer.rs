@@ -141,7 +141,11 @@ pub fn infer_with_values(
             let host_in: Vec<Option<Tensor>>;
             let host_ref: Vec<Option<&Tensor>> = if shape_op {
                 // Shape needs only the shape of its input.
-                let s = ins[0].ok_or_else(|| mismatch(n, "missing input"))?;
+                let s = ins
+                    .first()
+                    .copied()
+                    .flatten()
+                    .ok_or_else(|| mismatch(n, "missing input"))?;
                 host_in = vec![Some(Tensor {
                     shape: s.to_vec(),
                     data: crate::tensor::TensorData::I64(vec![]),

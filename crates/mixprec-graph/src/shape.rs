@@ -113,17 +113,21 @@ pub fn slice_ranges(
                 clampi(fix(ends[i]), -1, dim - 1),
             )
         };
+        // Written so that no step (even i64::MIN) overflows.
         let count = if step > 0 {
             if e > s {
-                ((e - s) + step - 1) / step
+                (e - s - 1) / step + 1
             } else {
                 0
             }
         } else if s > e {
-            ((s - e) + (-step) - 1) / (-step)
+            ((s - e - 1) as u64 / step.unsigned_abs() + 1) as i64
         } else {
             0
         };
+        // With at most one element the step is irrelevant; 1 keeps offsets small.
+        let step = if count <= 1 { 1 } else { step };
+        let s = if count == 0 { 0 } else { s };
         out[axis] = (s, step, count as usize);
     }
     Ok(out)
@@ -250,6 +254,13 @@ mod tests {
         assert_eq!(r, vec![(7, 1, 3)]);
         let r = slice_ranges(&[5], &[-1], &[i64::MIN], None, Some(&[-2])).unwrap();
         assert_eq!(r, vec![(4, -2, 3)]);
+        // Extreme steps neither overflow nor matter for a single element.
+        let r = slice_ranges(&[5], &[0], &[5], None, Some(&[i64::MAX])).unwrap();
+        assert_eq!(r, vec![(0, 1, 1)]);
+        let r = slice_ranges(&[5], &[4], &[-10], None, Some(&[i64::MIN])).unwrap();
+        assert_eq!(r, vec![(4, 1, 1)]);
+        let r = slice_ranges(&[5], &[-1], &[9], None, Some(&[-1])).unwrap();
+        assert_eq!(r, vec![(0, 1, 0)]);
     }
     #[test]
     fn matmul_rules() {

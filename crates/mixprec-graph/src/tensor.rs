@@ -90,13 +90,17 @@ fn check_len(shape: &[usize], len: usize) -> Result<()> {
     Ok(())
 }
 
-/// Product of dims, `None` on overflow or above [`MAX_ELEMENTS`].
+/// Product of dims, `None` on overflow or above [`MAX_ELEMENTS`]. Size-0 dimensions do not
+/// hide huge ones: the product of the non-zero dimensions must fit too, so that any partial
+/// product of the shape (as Flatten or Reshape compute) stays in range.
 pub fn checked_numel(shape: &[usize]) -> Option<usize> {
     let mut n: usize = 1;
+    let mut nonzero: usize = 1;
     for &d in shape {
         n = n.checked_mul(d)?;
+        nonzero = nonzero.checked_mul(d.max(1))?;
     }
-    (n <= MAX_ELEMENTS).then_some(n)
+    (nonzero <= MAX_ELEMENTS).then_some(n)
 }
 
 /// Row-major strides of a shape.

@@ -426,3 +426,30 @@ fn claimed_lengths_beyond_the_data_and_deep_nesting_are_decode_errors() {
     let e = import_onnx_bytes(&deep).unwrap_err().to_string();
     assert!(e.contains("not a valid ONNX model"), "{e}");
 }
+
+/// Models found by fuzzing (`fuzz/`, target onnx_structured) that once made the importer,
+/// shape inference, accounting or export panic. Each must now give a result or an error.
+#[test]
+fn fuzz_regressions_do_not_panic() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for f in &files {
+        let outcome = std::panic::catch_unwind(|| {
+            let Ok(g) = load_onnx(f) else { return };
+            if let Ok(shapes) = input_shapes_for_batch(&g, 1) {
+                let _ = infer(&g, &shapes);
+            }
+            let _ = model_stats(&g);
+            if let Ok(m) = to_model_proto(&g) {
+                let _ = import_onnx_bytes(&m.encode_to_vec());
+            }
+        });
+        assert!(outcome.is_ok(), "{} panics", f.display());
+    }
+}
