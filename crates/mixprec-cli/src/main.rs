@@ -33,6 +33,9 @@ enum Command {
     Bench(cmd::bench::Args),
     /// One forward pass on inputs from .npy or ONNX .pb files; outputs to .npz or .npy.
     Run(cmd::run::Args),
+    /// Per-layer sensitivity table [layer × option] of a metric (hessian-trace, output-mse,
+    /// kl, sqnr, fisher, hessian-eigen).
+    Sensitivity(cmd::sensitivity::Args),
     /// Everything mixprec knows: architectures, operators, data sets.
     List(cmd::list::Args),
 }
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Sensitivity(a) => cmd::sensitivity::run(a),
         Command::List(a) => cmd::list::run(a),
     };
     match result {

@@ -2,7 +2,7 @@
 //! plus backward of `sum(y)` to input and weight) on LeNet, ResNet-8 and MobileNet-like
 //! layers; the fastest of `reps` runs (the machine is shared).
 //!
-//! `cargo run --release -p mixprec-exec --example conv_bench [reps]`
+//! `cargo run --release -p mixprec-exec --example conv_bench [reps] [layer-name-filter]`
 
 use candle_core::{Device, Result, Tensor, Var};
 use std::time::Instant;
@@ -140,11 +140,12 @@ fn main() -> Result<()> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
+    let filter = std::env::args().nth(2).unwrap_or_default();
     println!(
         "{:<24} {:>10} {:>10} {:>7} | {:>10} {:>10} {:>7}",
         "layer", "fwd ours", "candle", "ratio", "f+b ours", "candle", "ratio"
     );
-    for l in LAYERS {
+    for l in LAYERS.iter().filter(|l| l.name.contains(filter.as_str())) {
         let x = Var::from_tensor(&fill(&l.x, 1)?)?;
         let w = Var::from_tensor(&fill(&l.w, 2)?)?;
         let ours = |x: &Tensor, w: &Tensor| {
@@ -156,7 +157,7 @@ fn main() -> Result<()> {
         let fb = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| {
             min_ms(reps, || {
                 let g = f(&x, &w)?.sum_all()?.backward()?;
-                g.get(&x).map(drop);
+                assert!(g.get(&x).is_some() && g.get(&w).is_some());
                 Ok(())
             })
         };

@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod list;
 pub mod quantize;
 pub mod run;
+pub mod sensitivity;
 pub mod train;
 
 /// Human-readable large counts: 12.3M, 4.5k.

@@ -1,0 +1,202 @@
+//! Conformance of every registered metric and an exact check of the Hutchinson estimate.
+
+use super::*;
+use crate::models::GraphBuilder;
+use candle_core::Device;
+use mixprec_graph::Op;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// 1×4×4 input → fc 16→12 → ReLU → fc 12→8 → ReLU → fc 8→3.
+fn mlp(seed: u64) -> Executor {
+    let (mut b, x) = GraphBuilder::new("mlp", 1, 4, 4, seed);
+    let y = b.node("flatten", Op::Flatten { axis: 1 }, vec![x]);
+    let y = b.fc("fc1", y, 16, 12);
+    let y = b.node("relu1", Op::Relu, vec![y]);
+    let y = b.fc("fc2", y, 12, 8);
+    let y = b.node("relu2", Op::Relu, vec![y]);
+    let y = b.fc("fc3", y, 8, 3);
+    Executor::new(b.finish(y)).unwrap()
+}
+
+/// `n` random 1×4×4 samples labelled by a fixed random linear rule.
+fn samples(n: usize, seed: u64) -> Dataset {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let rule: Vec<f32> = (0..48).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let images: Vec<f32> = (0..n * 16).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let labels = (0..n)
+        .map(|i| {
+            let x = &images[i * 16..(i + 1) * 16];
+            let score = |c: usize| -> f32 { (0..16).map(|k| rule[c * 16 + k] * x[k]).sum() };
+            (0..3)
+                .max_by(|&a, &b| score(a).total_cmp(&score(b)))
+                .unwrap() as u32
+        })
+        .collect();
+    let classes = ["a", "b", "c"].map(String::from).to_vec();
+    Dataset::from_parts("synthetic", images, labels, n, 1, 4, 4, classes).unwrap()
+}
+
+fn layer(exec: &Executor, name: &str) -> Layer {
+    exec.graph()
+        .layers()
+        .into_iter()
+        .find(|l| l.name == name)
+        .unwrap()
+}
+
+/// Multiplies one weight of `name` by 50: an outlier that stretches the layer's per-tensor
+/// quantization range so that its quantization error explodes.
+fn damage(exec: &Executor, name: &str) {
+    let var = exec.var(layer(exec, name).weight).unwrap();
+    let mut w = to_vec_f32(var.as_tensor()).unwrap();
+    w[0] = 50.0 * w.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let t = Tensor::from_vec(w, var.as_tensor().dims(), &Device::Cpu).unwrap();
+    var.set(&t).unwrap();
+}
+
+fn options(list: &str) -> Vec<SensOption> {
+    SensOption::parse_list(list, Granularity::Tensor).unwrap()
+}
+
+#[test]
+fn options_parse_and_reject_bad_labels() {
+    let o = options("w2, w4,a8");
+    assert_eq!(o.len(), 3);
+    assert_eq!((o[1].target, o[1].scheme.bits), (OptionTarget::Weight, 4));
+    assert!(o[1].scheme.symmetric);
+    assert_eq!(
+        (o[2].target, o[2].scheme.bits),
+        (OptionTarget::Activation, 8)
+    );
+    for bad in ["x4", "w", "w0", "w99", ""] {
+        let e = SensOption::parse_list(bad, Granularity::Tensor).unwrap_err();
+        assert!(e.to_string().contains("option"), "{bad}: {e}");
+    }
+    let e = build_metric("hessian", &serde_json::Value::Null)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("hessian-trace"), "{e}");
+}
+
+#[test]
+fn every_metric_is_finite_deterministic_and_ranks_a_damaged_layer_first() {
+    let data = samples(32, 1);
+    let exec = mlp(7);
+    damage(&exec, "fc2");
+    for entry in METRICS {
+        let metric = (entry.build)(&serde_json::Value::Null).unwrap();
+        let weight_only = matches!(entry.name, "hessian-trace" | "fisher" | "hessian-eigen");
+        let list = if weight_only {
+            "w2,w4,w8"
+        } else {
+            "w2,w4,w8,a8"
+        };
+        let run = |seed| {
+            let ctx = SensCtx::new(&exec, &data, options(list), 16, seed).unwrap();
+            metric.compute(&ctx).unwrap()
+        };
+        let t = run(3);
+        assert_eq!(t.metric, entry.name);
+        assert_eq!(t.layers, ["fc1", "fc2", "fc3"]);
+        assert_eq!(t.values.len(), 3);
+        for row in &t.values {
+            assert_eq!(row.len(), t.options.len());
+            assert!(row.iter().all(|v| v.is_finite()), "{}: {row:?}", entry.name);
+        }
+        let again = run(3);
+        for (a, b) in t.values.iter().flatten().zip(again.values.iter().flatten()) {
+            assert!(
+                (a - b).abs() <= 1e-9 * a.abs().max(1e-30),
+                "{} is not deterministic: {a} vs {b}",
+                entry.name
+            );
+        }
+        for o in 0..3 {
+            assert_eq!(
+                t.most_sensitive(o),
+                Some(1),
+                "{} column {}: {:?}",
+                entry.name,
+                t.options[o],
+                t.values
+            );
+        }
+        assert_eq!(t.ranking()[0], 1, "{}", entry.name);
+        if weight_only {
+            let ctx = SensCtx::new(&exec, &data, options("w4,a8"), 16, 0).unwrap();
+            let e = metric.compute(&ctx).unwrap_err().to_string();
+            assert!(e.contains("'a8'") && e.contains(entry.name), "{e}");
+        }
+    }
+}
+
+/// The exact trace of one layer's Hessian block: Σ_k e_kᵀ H e_k with basis probes.
+fn exact_trace(ctx: &SensCtx, l: &Layer) -> f64 {
+    let (_, dims) = ctx.weight(l).unwrap();
+    let n: usize = dims.iter().product();
+    let basis: Vec<Tensor> = (0..n)
+        .map(|k| {
+            let mut e = vec![0f32; n];
+            e[k] = 1.0;
+            Tensor::from_vec(e, dims.as_slice(), &Device::Cpu).unwrap()
+        })
+        .collect();
+    let (x, labels) = &ctx.batches[0];
+    let cols = ctx.exec.hvp(x, labels, l.weight, &basis).unwrap();
+    cols.iter()
+        .enumerate()
+        .map(|(k, c)| c.flatten_all().unwrap().to_vec1::<f32>().unwrap()[k] as f64)
+        .sum()
+}
+
+#[test]
+fn hutchinson_trace_matches_the_exact_trace_of_each_layer() {
+    let data = samples(24, 2);
+    let exec = mlp(11);
+    // One batch: every probe sees the same Hessian.
+    let ctx = SensCtx::new(&exec, &data, options("w2,w4"), 24, 5).unwrap();
+    let cfg = hessian_trace::Config {
+        tol: 0.03,
+        min_probes: 16,
+        max_probes: 3000,
+        probes_per_pass: 50,
+    };
+    let metric = hessian_trace::HessianTrace::new(cfg.clone()).unwrap();
+    let est = metric.traces(&ctx).unwrap();
+    for (l, e) in ctx.layers.iter().zip(&est) {
+        let exact = exact_trace(&ctx, l);
+        let se = e.rel_stderr * e.trace.abs();
+        assert!(exact > 0.0, "{}: {exact}", l.name);
+        assert!(e.probes >= cfg.min_probes && e.probes <= cfg.max_probes);
+        assert!(e.rel_stderr < cfg.tol || e.probes == cfg.max_probes);
+        assert!(
+            (e.trace - exact).abs() <= 4.0 * se + 1e-6 * exact,
+            "{}: Hutchinson {} ± {se} vs exact {exact} ({} probes)",
+            l.name,
+            e.trace,
+            e.probes
+        );
+    }
+    // Ω = Tr(H)/n · ‖Q(W) − W‖² (Eq. 23) for every cell.
+    let t = metric.compute(&ctx).unwrap();
+    for (i, l) in ctx.layers.iter().enumerate() {
+        for (o, opt) in ctx.options.iter().enumerate() {
+            let err = ctx.weight_error(l, &opt.scheme).unwrap();
+            let want = est[i].trace / err.len() as f64 * sq_norm(&err);
+            assert!(
+                (t.values[i][o] - want).abs() <= 1e-12 * want.abs(),
+                "{}",
+                l.name
+            );
+        }
+        // Fewer bits, larger error, larger Ω.
+        assert!(
+            t.values[i][0] > t.values[i][1],
+            "{}: {:?}",
+            l.name,
+            t.values[i]
+        );
+    }
+}
