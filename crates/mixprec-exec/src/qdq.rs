@@ -25,8 +25,8 @@ use std::path::Path;
 
 use mixprec_graph::onnx_proto::{self as pb, attr_type, data_type};
 use mixprec_graph::{Graph, Layer};
-use mixprec_quant::{Granularity, Policy, QScheme, QuantKind, Rounding, TensorLayout};
 use mixprec_quant::UniformParams;
+use mixprec_quant::{Granularity, Policy, QScheme, QuantKind, Rounding, TensorLayout};
 use prost::Message;
 
 use crate::error::{ExecError, Result};
@@ -126,9 +126,9 @@ pub fn quantize_weight(graph: &Graph, layer: &Layer, scheme: &QScheme) -> Result
     let w = graph.initializers.get(&layer.weight).ok_or_else(|| {
         ExecError::Invalid(format!("layer '{}' has no weight initializer", layer.name))
     })?;
-    let values = w.as_f32().ok_or_else(|| {
-        ExecError::Invalid(format!("layer '{}' weight is not float", layer.name))
-    })?;
+    let values = w
+        .as_f32()
+        .ok_or_else(|| ExecError::Invalid(format!("layer '{}' weight is not float", layer.name)))?;
     let axis = weight_channel_axis(graph, layer);
     let layout = TensorLayout::new(w.shape.clone(), axis);
     let params = UniformParams::from_values(values, &layout, scheme)
@@ -260,8 +260,11 @@ pub fn qdq_model(
                     layer.name
                 ))
             })?;
-            let p = UniformParams::from_values(&[range.0, range.1], &TensorLayout::flat(2), &scheme)
-                .map_err(|e| ExecError::Invalid(format!("layer '{}' activation: {e}", layer.name)))?;
+            let p =
+                UniformParams::from_values(&[range.0, range.1], &TensorLayout::flat(2), &scheme)
+                    .map_err(|e| {
+                        ExecError::Invalid(format!("layer '{}' activation: {e}", layer.name))
+                    })?;
             let x = node
                 .input(0)
                 .map(|v| graph.values[v].name.clone())
@@ -324,8 +327,12 @@ pub fn qdq_model(
             } else {
                 vec![]
             };
-            gp.initializer
-                .push(int_tensor(&format!("{base}_quantized"), dims, dt, &qw.codes));
+            gp.initializer.push(int_tensor(
+                &format!("{base}_quantized"),
+                dims,
+                dt,
+                &qw.codes,
+            ));
             gp.initializer.push(f32_tensor(
                 &format!("{base}_scale"),
                 pdims.clone(),
@@ -346,7 +353,11 @@ pub fn qdq_model(
                 output: vec![format!("{base}_dequantized")],
                 name: format!("{base}_dequantize"),
                 op_type: "DequantizeLinear".into(),
-                attribute: qw.axis.map(|a| attr_i("axis", a as i64)).into_iter().collect(),
+                attribute: qw
+                    .axis
+                    .map(|a| attr_i("axis", a as i64))
+                    .into_iter()
+                    .collect(),
                 ..Default::default()
             });
             if uses[layer.weight] <= 1 {
@@ -430,8 +441,8 @@ mod tests {
         for l in g.layers().iter().filter(|l| p.get(&l.name).is_some()) {
             let qw = quantize_weight(g, l, &p.get(&l.name).unwrap().weight.unwrap()).unwrap();
             let w = &g.initializers[&l.weight];
-            let t = Tensor::from_slice(w.as_f32().unwrap(), w.shape.as_slice(), exec.device())
-                .unwrap();
+            let t =
+                Tensor::from_slice(w.as_f32().unwrap(), w.shape.as_slice(), exec.device()).unwrap();
             let want = fq
                 .weight(l, t)
                 .unwrap()
@@ -540,5 +551,73 @@ mod tests {
         assert!(e.to_string().contains("'fc2'") && e.to_string().contains("uniform"));
         let e = qdq_model(g, &p, &ActivationRanges::new(), QdqOptions::default()).unwrap_err();
         assert!(e.to_string().contains("calibrat"), "{e}");
+    }
+
+    #[test]
+    fn mnist8_w8a8_file_holds_the_fake_quant_weights_and_ranges() {
+        use mixprec_data::{calibration_subset, data_dir, Dataset, DatasetKind, Preprocess, Split};
+        let g = mixprec_graph::load_onnx(data_dir().join("models/mnist-8.onnx")).unwrap();
+        let mut exec = Executor::new(g).unwrap();
+        exec.free_batch_dim();
+        let test = Dataset::load(DatasetKind::Mnist, Split::Test, Preprocess::Raw255).unwrap();
+        let calib = calibration_subset(&test, 128, 0).unwrap();
+        let mut p = Policy::new();
+        for l in exec.graph().layers() {
+            p.set_weight(&l.name, uniform(8, true, Granularity::Channel));
+            p.set_activation(&l.name, uniform(8, false, Granularity::Tensor));
+        }
+        let ranges = crate::calibrate(&exec, &calib, "min-max", &p).unwrap();
+        let fq = FakeQuant::new(&exec, &p, &ranges, 0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mnist8-qdq.onnx");
+        save_qdq(exec.graph(), &p, &ranges, QdqOptions::default(), &path).unwrap();
+        let m = pb::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+        let gp = m.graph.unwrap();
+        let count = |op: &str| gp.node.iter().filter(|n| n.op_type == op).count();
+        assert_eq!((count("QuantizeLinear"), count("DequantizeLinear")), (3, 6));
+        // The graph keeps its single float input.
+        assert_eq!(gp.input.len(), 1);
+        let init = |n: &str| gp.initializer.iter().find(|t| t.name == n).unwrap();
+        let f32s = |t: &pb::TensorProto| -> Vec<f32> {
+            t.raw_data
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        for l in exec.graph().layers() {
+            let q = init(&format!("{}::weight_quantized", l.name));
+            assert_eq!(q.data_type, data_type::INT8);
+            let scale = f32s(init(&format!("{}::weight_scale", l.name)));
+            let dq = gp
+                .node
+                .iter()
+                .find(|n| n.name == format!("{}::weight_dequantize", l.name))
+                .unwrap();
+            let axis = dq.attribute.iter().find(|a| a.name == "axis").unwrap().i as usize;
+            let shape: Vec<usize> = q.dims.iter().map(|&d| d as usize).collect();
+            assert_eq!(scale.len(), shape[axis]);
+            let inner: usize = shape[axis + 1..].iter().product();
+            let got: Vec<f32> = q
+                .raw_data
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| (b as i8) as f32 * scale[(i / inner) % shape[axis]])
+                .collect();
+            let w = &exec.graph().initializers[&l.weight];
+            let t =
+                Tensor::from_slice(w.as_f32().unwrap(), w.shape.as_slice(), exec.device()).unwrap();
+            let want = fq.weight(&l, t).unwrap().flatten_all().unwrap();
+            assert_eq!(got, want.to_vec1::<f32>().unwrap(), "layer {}", l.name);
+            // Activation scale and zero point are the calibrated range's (Eq. 10).
+            let s = f32s(init(&format!("{}::input_scale", l.name)))[0];
+            let z = init(&format!("{}::input_zero_point", l.name));
+            assert_eq!(z.data_type, data_type::UINT8);
+            let (lo, hi) = ranges[&l.name];
+            let want = UniformParams::from_range(lo, hi, 8, false).unwrap();
+            assert_eq!(
+                (s, z.raw_data[0] as i32),
+                (want.scale[0], want.zero_point[0])
+            );
+        }
     }
 }

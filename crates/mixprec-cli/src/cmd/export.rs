@@ -120,7 +120,11 @@ pub fn run(a: Args) -> Result<()> {
             let opts = QdqOptions { int4: a.int4 };
             save_qdq(exec.graph(), &policy, &ranges, opts, &a.out)
                 .with_context(|| format!("exporting {} in QDQ form", a.model))?;
-            let wq = policy.layers.values().filter(|l| l.weight.is_some()).count();
+            let wq = policy
+                .layers
+                .values()
+                .filter(|l| l.weight.is_some())
+                .count();
             println!(
                 "wrote {} (QDQ: {wq} quantized weights, {} quantized input activations)",
                 a.out.display(),
@@ -130,4 +134,75 @@ pub fn run(a: Args) -> Result<()> {
         other => bail!("unknown export format '{other}' (available: onnx, onnx-qdq)"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mixprec_graph::onnx_proto as pb;
+    use mixprec_quant::{Granularity, QScheme, QuantKind};
+    use prost::Message;
+
+    fn args(dir: &std::path::Path, policy: Option<PathBuf>, int4: bool) -> Args {
+        Args {
+            model: crate::model::DEFAULT_MODEL.into(),
+            out: dir.join("m.onnx"),
+            format: "onnx-qdq".into(),
+            policy,
+            calib: CalibArgs {
+                data: None,
+                n: 64,
+                observer: "min-max".into(),
+                seed: 0,
+                scale: Scale::Raw,
+            },
+            int4,
+        }
+    }
+
+    #[test]
+    fn onnx_qdq_export_of_the_default_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = crate::model::load(crate::model::DEFAULT_MODEL).unwrap();
+        let mut p = Policy::new();
+        for (i, l) in g.layers().iter().enumerate() {
+            let bits = if i % 2 == 0 { 8 } else { 4 };
+            p.set_weight(
+                &l.name,
+                QScheme::new(QuantKind::Uniform, bits, true, Granularity::Channel),
+            );
+            p.set_activation(
+                &l.name,
+                QScheme::new(QuantKind::Uniform, 8, false, Granularity::Tensor),
+            );
+        }
+        let pp = dir.path().join("p.json");
+        p.save(&pp).unwrap();
+        run(args(dir.path(), Some(pp.clone()), true)).unwrap();
+        let m =
+            pb::ModelProto::decode(std::fs::read(dir.path().join("m.onnx")).unwrap().as_slice())
+                .unwrap();
+        assert_eq!(m.opset_import[0].version, 21);
+        let gp = m.graph.unwrap();
+        let n = g.layers().len();
+        let count = |op: &str| gp.node.iter().filter(|x| x.op_type == op).count();
+        assert_eq!(
+            (count("QuantizeLinear"), count("DequantizeLinear")),
+            (n, 2 * n)
+        );
+        let int4 = gp
+            .initializer
+            .iter()
+            .filter(|t| t.data_type == mixprec_exec::qdq::INT4)
+            .count();
+        // Weights and zero points of the 4-bit layers.
+        assert_eq!(int4, 2 * (n / 2));
+        // Without --policy, or with --policy on the float format: clear errors.
+        let e = run(args(dir.path(), None, false)).unwrap_err().to_string();
+        assert!(e.contains("--policy"), "{e}");
+        let mut a = args(dir.path(), Some(pp), false);
+        a.format = "onnx".into();
+        let e = run(a).unwrap_err().to_string();
+        assert!(e.contains("onnx-qdq"), "{e}");
+    }
 }

@@ -1,10 +1,13 @@
 //! `mixprec run MODEL --input name=file.npy … [--output out.npz]`: one forward pass of a model
 //! on inputs from `.npy` files or ONNX `TensorProto` (`.pb`) files, outputs to `.npz` / `.npy`.
+//! With `--policy P.json` the pass is fake-quantized (survey §2.4, Eq. 8 and 10) with activation
+//! ranges calibrated as `export --format onnx-qdq` calibrates them.
 
+use super::export::{policy_and_ranges, CalibArgs};
 use crate::npy::{encode_npy, encode_zip, parse_npy, NpyArray, NpyData, NpyType};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use mixprec_exec::Executor;
+use mixprec_exec::{Executor, FakeQuant, LayerHook, RunOptions};
 use mixprec_graph::onnx_proto::data_type;
 use mixprec_graph::{Dim, Graph, TensorData};
 use std::path::{Path, PathBuf};
@@ -21,6 +24,46 @@ pub struct Args {
     /// Write the outputs: .npz (every output, by name) or .npy (a single output).
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
+    /// Fake-quantize with this policy JSON (the batch dimension of the inputs is then free;
+    /// activation ranges are calibrated with the options below).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Calibration options (with --policy).
+    #[command(flatten)]
+    pub calib: CalibArgs,
+}
+
+/// Runs a single-input graph with a hook, in the largest batches the graph accepts.
+fn forward_hooked(exec: &Executor, inputs: &[Tensor], hook: &dyn LayerHook) -> Result<Vec<Tensor>> {
+    let opts = RunOptions {
+        hook: Some(hook),
+        ..Default::default()
+    };
+    let n = inputs
+        .first()
+        .map_or(0, |x| x.dims().first().copied().unwrap_or(0));
+    let batch = match inputs {
+        [x] if n > 1 => exec.usable_batch(&x.dims()[1..], n)?,
+        _ => n,
+    };
+    if batch >= n || batch == 0 {
+        return Ok(exec.run(inputs, &opts)?.outputs);
+    }
+    let mut parts: Vec<Vec<Tensor>> = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = batch.min(n - start);
+        let x = inputs[0].narrow(0, start, len)?;
+        parts.push(exec.run(&[x], &opts)?.outputs);
+        start += len;
+    }
+    let count = parts[0].len();
+    (0..count)
+        .map(|k| {
+            let ts: Vec<&Tensor> = parts.iter().map(|p| &p[k]).collect();
+            Ok(Tensor::cat(&ts, 0)?)
+        })
+        .collect()
 }
 
 /// How a value's ONNX element type is fed and written.
@@ -265,21 +308,32 @@ fn member_name(name: &str, k: usize) -> String {
 pub fn run(a: Args) -> Result<()> {
     let g = crate::model::load(&a.model)?;
     let files = assign_inputs(&g, &a.inputs)?;
+    let mut exec = Executor::new(g)?;
+    let fq = match &a.policy {
+        Some(p) => {
+            exec.free_batch_dim();
+            let (policy, ranges) = policy_and_ranges(&exec, &a.model, p, &a.calib)?;
+            Some(FakeQuant::new(&exec, &policy, &ranges, a.calib.seed)?)
+        }
+        None => None,
+    };
+    let g = exec.graph();
     let mut inputs = Vec::with_capacity(files.len());
     for (&v, f) in g.inputs.iter().zip(&files) {
         let x = load_input(f)?;
-        inputs.push(to_tensor(&g, v, f, x)?);
+        inputs.push(to_tensor(g, v, f, x)?);
     }
     let outs_meta: Vec<(String, i32)> = g
         .outputs
         .iter()
         .map(|&o| (g.values[o].name.clone(), g.values[o].elem_type))
         .collect();
-    let exec = Executor::new(g)?;
     let t0 = std::time::Instant::now();
-    let outs = exec
-        .forward(&inputs)
-        .with_context(|| format!("running {}", a.model))?;
+    let outs = match &fq {
+        Some(fq) => forward_hooked(&exec, &inputs, fq),
+        None => Ok(exec.forward(&inputs)?),
+    }
+    .with_context(|| format!("running {}", a.model))?;
     let secs = t0.elapsed().as_secs_f64();
     let arrays: Vec<NpyArray> = outs
         .iter()
