@@ -12,8 +12,8 @@ pub mod grad;
 mod gradcheck;
 pub mod models;
 pub mod ops;
-pub mod sensitivity;
 pub mod qdq;
+pub mod sensitivity;
 pub mod train;
 
 pub use error::{ExecError, Result};

@@ -231,6 +231,16 @@ pub fn pool(x: &Tensor, window: &Window, max: bool, count_include_pad: bool) -> 
     )?;
     // Windows that overlap, leave gaps or are dilated go through the shift formulation.
     let overlapping = (kh, kw) != (sh, sw) || (dh, dw) != (1, 1);
+    // Tiling windows: drop the rows and columns floor mode never reads, so candle's pooling
+    // backward (which upsamples by an integer factor) applies, to first and second order.
+    let padded =
+        if !overlapping && (padded.dims()[2] > out[0] * kh || padded.dims()[3] > out[1] * kw) {
+            c(padded
+                .narrow(2, 0, out[0] * kh)
+                .and_then(|p| p.narrow(3, 0, out[1] * kw)))?
+        } else {
+            padded
+        };
     let (k2, s2, d2, o2) = ((kh, kw), (sh, sw), (dh, dw), (out[0], out[1]));
     let mut y = if max && overlapping {
         pool_shifts(&padded, k2, s2, d2, o2, true)?

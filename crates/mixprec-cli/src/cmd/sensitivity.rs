@@ -4,10 +4,13 @@
 
 use super::data::{self, Scale};
 use anyhow::{bail, Context, Result};
+use mixprec_data::Dataset;
 use mixprec_data::{calibration_subset, Split};
-use mixprec_exec::sensitivity::{build_metric, SensCtx, SensOption, METRICS};
-use mixprec_exec::Executor;
-use mixprec_quant::Granularity;
+use mixprec_exec::sensitivity::{
+    build_metric, OptionTarget, SensCtx, SensOption, SensitivityTable, METRICS,
+};
+use mixprec_exec::{evaluate, Executor, FakeQuant};
+use mixprec_quant::{Granularity, Policy};
 
 /// Arguments of `sensitivity`.
 #[derive(clap::Args)]
@@ -46,6 +49,18 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Check the table: draw K random mixed policies (one option per layer), and report the
+    /// Spearman rank correlation between their summed sensitivity and their measured top-1
+    /// accuracy drop on the test split.
+    #[arg(long, value_name = "K")]
+    pub validate: Option<usize>,
+    /// Test images used by --validate.
+    #[arg(long, default_value_t = 1000)]
+    pub validate_images: usize,
+    /// Cache tables in this folder, keyed by a hash of the model file, metric, config, data,
+    /// samples, seed, options and granularity; a hit skips the computation.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<std::path::PathBuf>,
     /// List the metrics and exit.
     #[arg(long)]
     pub list: bool,
@@ -105,23 +120,64 @@ pub fn run(a: Args) -> Result<()> {
     let t0 = std::time::Instant::now();
     let ctx = SensCtx::new(&exec, &samples, options, a.batch, a.seed)
         .with_context(|| format!("preparing {} samples of {name}", samples.n))?;
-    let table = metric
-        .compute(&ctx)
-        .with_context(|| format!("computing {} on {model}", a.metric))?;
+    let cache_file = match &a.cache {
+        Some(dir) => Some(dir.join(format!("{}.json", cache_key(&a, &model, &name)?))),
+        None => None,
+    };
+    let cached: Option<SensitivityTable> = cache_file
+        .as_ref()
+        .filter(|f| f.exists())
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|t| serde_json::from_str::<SensitivityTable>(&t).ok())
+        .filter(|t| {
+            // A stale or damaged entry is recomputed.
+            t.layers.iter().eq(ctx.layers.iter().map(|l| &l.name))
+                && t.options.iter().eq(ctx.options.iter().map(|o| &o.label))
+                && t.values.iter().all(|r| r.len() == t.options.len())
+                && t.values.len() == t.layers.len()
+        });
+    let from_cache = cached.is_some();
+    let table = match cached {
+        Some(t) => t,
+        None => {
+            let t = metric
+                .compute(&ctx)
+                .with_context(|| format!("computing {} on {model}", a.metric))?;
+            if let Some(f) = &cache_file {
+                if let Some(dir) = f.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating cache folder {}", dir.display()))?;
+                }
+                std::fs::write(f, serde_json::to_string(&t)?)
+                    .with_context(|| format!("writing cache file {}", f.display()))?;
+            }
+            t
+        }
+    };
     let secs = t0.elapsed().as_secs_f64();
     let ranking = table.ranking();
+    let validation = match a.validate {
+        Some(k) => {
+            let test = data::load(&name, Split::Test, a.scale)?.head(a.validate_images);
+            Some(validate(&ctx, &table, &test, k, a.batch, a.seed)?)
+        }
+        None => None,
+    };
     if a.json {
         let v = serde_json::json!({
             "model": model, "data": name, "samples": samples.n, "seed": a.seed,
-            "seconds": secs, "table": table,
+            "seconds": secs, "cached": from_cache, "table": table,
             "ranking": ranking.iter().map(|&i| table.layers[i].clone()).collect::<Vec<_>>(),
+            "validation": validation,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
-        "{} sensitivity of {model} on {} samples of {name} (lower = less sensitive) [{secs:.1} s]",
-        table.metric, samples.n
+        "{} sensitivity of {model} on {} samples of {name} (lower = less sensitive) [{secs:.1} s{}]",
+        table.metric,
+        samples.n,
+        if from_cache { ", cached" } else { "" }
     );
     let width = table
         .layers
@@ -130,18 +186,32 @@ pub fn run(a: Args) -> Result<()> {
         .max()
         .unwrap_or(5)
         .max(5);
+    let detail_names: Vec<&String> = table
+        .details
+        .first()
+        .map(|d| d.keys().collect())
+        .unwrap_or_default();
     print!("{:<width$}", "layer");
     for o in &table.options {
         print!(" {o:>11}");
     }
-    println!(" {:>5}", "rank");
+    print!(" {:>5}", "rank");
+    for d in &detail_names {
+        print!(" {d:>11}");
+    }
+    println!();
     for (i, l) in table.layers.iter().enumerate() {
         print!("{l:<width$}");
         for v in &table.values[i] {
             print!(" {v:>11.4e}");
         }
         let rank = ranking.iter().position(|&r| r == i).unwrap_or(0) + 1;
-        println!(" {rank:>5}");
+        print!(" {rank:>5}");
+        for d in &detail_names {
+            let v = table.details.get(i).and_then(|m| m.get(*d)).copied();
+            print!(" {:>11.4e}", v.unwrap_or(f64::NAN));
+        }
+        println!();
     }
     println!(
         "most sensitive (sum over options): {}",
@@ -151,5 +221,157 @@ pub fn run(a: Args) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" > ")
     );
+    if let Some(v) = validation {
+        println!(
+            "validation: Spearman ρ = {:.3} between summed sensitivity and top-1 drop over {} random policies on {} test images (float top-1 {:.2} %)",
+            v.spearman,
+            v.policies.len(),
+            v.images,
+            100.0 * v.float_accuracy
+        );
+    }
     Ok(())
+}
+
+/// FNV-1a (64-bit) of the model bytes and every argument that changes the table, in hex.
+fn cache_key(a: &Args, model: &str, data: &str) -> Result<String> {
+    let bytes = if model == crate::model::DEFAULT_MODEL {
+        crate::model::DEFAULT_WEIGHTS.to_vec()
+    } else {
+        std::fs::read(model).with_context(|| format!("reading {model} for the cache key"))?
+    };
+    let args = format!(
+        "{}|{}|{data}|{:?}|{}|{}|{}|{}|{}",
+        a.metric,
+        a.config.as_deref().unwrap_or(""),
+        a.scale,
+        a.samples,
+        a.batch,
+        a.seed,
+        a.options,
+        a.granularity
+    );
+    let h = bytes
+        .iter()
+        .chain([0u8].iter())
+        .chain(args.as_bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+    Ok(format!("{}-{h:016x}", a.metric))
+}
+
+/// Result of `--validate`.
+#[derive(serde::Serialize)]
+struct Validation {
+    spearman: f64,
+    float_accuracy: f64,
+    images: usize,
+    /// (option label per layer, summed sensitivity, accuracy drop).
+    policies: Vec<(Vec<String>, f64, f64)>,
+}
+
+/// Draws `k` random policies (one table option per layer), sums their sensitivities and
+/// measures their accuracy drop on `test`.
+fn validate(
+    ctx: &SensCtx,
+    table: &SensitivityTable,
+    test: &Dataset,
+    k: usize,
+    batch: usize,
+    seed: u64,
+) -> Result<Validation> {
+    if k < 3 {
+        bail!("--validate needs at least 3 policies for a rank correlation");
+    }
+    let float = evaluate(ctx.exec, test, batch, None, &mut |_, _| {})?.accuracy;
+    let mut state = seed ^ 0x5eed_0f7a_11d0_0001;
+    let mut policies = Vec::with_capacity(k);
+    for _ in 0..k {
+        let pick: Vec<usize> = (0..ctx.layers.len())
+            .map(|_| (splitmix(&mut state) % ctx.options.len() as u64) as usize)
+            .collect();
+        let mut p = Policy::new();
+        let mut predicted = 0.0;
+        for (i, (l, &o)) in ctx.layers.iter().zip(&pick).enumerate() {
+            let opt = &ctx.options[o];
+            match opt.target {
+                OptionTarget::Weight => p.set_weight(&l.name, opt.scheme),
+                OptionTarget::Activation => p.set_activation(&l.name, opt.scheme),
+            };
+            predicted += table.values[i][o];
+        }
+        let fq = FakeQuant::new(ctx.exec, &p, &ctx.ranges, seed)?;
+        let acc = evaluate(ctx.exec, test, batch, Some(&fq), &mut |_, _| {})?.accuracy;
+        let labels = pick.iter().map(|&o| ctx.options[o].label.clone()).collect();
+        policies.push((labels, predicted, float - acc));
+    }
+    let x: Vec<f64> = policies.iter().map(|p| p.1).collect();
+    let y: Vec<f64> = policies.iter().map(|p| p.2).collect();
+    Ok(Validation {
+        spearman: spearman(&x, &y),
+        float_accuracy: float,
+        images: test.n,
+        policies,
+    })
+}
+
+/// SplitMix64 step: a small seeded generator for the policy draws.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Ranks with ties averaged (1-based).
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut r = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for &t in &idx[i..=j] {
+            r[t] = avg;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's ρ: the Pearson correlation of the ranks (0 when either side is constant).
+fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    let (rx, ry) = (ranks(x), ranks(y));
+    let n = rx.len() as f64;
+    let (mx, my) = (rx.iter().sum::<f64>() / n, ry.iter().sum::<f64>() / n);
+    let cov: f64 = rx.iter().zip(&ry).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let vx: f64 = rx.iter().map(|a| (a - mx).powi(2)).sum();
+    let vy: f64 = ry.iter().map(|b| (b - my).powi(2)).sum();
+    if vx == 0.0 || vy == 0.0 {
+        0.0
+    } else {
+        cov / (vx * vy).sqrt()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spearman_by_hand() {
+        assert_eq!(
+            super::ranks(&[3.0, 1.0, 3.0, 2.0]),
+            vec![3.5, 1.0, 3.5, 2.0]
+        );
+        assert!((super::spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]) - 1.0).abs() < 1e-12);
+        assert!((super::spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        // d = (0, 1, −1): ρ = 1 − 6·2 / (3·8) = 0.5.
+        assert!((super::spearman(&[1.0, 2.0, 3.0], &[1.0, 3.0, 2.0]) - 0.5).abs() < 1e-12);
+        assert_eq!(super::spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), 0.0);
+    }
 }

@@ -1,10 +1,11 @@
 //! `fisher`: diagonal empirical Fisher information ⊙ squared weight quantization error.
 //!
 //! Survey §3.1.3 / §3.2.1: the loss change under a small weight perturbation δ is, to second
-//! order, ½ δᵀ H δ; with the Hessian replaced by the empirical Fisher F = E[g gᵀ] (g = per-sample
-//! loss gradient) and F by its diagonal, Ω_i = Σ_k F_kk · (Q(W_i) − W_i)_k² (the Fisher-based
-//! sensitivity of Kirkpatrick et al. 2017 / Tu et al. 2016 used by mixed-precision methods such
-//! as AQ's accuracy-vs-noise analysis, §3.2.1).
+//! order, ½ δᵀ H δ (AQ, §3.2.1, likewise relates the accuracy loss to each layer's
+//! quantization noise). With the Hessian replaced by the empirical Fisher F = E[g gᵀ]
+//! (g = per-sample loss gradient) and F by its diagonal (Kirkpatrick et al. 2017,
+//! "Overcoming catastrophic forgetting in neural networks"),
+//! Ω_i = Σ_k F_kk · (Q(W_i) − W_i)_k².
 //!
 //! `per_sample = true` (default) averages squared per-sample gradients (the exact empirical
 //! Fisher); `false` averages squared mini-batch gradients (cheaper, biased low).

@@ -50,12 +50,16 @@ pub struct HessianEigen {
 impl HessianEigen {
     /// The dominant eigenvalue (largest |λ|) of every layer's Hessian block.
     pub fn eigenvalues(&self, ctx: &SensCtx) -> Result<Vec<f64>> {
-        if self.cfg.max_iter == 0 || self.cfg.batches == 0 || !(self.cfg.tol > 0.0) {
+        if self.cfg.max_iter == 0
+            || self.cfg.batches == 0
+            || self.cfg.tol.is_nan()
+            || self.cfg.tol <= 0.0
+        {
             return Err(ExecError::Invalid(
                 "hessian-eigen: max_iter and batches must be at least 1 and tol > 0".into(),
             ));
         }
-        let batches = &ctx.batches[..self.cfg.batches.min(ctx.batches.len())];
+        let batches = self.cfg.batches.min(ctx.batches.len());
         let mut out = Vec::with_capacity(ctx.layers.len());
         for (i, layer) in ctx.layers.iter().enumerate() {
             let (_, dims) = ctx.weight(layer)?;
@@ -67,12 +71,10 @@ impl HessianEigen {
             for it in 0..self.cfg.max_iter {
                 let t = Tensor::from_slice(&v, dims.as_slice(), ctx.exec.device())?;
                 let mut hv = vec![0f32; n];
-                for (x, labels) in batches {
-                    let h = ctx
-                        .exec
-                        .hvp(x, labels, layer.weight, std::slice::from_ref(&t))?;
+                for b in 0..batches {
+                    let h = ctx.hvp(layer, b, std::slice::from_ref(&t))?;
                     for (a, b) in hv.iter_mut().zip(to_vec_f32(&h[0])?) {
-                        *a += b / batches.len() as f32;
+                        *a += b / batches as f32;
                     }
                 }
                 let new: f64 = v.iter().zip(&hv).map(|(a, b)| (a * b) as f64).sum();
@@ -117,7 +119,12 @@ impl SensitivityMetric for HessianEigen {
             }
             values.push(row);
         }
-        Ok(ctx.table(ENTRY.name, values))
+        let mut t = ctx.table(ENTRY.name, values);
+        t.details = eig
+            .iter()
+            .map(|&l| [("lambda_max".to_string(), l)].into())
+            .collect();
+        Ok(t)
     }
 }
 

@@ -70,7 +70,11 @@ pub struct HessianTrace {
 impl HessianTrace {
     /// A metric with `cfg` (checked).
     pub fn new(cfg: Config) -> Result<Self> {
-        if !(cfg.tol > 0.0) || cfg.min_probes < 2 || cfg.max_probes < cfg.min_probes {
+        if cfg.tol.is_nan()
+            || cfg.tol <= 0.0
+            || cfg.min_probes < 2
+            || cfg.max_probes < cfg.min_probes
+        {
             return Err(ExecError::Invalid(format!(
                 "hessian-trace: need tol > 0 and 2 <= min_probes <= max_probes (got tol {}, min {}, max {})",
                 cfg.tol, cfg.min_probes, cfg.max_probes
@@ -109,9 +113,8 @@ impl HessianTrace {
                     .iter()
                     .map(|p| Tensor::from_slice(p, dims.as_slice(), ctx.exec.device()))
                     .collect::<std::result::Result<Vec<_>, _>>()?;
-                let (x, labels) = &ctx.batches[pass % ctx.batches.len()];
+                let hz = ctx.hvp(layer, pass, &tensors)?;
                 pass += 1;
-                let hz = ctx.exec.hvp(x, labels, layer.weight, &tensors)?;
                 for (z, h) in probes.iter().zip(&hz) {
                     let h = to_vec_f32(h)?;
                     samples.push(z.iter().zip(&h).map(|(a, b)| (a * b) as f64).sum());
@@ -168,7 +171,19 @@ impl SensitivityMetric for HessianTrace {
             }
             values.push(row);
         }
-        Ok(ctx.table(ENTRY.name, values))
+        let mut t = ctx.table(ENTRY.name, values);
+        t.details = traces
+            .iter()
+            .map(|e| {
+                [
+                    ("trace".to_string(), e.trace),
+                    ("probes".to_string(), e.probes as f64),
+                    ("rel_stderr".to_string(), e.rel_stderr),
+                ]
+                .into()
+            })
+            .collect();
+        Ok(t)
     }
 }
 

@@ -106,7 +106,7 @@ impl SensOption {
 }
 
 /// A `[layer × option]` table; lower = less sensitive.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SensitivityTable {
     /// The metric that produced it.
     pub metric: String,
@@ -116,6 +116,10 @@ pub struct SensitivityTable {
     pub options: Vec<String>,
     /// `values[layer][option]`.
     pub values: Vec<Vec<f64>>,
+    /// Per-layer quantities the metric measured on the way (e.g. `trace`, `probes`), by name;
+    /// empty when it has none.
+    #[serde(default)]
+    pub details: Vec<std::collections::BTreeMap<String, f64>>,
 }
 
 impl SensitivityTable {
@@ -230,6 +234,20 @@ impl<'a> SensCtx<'a> {
         Ok(q.values.iter().zip(&w).map(|(q, w)| q - w).collect())
     }
 
+    /// Exact Hessian-vector products of the loss on batch `b` for `layer`'s weight; a failure
+    /// names the layer.
+    pub fn hvp(&self, layer: &Layer, b: usize, probes: &[Tensor]) -> Result<Vec<Tensor>> {
+        let (x, labels) = &self.batches[b % self.batches.len()];
+        self.exec
+            .hvp(x, labels, layer.weight, probes)
+            .map_err(|e| {
+                ExecError::Invalid(format!(
+                    "layer '{}': exact Hessian-vector product failed ({e}); the executor cannot take second-order gradients through this model, use output-mse, kl, sqnr or fisher",
+                    layer.name
+                ))
+            })
+    }
+
     /// Fails unless every option quantizes weights (for metrics defined on weights only).
     pub fn require_weight_options(&self, metric: &str) -> Result<()> {
         match self
@@ -287,7 +305,7 @@ impl<'a> SensCtx<'a> {
     pub fn perturbation_table(
         &self,
         metric: &str,
-        score: &dyn Fn(&[f32], &[f32], usize) -> f64,
+        score: &OutputScore,
     ) -> Result<SensitivityTable> {
         let float = self.logits(None)?;
         let mut values = Vec::with_capacity(self.layers.len());
@@ -317,9 +335,13 @@ impl<'a> SensCtx<'a> {
             layers: self.layers.iter().map(|l| l.name.clone()).collect(),
             options: self.options.iter().map(|o| o.label.clone()).collect(),
             values,
+            details: Vec::new(),
         }
     }
 }
+
+/// Scores a quantized output against the float one: `(float, quantized, classes) -> value`.
+pub type OutputScore = dyn Fn(&[f32], &[f32], usize) -> f64;
 
 /// A sensitivity metric: one table per model, samples and options.
 pub trait SensitivityMetric {
