@@ -277,3 +277,103 @@ fn quantize_default_w8a8_reports_accuracy_size_and_policy() {
     let o = run(&["quantize", "--model", "default", "--uniform", "4a8"]);
     fails_clearly(&o, &["w<bits>a<bits>"]);
 }
+
+/// For a fixed seed, the policy, the QDQ export and a sensitivity table are byte-identical
+/// across runs and across 1 vs 2 threads (candle's pool and rayon's).
+#[test]
+fn outputs_are_byte_identical_across_runs_and_thread_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_with = |threads: &str, tag: &str| -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let policy = dir.path().join(format!("policy-{tag}.json"));
+        let model = dir.path().join(format!("model-{tag}.onnx"));
+        let cmd = |args: &[&str]| {
+            let o = bin()
+                .args(args)
+                .env("CANDLE_NUM_THREADS", threads)
+                .env("RAYON_NUM_THREADS", threads)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{args:?}: {}", text(&o).1);
+            o.stdout
+        };
+        let p = policy.to_str().unwrap();
+        cmd(&[
+            "quantize",
+            "--model",
+            "default",
+            "--data",
+            "mnist-1k",
+            "--uniform",
+            "w4a8",
+            "--granularity",
+            "channel",
+            "--limit",
+            "200",
+            "--policy-out",
+            p,
+        ]);
+        cmd(&[
+            "export",
+            "default",
+            "--format",
+            "onnx-qdq",
+            "--policy",
+            p,
+            "--data",
+            "mnist-1k",
+            "--out",
+            model.to_str().unwrap(),
+        ]);
+        let sens = cmd(&[
+            "sensitivity",
+            "--model",
+            "default",
+            "--data",
+            "mnist-1k",
+            "--metric",
+            "hessian-trace",
+            "--options",
+            "w2,w4",
+            "--samples",
+            "32",
+            "--json",
+        ]);
+        // The table, not the whole report: the report also states the wall time.
+        let v: serde_json::Value = serde_json::from_slice(&sens).unwrap();
+        let table = serde_json::to_vec(&v["table"]).unwrap();
+        (
+            std::fs::read(&policy).unwrap(),
+            std::fs::read(&model).unwrap(),
+            table,
+        )
+    };
+    let a = run_with("1", "a");
+    let b = run_with("1", "b");
+    let c = run_with("2", "c");
+    for (name, x, y, z) in [
+        ("policy", &a.0, &b.0, &c.0),
+        ("qdq model", &a.1, &b.1, &c.1),
+        ("sensitivity table", &a.2, &b.2, &c.2),
+    ] {
+        assert!(!x.is_empty(), "{name} is empty");
+        let show = |v: &[u8]| {
+            String::from_utf8_lossy(v)
+                .chars()
+                .take(2000)
+                .collect::<String>()
+        };
+        assert!(
+            x == y,
+            "{name} differs between two runs:\n{}\n{}",
+            show(x),
+            show(y)
+        );
+        assert!(
+            x == z,
+            "{name} differs between 1 and 2 threads:\n{}\n{}",
+            show(x),
+            show(z)
+        );
+    }
+}

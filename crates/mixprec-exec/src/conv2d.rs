@@ -778,11 +778,14 @@ fn cbw_fwd(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
         cbw_direct(g, x, gy, &mut dw);
         return dw;
     }
-    // Tasks: groups × batch chunks, each accumulating a partial [Mg, K] sum.
-    let chunks = if groups >= threads() {
+    // Tasks: groups × batch chunks, each accumulating a partial [Mg, K] sum. The partition
+    // does not depend on the thread count, so the summation order — and the result, bit for
+    // bit — is the same with 1 or many threads.
+    const BATCH_CHUNKS: usize = 8;
+    let chunks = if groups >= BATCH_CHUNKS {
         1
     } else {
-        g.n.min(threads().div_ceil(groups))
+        g.n.min(BATCH_CHUNKS.div_ceil(groups))
     };
     let per = g.n.div_ceil(chunks);
     let chunks = g.n.div_ceil(per);
