@@ -21,5 +21,33 @@ pub fn run(_: Args) -> Result<()> {
         "\nONNX operators (opsets 7–21):\n  {}",
         mixprec_graph::SUPPORTED_OPS.join(", ")
     );
+    let q = mixprec_quant::QUANTIZERS
+        .iter()
+        .map(|e| (e.name, e.summary, e.reference));
+    registry("quantizers (--quantizer NAME)", q);
+    let o = mixprec_quant::OBSERVERS
+        .iter()
+        .map(|e| (e.name, e.summary, e.reference));
+    registry("calibration observers (--observer NAME)", o);
+    let m = mixprec_exec::sensitivity::METRICS
+        .iter()
+        .map(|e| (e.name, e.summary, e.reference));
+    registry("sensitivity metrics (mixprec sensitivity --metric NAME)", m);
+    let c = mixprec_alloc::COST_MODELS
+        .iter()
+        .map(|e| (e.name, e.summary, e.reference));
+    registry("cost models", c);
+    let a = mixprec_alloc::ALLOCATORS
+        .iter()
+        .map(|e| (e.name, e.summary, e.reference));
+    registry("allocators", a);
     Ok(())
+}
+
+/// Print one registry: name, summary and reference of each entry.
+fn registry<'a>(title: &str, entries: impl Iterator<Item = (&'a str, &'a str, &'a str)>) {
+    println!("\n{title}:");
+    for (name, summary, reference) in entries {
+        println!("  {name:<24} {summary}\n  {:<24} [{reference}]", "");
+    }
 }
