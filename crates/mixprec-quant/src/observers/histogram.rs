@@ -3,6 +3,7 @@
 //! so that after doublings `[0, max|x|]` still spans at least the requested number of bins.
 
 use super::Extremes;
+use crate::error::{QuantError, Result};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Histogram {
@@ -23,6 +24,17 @@ impl Histogram {
             counts: vec![0.0; 2 * half],
             extremes: Extremes::default(),
         }
+    }
+
+    /// [`Histogram::new`] after checking a user-given bin count (8..=65536) for `method`.
+    pub fn checked(method: &str, bins: usize) -> Result<Self> {
+        if !(8..=1 << 16).contains(&bins) {
+            return Err(QuantError::Config {
+                method: method.into(),
+                message: format!("bins must lie in 8..=65536, got {bins}"),
+            });
+        }
+        Ok(Histogram::new(bins))
     }
 
     fn width(&self) -> f32 {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::histogram::Histogram;
 use super::{check_batch, check_bits, parse_config, Observer, ObserverEntry};
-use crate::error::{QuantError, Result};
+use crate::error::Result;
 
 /// Registry entry.
 pub const ENTRY: ObserverEntry = ObserverEntry {
@@ -46,14 +46,8 @@ pub struct KlClip {
 impl KlClip {
     /// A new observer.
     pub fn new(config: KlConfig) -> Result<Self> {
-        if !(8..=1 << 16).contains(&config.bins) {
-            return Err(QuantError::Config {
-                method: ENTRY.name.into(),
-                message: format!("bins must lie in 8..=65536, got {}", config.bins),
-            });
-        }
         Ok(KlClip {
-            hist: Histogram::new(config.bins),
+            hist: Histogram::checked(ENTRY.name, config.bins)?,
             bins: config.bins,
         })
     }
