@@ -3,6 +3,7 @@
 mod cmd;
 mod model;
 mod npy;
+mod pipeline;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole mixed-precision job on the built-in LeNet-5 and embedded MNIST subset:
+    /// sensitivity, ILP allocation under a size budget, evaluation, export and report.
+    Demo(cmd::demo::Args),
     /// Per-layer table of a model: op, weight shape, parameters, MACs, activation sizes.
     Inspect(cmd::inspect::Args),
     /// Top-1 accuracy of a model on a data set.
@@ -26,9 +30,13 @@ enum Command {
     Train(cmd::train::Args),
     /// Export a model (ONNX, safetensors, or a built-in) to ONNX.
     Export(cmd::export::Args),
-    /// Uniform post-training quantization of every layer (e.g. --uniform w4a8): float vs
-    /// quantized accuracy and model size.
+    /// Mixed-precision quantization under budgets (--budget size=25% …: sensitivity,
+    /// allocation, evaluation, export, report), or uniform (--uniform w4a8).
     Quantize(cmd::quantize::Args),
+    /// Re-apply a policy JSON (hand-edited or from another run): accuracy, size, export.
+    Apply(cmd::apply::Args),
+    /// Every allocator (and metric) on the same model, data and budget: one table.
+    Compare(cmd::compare::Args),
     /// Time forward and forward+backward passes of a model.
     Bench(cmd::bench::Args),
     /// One forward pass on inputs from .npy or ONNX .pb files; outputs to .npz or .npy.
@@ -49,7 +57,10 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Export(a) => cmd::export::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
+        Command::Apply(a) => cmd::apply::run(a),
+        Command::Compare(a) => cmd::compare::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Sensitivity(a) => cmd::sensitivity::run(a),

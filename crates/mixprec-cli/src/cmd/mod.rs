@@ -1,11 +1,15 @@
 //! One module per subcommand, each with its own `Args`.
 
+pub mod apply;
 pub mod bench;
+pub mod compare;
 pub mod data;
+pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod list;
+pub mod mixed;
 pub mod quantize;
 pub mod run;
 pub mod sensitivity;

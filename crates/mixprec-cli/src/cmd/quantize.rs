@@ -3,10 +3,12 @@
 //! activations; §2.4, Eq. 8 and 10 with calibrated activation ranges; weights through any
 //! quantizer of Table 1). Reports float and quantized top-1 accuracy and the model size.
 
-use super::data::{self, Scale};
+use super::data;
+use super::mixed::MixedArgs;
+use crate::pipeline::{calibration_set, CommonArgs};
 use crate::progress::bar;
 use anyhow::{bail, Context, Result};
-use mixprec_data::{calibration_subset, Dataset, Split};
+use mixprec_data::Split;
 use mixprec_exec::{calibrate, evaluate, Executor, FakeQuant, LayerQuantInfo};
 use mixprec_quant::{Granularity, Policy, QScheme, QuantKind};
 use std::path::PathBuf;
@@ -14,48 +16,29 @@ use std::path::PathBuf;
 /// Arguments of `quantize`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model: .onnx, .safetensors from `mixprec train`, or `default`.
-    #[arg(long)]
-    pub model: String,
-    /// Data set: mnist, fashion-mnist, cifar10, or mnist-1k (embedded). Default: from the
-    /// model's input shape (mnist-1k for `default`).
-    #[arg(long)]
-    pub data: Option<String>,
-    /// Bit widths of every layer: `w<bits>a<bits>` (e.g. w4a8), or `w<bits>` to keep
-    /// activations in floating point.
-    #[arg(long, value_name = "WxAy")]
-    pub uniform: String,
-    /// Weight parameter sharing: tensor, channel, or g<N> (groups of N inside each channel).
-    #[arg(long, default_value = "tensor")]
-    pub granularity: String,
-    /// Weight quantizer (uniform, uniform-pow2, power-of-two, kmeans, fixed-point, …; see
-    /// `mixprec list`). Activations always use asymmetric uniform quantization per tensor.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Uniform mode: the bit widths of every layer, `w<bits>a<bits>` (e.g. w4a8), or
+    /// `w<bits>` to keep activations in floating point.
+    #[arg(long, value_name = "WxAy", conflicts_with = "budget")]
+    pub uniform: Option<String>,
+    /// Uniform mode: the weight quantizer (uniform, uniform-pow2, power-of-two, kmeans,
+    /// fixed-point, …; see `mixprec list`). Activations always use asymmetric uniform
+    /// quantization per tensor.
     #[arg(long, default_value = "uniform")]
     pub quantizer: String,
-    /// Calibration images (from the training split when the data set has one).
-    #[arg(long, default_value_t = 256)]
-    pub calib: usize,
-    /// Calibration observer for the activation ranges (min-max, percentile, mse, kl, aciq, …).
-    #[arg(long, default_value = "min-max")]
-    pub observer: String,
-    /// Evaluate only the first N test images.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Batch size.
-    #[arg(long, default_value_t = 250)]
-    pub batch: usize,
-    /// Input scaling.
-    #[arg(long, value_enum, default_value = "raw")]
-    pub scale: Scale,
-    /// Seed (calibration subset, stochastic choices, k-means initialisation).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Skip the float evaluation (the float accuracy is then reported as null).
+    /// Uniform mode: skip the float evaluation (the float accuracy is then reported as null).
     #[arg(long)]
     pub skip_float: bool,
-    /// Save the policy JSON to this file.
+    /// Uniform mode: save the policy JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub policy_out: Option<PathBuf>,
+    /// Budget mode: output folder (policy.json, problem.json, model.onnx, report.json,
+    /// report.html).
+    #[arg(long, value_name = "DIR", default_value = "mixprec-out")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub mixed: MixedArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -98,53 +81,38 @@ fn parse_granularity(s: &str) -> Result<Granularity> {
     })
 }
 
-/// The calibration images and where they came from: a seeded class-balanced subset of the
-/// training split, else of the test images after the evaluated ones, else of the test set.
-fn calibration_set(
-    name: &str,
-    scale: Scale,
-    full: &Dataset,
-    evaluated: usize,
-    n: usize,
-    seed: u64,
-) -> Result<(Dataset, String)> {
-    if n == 0 {
-        bail!("--calib must be at least 1");
-    }
-    if name != data::EMBEDDED {
-        if let Ok(train) = data::load(name, Split::Train, scale) {
-            let set = calibration_subset(&train, n.min(train.n), seed)?;
-            return Ok((set, "train split".into()));
-        }
-    }
-    if full.n - evaluated >= n {
-        let rest: Vec<usize> = (evaluated..full.n).collect();
-        let set = calibration_subset(&full.subset(&rest)?, n, seed)?;
-        return Ok((set, "test split, images after the evaluated ones".into()));
-    }
-    let set = calibration_subset(full, n.min(full.n), seed)?;
-    Ok((set, "test split (overlaps the evaluated images)".into()))
-}
-
-/// Run `quantize`.
+/// Run `quantize`: budget mode with `--budget`, uniform mode with `--uniform`.
 pub fn run(a: Args) -> Result<()> {
+    let Some(uniform) = a.uniform.clone() else {
+        if a.mixed.budget.is_empty() {
+            bail!("give --budget KEY=VALUE (mixed precision, e.g. --budget size=25%) or --uniform w<bits>a<bits> (e.g. --uniform w4a8)");
+        }
+        let o = super::mixed::run_mixed(&a.common, &a.mixed, &a.out)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&o)?);
+        } else {
+            super::mixed::print_outcome(&o);
+        }
+        return Ok(());
+    };
+    let c = &a.common;
     let t0 = std::time::Instant::now();
-    let (wbits, abits) = parse_bits(&a.uniform)?;
-    let granularity = parse_granularity(&a.granularity)?;
+    let (wbits, abits) = parse_bits(&uniform)?;
+    let granularity = parse_granularity(c.granularity.as_deref().unwrap_or("tensor"))?;
     let kind: QuantKind = a
         .quantizer
         .parse()
         .with_context(|| format!("--quantizer {}", a.quantizer))?;
-    let g = crate::model::load(&a.model)?;
-    let name = match &a.data {
+    let g = crate::model::load(&c.model)?;
+    let name = match &c.data {
         Some(d) => d.clone(),
-        None if a.model == crate::model::DEFAULT_MODEL => data::EMBEDDED.into(),
+        None if c.model == crate::model::DEFAULT_MODEL => data::EMBEDDED.into(),
         None => crate::model::default_dataset(&g)
             .context("cannot tell which data set fits this model's input; pass --data")?
             .into(),
     };
-    let full = data::load(&name, Split::Test, a.scale)?;
-    let ds = match a.limit {
+    let full = data::load(&name, Split::Test, c.scale)?;
+    let ds = match c.limit {
         Some(n) => full.head(n),
         None => full.clone(),
     };
@@ -157,7 +125,7 @@ pub fn run(a: Args) -> Result<()> {
     if layers.is_empty() {
         bail!(
             "{} has no Conv, Gemm or MatMul layer with constant weights to quantize",
-            a.model
+            c.model
         );
     }
     let mut policy = Policy::new();
@@ -168,29 +136,29 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     mixprec_exec::check_policy(exec.graph(), &policy)
-        .with_context(|| format!("--uniform {} --quantizer {kind}", a.uniform))?;
+        .with_context(|| format!("--uniform {} --quantizer {kind}", uniform))?;
 
-    let (calib, calib_source) = calibration_set(&name, a.scale, &full, ds.n, a.calib, a.seed)?;
-    let ranges = calibrate(&exec, &calib, &a.observer, &policy)
+    let (calib, calib_source) = calibration_set(&name, c.scale, &full, ds.n, c.calib, c.seed)?;
+    let ranges = calibrate(&exec, &calib, &c.observer, &policy)
         .with_context(|| format!("calibrating on {} images of {name}", calib.n))?;
-    let fq = FakeQuant::new(&exec, &policy, &ranges, a.seed)?;
+    let fq = FakeQuant::new(&exec, &policy, &ranges, c.seed)?;
 
     let float = if a.skip_float {
         None
     } else {
         let pb = bar(ds.n as u64, "float");
-        let r = evaluate(&exec, &ds, a.batch, None, &mut |d, _| {
+        let r = evaluate(&exec, &ds, c.batch, None, &mut |d, _| {
             pb.set_position(d as u64)
         })
-        .with_context(|| format!("evaluating {} on {name}", a.model))?;
+        .with_context(|| format!("evaluating {} on {name}", c.model))?;
         pb.finish_and_clear();
         Some(r)
     };
     let pb = bar(ds.n as u64, "quantized");
-    let quant = evaluate(&exec, &ds, a.batch, Some(&fq), &mut |d, _| {
+    let quant = evaluate(&exec, &ds, c.batch, Some(&fq), &mut |d, _| {
         pb.set_position(d as u64)
     })
-    .with_context(|| format!("evaluating quantized {} on {name}", a.model))?;
+    .with_context(|| format!("evaluating quantized {} on {name}", c.model))?;
     pb.finish_and_clear();
 
     let info: Vec<LayerQuantInfo> = fq.layer_info();
@@ -211,10 +179,10 @@ pub fn run(a: Args) -> Result<()> {
     let float_acc = float.as_ref().map(|r| r.accuracy);
     if a.json {
         let v = serde_json::json!({
-            "model": a.model, "data": name, "split": "test", "images": ds.n,
-            "uniform": a.uniform, "quantizer": kind.name(), "granularity": a.granularity,
+            "model": c.model, "data": name, "split": "test", "images": ds.n,
+            "uniform": uniform, "quantizer": kind.name(), "granularity": c.granularity.as_deref().unwrap_or("tensor"),
             "weight_scheme": weight, "activation_scheme": activation,
-            "observer": a.observer,
+            "observer": c.observer,
             "calibration": {"images": calib.n, "source": calib_source},
             "float_accuracy": float_acc,
             "quantized_accuracy": quant.accuracy,
@@ -238,13 +206,13 @@ pub fn run(a: Args) -> Result<()> {
     }
     println!(
         "{}  on {name} (test, {} images)  weights {weight}  activations {}",
-        a.model,
+        c.model,
         ds.n,
         activation.map_or("float".to_string(), |s| s.to_string())
     );
     println!(
         "calibration: {} images of the {calib_source}, observer {}",
-        calib.n, a.observer
+        calib.n, c.observer
     );
     println!(
         "{:<24} {:>9} {:>22} {:>12} {:>11} {:>22}",

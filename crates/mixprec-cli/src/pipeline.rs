@@ -1,0 +1,820 @@
+//! The end-to-end mixed-precision pipeline behind `quantize --budget`, `apply`, `compare` and
+//! `demo` (DESIGN §1): calibrate → sensitivity table (cached on disk) → allocation problem
+//! (cost tables and budgets) → allocator → policy → fake-quant evaluation → export.
+//!
+//! * Sensitivity: any metric of `mixprec_exec::sensitivity::METRICS` (survey §3.2).
+//! * Costs: `model-size` (survey §3.3 Eq. 26 `M_j`), `bops` (Eq. 26 `B_j`) and, with a
+//!   measured look-up table, `latency` (`L_j`).
+//! * The allocation is HAWQ-V3 Eq. 26: minimise Σ Ω_j(b_j) subject to every budget; any
+//!   allocator of `mixprec_alloc::ALLOCATORS` solves it.
+//! * The Pareto front is traced by re-solving the same problem with the first budget swept
+//!   from the smallest achievable cost to the cost of all layers at the highest option, and by
+//!   measuring the accuracy of every distinct policy found (survey §4.1: report the whole
+//!   accuracy-vs-cost trade-off, not one point).
+
+use crate::cmd::data::{self, Scale};
+use crate::progress::bar;
+use anyhow::{bail, Context, Result};
+use mixprec_alloc::costs::latency::LatencyLut;
+use mixprec_alloc::{
+    allocator, cost_model, AllocationProblem, BitOption, Budget, CostKind, LayerInfo, SolveCtx,
+    Table,
+};
+use mixprec_data::{calibration_subset, Dataset, Split};
+use mixprec_exec::sensitivity::{build_metric, SensCtx, SensOption, SensitivityTable};
+use mixprec_exec::{
+    calibrate, evaluate, fakequant::weight_channel_axis, ActivationRanges, Executor, FakeQuant,
+};
+use mixprec_graph::Layer;
+use mixprec_quant::{Granularity, Policy, QScheme, QuantKind};
+use std::path::{Path, PathBuf};
+
+/// Options every pipeline command shares.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CommonArgs {
+    /// Model: .onnx, .safetensors from `mixprec train`, or `default`.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// Data set: mnist, fashion-mnist, cifar10, or mnist-1k (embedded). Default: from the
+    /// model's input shape (mnist-1k for `default`).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Evaluate only the first N test images (default: the whole test split).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Calibration images (a seeded class-balanced subset of the training split when the data
+    /// set has one).
+    #[arg(long, default_value_t = 256)]
+    pub calib: usize,
+    /// Calibration observer for the activation ranges (see `mixprec list`).
+    #[arg(long, default_value = "min-max")]
+    pub observer: String,
+    /// Activation bit width of every layer's input (uniform, asymmetric, per tensor).
+    #[arg(long, default_value_t = 8)]
+    pub activation_bits: u8,
+    /// Weight parameter sharing: channel or tensor (uniform mode also g<N>). Default: channel
+    /// for mixed precision, tensor for `--uniform`.
+    #[arg(long)]
+    pub granularity: Option<String>,
+    /// Batch size of the evaluation passes.
+    #[arg(long, default_value_t = 250)]
+    pub batch: usize,
+    /// Input scaling.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub scale: Scale,
+    /// Seed (calibration and sensitivity samples, probes, stochastic allocators).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Everything loaded once per run: the model, the evaluated images, the calibration set and
+/// the activation ranges of every layer input at the chosen activation bits.
+pub struct Session {
+    /// The model argument as given.
+    pub model: String,
+    /// Data set name.
+    pub data: String,
+    /// The float executor.
+    pub exec: Executor,
+    /// Evaluated test images.
+    pub test: Dataset,
+    /// Calibration images.
+    pub calib: Dataset,
+    /// Where the calibration images came from.
+    pub calib_source: String,
+    /// Calibrated input range of every layer.
+    pub ranges: ActivationRanges,
+    /// The quantizable layers in graph order.
+    pub layers: Vec<Layer>,
+    /// Activation scheme of every layer input.
+    pub activation: QScheme,
+    /// Weight granularity.
+    pub granularity: Granularity,
+    /// Evaluation batch.
+    pub batch: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// `tensor` or `channel`.
+pub fn parse_granularity(s: &str) -> Result<Granularity> {
+    match s {
+        "tensor" => Ok(Granularity::Tensor),
+        "channel" => Ok(Granularity::Channel),
+        _ => bail!("--granularity {s}: use channel or tensor"),
+    }
+}
+
+/// The data set name for a model: `--data`, else the embedded subset for `default`, else
+/// from the model's input shape.
+pub fn dataset_name(model: &str, data: Option<&str>, g: &mixprec_graph::Graph) -> Result<String> {
+    Ok(match data {
+        Some(d) => d.to_string(),
+        None if model == crate::model::DEFAULT_MODEL => data::EMBEDDED.into(),
+        None => crate::model::default_dataset(g)
+            .context("cannot tell which data set fits this model's input; pass --data")?
+            .into(),
+    })
+}
+
+/// The calibration images and where they came from: a seeded class-balanced subset of the
+/// training split, else of the test images after the evaluated ones, else of the test set.
+pub fn calibration_set(
+    name: &str,
+    scale: Scale,
+    full: &Dataset,
+    evaluated: usize,
+    n: usize,
+    seed: u64,
+) -> Result<(Dataset, String)> {
+    if n == 0 {
+        bail!("--calib must be at least 1");
+    }
+    if name != data::EMBEDDED {
+        if let Ok(train) = data::load(name, Split::Train, scale) {
+            let set = calibration_subset(&train, n.min(train.n), seed)?;
+            return Ok((set, "train split".into()));
+        }
+    }
+    if full.n - evaluated >= n {
+        let rest: Vec<usize> = (evaluated..full.n).collect();
+        let set = calibration_subset(&full.subset(&rest)?, n, seed)?;
+        return Ok((set, "test split, images after the evaluated ones".into()));
+    }
+    let set = calibration_subset(full, n.min(full.n), seed)?;
+    Ok((set, "test split (overlaps the evaluated images)".into()))
+}
+
+impl Session {
+    /// Loads the model and data and calibrates every layer input.
+    pub fn open(a: &CommonArgs) -> Result<Self> {
+        let granularity = parse_granularity(a.granularity.as_deref().unwrap_or("channel"))?;
+        let activation = QScheme::new(
+            QuantKind::Uniform,
+            a.activation_bits,
+            false,
+            Granularity::Tensor,
+        );
+        activation
+            .validate()
+            .with_context(|| format!("--activation-bits {}", a.activation_bits))?;
+        let g = crate::model::load(&a.model)?;
+        let name = dataset_name(&a.model, a.data.as_deref(), &g)?;
+        let full = data::load(&name, Split::Test, a.scale)?;
+        let test = match a.limit {
+            Some(0) => bail!("--limit must be at least 1"),
+            Some(n) => full.head(n),
+            None => full.clone(),
+        };
+        let (calib, calib_source) =
+            calibration_set(&name, a.scale, &full, test.n, a.calib, a.seed)?;
+        let mut exec = Executor::new(g)?;
+        exec.free_batch_dim();
+        let layers = exec.graph().layers();
+        if layers.is_empty() {
+            bail!(
+                "{} has no Conv, Gemm or MatMul layer with constant weights to quantize",
+                a.model
+            );
+        }
+        let mut all = Policy::new();
+        for l in &layers {
+            all.set_activation(&l.name, activation);
+        }
+        let ranges = calibrate(&exec, &calib, &a.observer, &all)
+            .with_context(|| format!("calibrating on {} images of {name}", calib.n))?;
+        Ok(Session {
+            model: a.model.clone(),
+            data: name,
+            exec,
+            test,
+            calib,
+            calib_source,
+            ranges,
+            layers,
+            activation,
+            granularity,
+            batch: a.batch.max(1),
+            seed: a.seed,
+        })
+    }
+
+    /// The weight scheme at `bits` (uniform, symmetric, at the session's granularity).
+    pub fn weight_scheme(&self, bits: u8) -> QScheme {
+        QScheme::new(QuantKind::Uniform, bits, true, self.granularity)
+    }
+
+    /// The policy giving layer `i` weight bits `wbits[i]` (32 = float) and every input the
+    /// session's activation scheme.
+    pub fn policy(&self, wbits: &[u32]) -> Policy {
+        let mut p = Policy::new();
+        for (l, &b) in self.layers.iter().zip(wbits) {
+            if b < 32 {
+                p.set_weight(&l.name, self.weight_scheme(b as u8));
+            }
+            if self.activation.bits < 32 {
+                p.set_activation(&l.name, self.activation);
+            }
+        }
+        p
+    }
+
+    /// Top-1 accuracy (in %) of the float model (`None`) or of a policy, with a progress bar.
+    pub fn accuracy(&self, policy: Option<&Policy>, label: &str) -> Result<f64> {
+        let fq = match policy {
+            Some(p) => Some(FakeQuant::new(&self.exec, p, &self.ranges, self.seed)?),
+            None => None,
+        };
+        let pb = bar(self.test.n as u64, label);
+        let r = evaluate(
+            &self.exec,
+            &self.test,
+            self.batch,
+            fq.as_ref().map(|f| f as &dyn mixprec_exec::LayerHook),
+            &mut |d, _| pb.set_position(d as u64),
+        )
+        .with_context(|| format!("evaluating {label} on {}", self.data))?;
+        pb.finish_and_clear();
+        Ok(100.0 * r.accuracy)
+    }
+
+    /// Per-layer data of the allocation problem: weight elements, MACs and input activation
+    /// elements for one sample, output channels, and the weight statistics OPQ needs.
+    pub fn layer_infos(&self) -> Result<Vec<LayerInfo>> {
+        let g = self.exec.graph();
+        let stats = mixprec_graph::model_stats(g)?;
+        let mut out = Vec::new();
+        for l in &self.layers {
+            let s = stats
+                .layers
+                .iter()
+                .find(|s| s.name == l.name)
+                .with_context(|| format!("no accounting for layer '{}'", l.name))?;
+            let w = g.initializers[&l.weight].to_f32();
+            let mut info = LayerInfo::new(l.name.clone(), s.weights, s.macs, s.input_elems);
+            info.out_channels = match self.granularity {
+                Granularity::Channel => {
+                    let axis = weight_channel_axis(g, l);
+                    s.weight_shape.get(axis).copied().unwrap_or(1).max(1) as u64
+                }
+                _ => 1,
+            };
+            let n = w.len().max(1) as f64;
+            let mean = w.iter().map(|&x| x as f64).sum::<f64>() / n;
+            let var = w.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+            info.extra.weight_std = Some(var.sqrt());
+            info.extra.weight_max_abs = Some(w.iter().fold(0.0f64, |m, &x| m.max(x.abs() as f64)));
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    /// Float parameters outside the quantized weights (biases, BatchNorm, …), which stay at
+    /// 32 bits.
+    pub fn unquantized_params(&self, infos: &[LayerInfo]) -> u64 {
+        let total = self.exec.graph().parameter_count() as u64;
+        total.saturating_sub(infos.iter().map(|l| l.params).sum())
+    }
+}
+
+/// Parses `w2,w3,w4,w8` into weight bit widths.
+pub fn parse_weight_options(list: &str) -> Result<Vec<u32>> {
+    let mut bits = Vec::new();
+    for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let b: u32 = s
+            .strip_prefix('w')
+            .and_then(|b| b.parse().ok())
+            .filter(|b| (2..=16).contains(b))
+            .with_context(|| {
+                format!("--options {list}: '{s}' is not w<bits> with bits in 2..=16 (e.g. w4)")
+            })?;
+        if !bits.contains(&b) {
+            bits.push(b);
+        }
+    }
+    if bits.is_empty() {
+        bail!("--options {list}: give at least one weight option, e.g. w2,w3,w4,w8");
+    }
+    bits.sort_unstable();
+    Ok(bits)
+}
+
+/// FNV-1a, 64-bit.
+pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The bytes that identify a model argument (the file, or the built-in weights).
+pub fn model_bytes(model: &str) -> Result<Vec<u8>> {
+    if model == crate::model::DEFAULT_MODEL {
+        Ok(crate::model::DEFAULT_WEIGHTS.to_vec())
+    } else {
+        std::fs::read(model).with_context(|| format!("reading {model}"))
+    }
+}
+
+/// Where sensitivity tables are cached: `$MIXPREC_CACHE`, else `$XDG_CACHE_HOME/mixprec`, else
+/// `~/.cache/mixprec`, else `.mixprec-cache`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MIXPREC_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("mixprec");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".cache").join("mixprec");
+    }
+    PathBuf::from(".mixprec-cache")
+}
+
+/// How a sensitivity table was obtained.
+pub struct SensitivityRun {
+    /// The `[layer × option]` table (options `w<bits>`).
+    pub table: SensitivityTable,
+    /// Whether it came from the cache.
+    pub cached: bool,
+    /// Seconds spent (0 when cached).
+    pub seconds: f64,
+}
+
+/// The weight-option sensitivity table of `metric` on `samples` class-balanced calibration
+/// images, read from / written to `cache` (keyed by a hash of the model bytes, metric, config,
+/// data, options, granularity, samples and seed).
+pub fn sensitivity(
+    s: &Session,
+    metric: &str,
+    config: &serde_json::Value,
+    wbits: &[u32],
+    samples: usize,
+    cache: Option<&Path>,
+) -> Result<SensitivityRun> {
+    if samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    let m = build_metric(metric, config)?;
+    let labels: Vec<String> = wbits.iter().map(|b| format!("w{b}")).collect();
+    let options = SensOption::parse_list(&labels.join(","), s.granularity)?;
+    let key = {
+        let mut h = fnv1a(&model_bytes(&s.model)?, 0xcbf2_9ce4_8422_2325);
+        let desc = format!(
+            "{metric}|{config}|{}|{}|{:?}|{samples}|{}|{}",
+            s.data,
+            labels.join(","),
+            s.granularity,
+            s.seed,
+            s.calib.name
+        );
+        h = fnv1a(desc.as_bytes(), h);
+        format!("{metric}-{h:016x}.json")
+    };
+    let file = cache.map(|d| d.join(&key));
+    if let Some(f) = &file {
+        if let Some(t) = std::fs::read_to_string(f)
+            .ok()
+            .and_then(|t| serde_json::from_str::<SensitivityTable>(&t).ok())
+            .filter(|t| {
+                t.layers.iter().eq(s.layers.iter().map(|l| &l.name))
+                    && t.options == labels
+                    && t.values.len() == t.layers.len()
+                    && t.values.iter().all(|r| r.len() == labels.len())
+            })
+        {
+            return Ok(SensitivityRun {
+                table: t,
+                cached: true,
+                seconds: 0.0,
+            });
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let sample_set = calibration_subset(&s.calib, samples.min(s.calib.n), s.seed)?;
+    let ctx = SensCtx::new(&s.exec, &sample_set, options, 32, s.seed)?;
+    let table = m
+        .compute(&ctx)
+        .with_context(|| format!("computing the {metric} sensitivity of {}", s.model))?;
+    if let Some(f) = &file {
+        if let Some(dir) = f.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the cache folder {}", dir.display()))?;
+        }
+        mixprec_graph::write_atomic(f, serde_json::to_string(&table)?.as_bytes())
+            .with_context(|| format!("writing the cache file {}", f.display()))?;
+    }
+    Ok(SensitivityRun {
+        table,
+        cached: false,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// One `--budget` as given and as resolved against the model.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BudgetSpec {
+    /// The text given (`size=25%`).
+    pub text: String,
+    /// The bounded cost.
+    pub cost: CostKind,
+    /// Limit on the quantized layers' cost, in the table's unit.
+    pub max: f64,
+    /// A readable statement of the budget.
+    pub describe: String,
+}
+
+/// Costs of the model that do not depend on the allocation, used to resolve budgets.
+pub struct Reference {
+    /// Bits of the parameters that stay float.
+    pub rest_bits: f64,
+    /// Size in bits of the whole float model.
+    pub float_bits: f64,
+    /// BOPs of the float model (MACs × 32 × 32).
+    pub float_bops: f64,
+    /// Latency of the float layers from the LUT (`w32a32`), when present.
+    pub float_latency: Option<f64>,
+}
+
+fn parse_amount(v: &str, what: &str) -> Result<f64> {
+    let v = v.trim();
+    let (num, mult) = [
+        ("kb", 8e3),
+        ("mb", 8e6),
+        ("kib", 8192.0),
+        ("mib", 8.0 * 1048576.0),
+        ("b", 8.0),
+        ("k", 1e3),
+        ("m", 1e6),
+        ("g", 1e9),
+        ("ms", 1.0),
+    ]
+    .iter()
+    .filter(|(suffix, _)| v.to_ascii_lowercase().ends_with(suffix))
+    .max_by_key(|(suffix, _)| suffix.len())
+    .map(|(suffix, m)| (&v[..v.len() - suffix.len()], *m))
+    .unwrap_or((v, 1.0));
+    let x: f64 = num
+        .trim()
+        .parse()
+        .ok()
+        .filter(|x: &f64| x.is_finite() && *x > 0.0)
+        .with_context(|| format!("--budget {what}={v}: not a positive number"))?;
+    Ok(x * mult)
+}
+
+/// Parses one `--budget`: `size=25%` (of the float model), `size=40KB`, `wbits=3` (the size of
+/// the model with every layer at 3-bit weights), `bops=25%`, `bops=1.5G`, `latency=2ms` or
+/// `latency=80%` (of the float latency in the LUT).
+pub fn parse_budget(
+    text: &str,
+    infos: &[LayerInfo],
+    size_model: &dyn mixprec_alloc::CostModel,
+    abits: u32,
+    r: &Reference,
+) -> Result<BudgetSpec> {
+    let (key, val) = text.split_once('=').with_context(|| {
+        format!(
+            "--budget {text}: expected KEY=VALUE, e.g. size=25%, wbits=3, bops=30%, latency=2ms"
+        )
+    })?;
+    let pct = val.trim().strip_suffix('%').map(|p| {
+        p.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .with_context(|| format!("--budget {text}: not a positive percentage"))
+    });
+    let spec = |cost: CostKind, max: f64, describe: String| BudgetSpec {
+        text: text.to_string(),
+        cost,
+        max,
+        describe,
+    };
+    match key.trim() {
+        "size" => {
+            let total = match pct {
+                Some(p) => p? / 100.0 * r.float_bits,
+                None => parse_amount(val, key)?,
+            };
+            Ok(spec(
+                CostKind::ModelSize,
+                total - r.rest_bits,
+                format!("model size ≤ {} ({text})", human_bytes(total / 8.0)),
+            ))
+        }
+        "wbits" | "avg-bits" => {
+            let b: u32 = val
+                .trim()
+                .parse()
+                .ok()
+                .filter(|b| (2..=16).contains(b))
+                .with_context(|| format!("--budget {text}: weight bits must be 2..=16"))?;
+            let t = size_model.table(infos, &[BitOption::new(b, abits)])?;
+            let layers: f64 = (0..infos.len()).map(|i| t.get(i, 0)).sum();
+            Ok(spec(
+                CostKind::ModelSize,
+                layers,
+                format!(
+                    "model size ≤ {} (= every layer at {b}-bit weights)",
+                    human_bytes((layers + r.rest_bits) / 8.0)
+                ),
+            ))
+        }
+        "bops" => {
+            let max = match pct {
+                Some(p) => p? / 100.0 * r.float_bops,
+                None => parse_amount(val, key)?,
+            };
+            Ok(spec(
+                CostKind::Bops,
+                max,
+                format!("BOPs ≤ {} ({text})", crate::cmd::si(max as u64)),
+            ))
+        }
+        "latency" => {
+            let max = match pct {
+                Some(p) => {
+                    let f = r.float_latency.with_context(|| {
+                        format!("--budget {text}: the latency LUT has no w32a32 (float) entries to take a percentage of; give milliseconds")
+                    })?;
+                    p? / 100.0 * f
+                }
+                None => parse_amount(val, key)?,
+            };
+            Ok(spec(
+                CostKind::Latency,
+                max,
+                format!("latency ≤ {max:.3} ms ({text})"),
+            ))
+        }
+        k => bail!("--budget {text}: unknown budget '{k}'; use size, wbits, bops or latency"),
+    }
+}
+
+/// Bytes as `12.3 KB`.
+pub fn human_bytes(b: f64) -> String {
+    if b >= 1e6 {
+        format!("{:.2} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} KB", b / 1e3)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
+/// The allocation problem of a session: weight options `wbits` at the session's activation
+/// bits, the sensitivity table, size and BOPs tables (+ latency from `lut`), and budgets.
+pub struct ProblemSetup {
+    /// The problem.
+    pub problem: AllocationProblem,
+    /// The budgets as resolved.
+    pub budgets: Vec<BudgetSpec>,
+    /// Model-wide reference costs.
+    pub reference: Reference,
+}
+
+/// Builds the allocation problem (HAWQ-V3 Eq. 26) of a session.
+pub fn build_problem(
+    s: &Session,
+    table: &SensitivityTable,
+    wbits: &[u32],
+    budgets: &[String],
+    lut: Option<&LatencyLut>,
+    fix_ends: bool,
+) -> Result<ProblemSetup> {
+    let infos = s.layer_infos()?;
+    let abits = s.activation.bits as u32;
+    let options: Vec<BitOption> = wbits.iter().map(|&b| BitOption::new(b, abits)).collect();
+    let sens = Table::from_rows(table.values.clone())
+        .context("the sensitivity table is not rectangular")?;
+    let mut p = AllocationProblem::new(infos.clone(), options.clone(), sens);
+    let size_model = cost_model(
+        "model-size",
+        &serde_json::json!({
+            "zero_point_bits": 0,
+            "per_channel": s.granularity == Granularity::Channel,
+        }),
+    )?;
+    p.set_cost(CostKind::ModelSize, size_model.table(&infos, &options)?);
+    let bops = cost_model("bops", &serde_json::Value::Null)?;
+    p.set_cost(CostKind::Bops, bops.table(&infos, &options)?);
+    let mut float_latency = None;
+    if let Some(lut) = lut {
+        let lat = cost_model("latency", &serde_json::json!({ "inline": lut }))?;
+        p.set_cost(CostKind::Latency, lat.table(&infos, &options)?);
+        let f: Option<f64> = infos
+            .iter()
+            .map(|l| {
+                lut.layers
+                    .get(&l.name)
+                    .and_then(|m| m.get("w32a32"))
+                    .copied()
+            })
+            .sum();
+        float_latency = f;
+    }
+    let rest = s.unquantized_params(&infos);
+    let weights: u64 = infos.iter().map(|l| l.params).sum();
+    let reference = Reference {
+        rest_bits: 32.0 * rest as f64,
+        float_bits: 32.0 * (weights + rest) as f64,
+        float_bops: infos.iter().map(|l| l.macs as f64 * 1024.0).sum(),
+        float_latency,
+    };
+    let mut specs = Vec::new();
+    for b in budgets {
+        let spec = parse_budget(b, &infos, size_model.as_ref(), abits, &reference)?;
+        if spec.cost == CostKind::Latency && lut.is_none() {
+            bail!("--budget {b}: a latency budget needs --lut FILE (measure one with `mixprec profile`)");
+        }
+        p.budgets.push(Budget {
+            cost: spec.cost.clone(),
+            max: spec.max,
+        });
+        specs.push(spec);
+    }
+    if fix_ends && infos.len() > 2 {
+        let top = options.len() - 1;
+        p.fixed.push((0, top));
+        p.fixed.push((infos.len() - 1, top));
+    }
+    p.validate()?;
+    Ok(ProblemSetup {
+        problem: p,
+        budgets: specs,
+        reference,
+    })
+}
+
+/// The weight bits per layer of a choice.
+pub fn choice_bits(p: &AllocationProblem, choice: &[usize]) -> Vec<u32> {
+    choice.iter().map(|&o| p.options[o].weight_bits).collect()
+}
+
+/// One solved and evaluated policy.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Evaluated {
+    /// Label (allocator, budget point or uniform option).
+    pub label: String,
+    /// Weight bits per layer.
+    pub weight_bits: Vec<u32>,
+    /// Summed sensitivity.
+    pub objective: f64,
+    /// Every cost of the problem for this choice (layers only; size adds the float rest).
+    pub costs: Vec<(CostKind, f64)>,
+    /// Top-1 accuracy in %.
+    pub accuracy: f64,
+    /// Weight bits per element, averaged over the quantized layers' weights.
+    pub avg_bits: f64,
+    /// Stored size in bytes: the layers' weights, scales and the parameters that stay float.
+    pub size_bytes: f64,
+}
+
+/// Total of cost `kind` for a choice.
+pub fn total_cost(p: &AllocationProblem, kind: &CostKind, choice: &[usize]) -> Option<f64> {
+    let t = p.cost_table(kind)?;
+    Some(kind.combine(choice.iter().enumerate().map(|(l, &o)| t.get(l, o))))
+}
+
+/// All costs of a choice.
+pub fn all_costs(p: &AllocationProblem, choice: &[usize]) -> Vec<(CostKind, f64)> {
+    p.costs
+        .iter()
+        .filter_map(|(k, _)| total_cost(p, k, choice).map(|v| (k.clone(), v)))
+        .collect()
+}
+
+/// Solves `p` with a registered allocator (`config` as JSON, `null` = defaults).
+pub fn solve(
+    p: &AllocationProblem,
+    name: &str,
+    config: &serde_json::Value,
+    seed: u64,
+) -> Result<(mixprec_alloc::Allocation, f64)> {
+    let a = allocator(name, config)?;
+    let t0 = std::time::Instant::now();
+    let mut ctx = SolveCtx::new(seed);
+    let r = a
+        .solve(p, &mut ctx)
+        .with_context(|| format!("allocator {name}"))?;
+    Ok((r, t0.elapsed().as_secs_f64()))
+}
+
+/// The allocator's accuracy-vs-cost front along the first budget's cost: `points` budgets
+/// evenly spaced from the smallest achievable cost to the cost of every layer at the highest
+/// option, each solved by `name` (other budgets stay) — distinct choices only, cheapest first.
+pub fn frontier_choices(
+    p: &AllocationProblem,
+    name: &str,
+    config: &serde_json::Value,
+    seed: u64,
+    points: usize,
+) -> Result<Vec<Vec<usize>>> {
+    let Some(axis) = p.budgets.first().map(|b| b.cost.clone()) else {
+        return Ok(Vec::new());
+    };
+    let t = p.cost_table(&axis).context("no table for the front axis")?;
+    let lo: f64 = (0..p.layers.len())
+        .map(|l| {
+            (0..p.options.len())
+                .filter(|&o| p.mask_allows(l, o))
+                .map(|o| t.get(l, o))
+                .fold(f64::INFINITY, f64::min)
+        })
+        .sum();
+    let hi: f64 = (0..p.layers.len())
+        .map(|l| {
+            (0..p.options.len())
+                .filter(|&o| p.mask_allows(l, o))
+                .map(|o| t.get(l, o))
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .sum();
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let n = points.max(2);
+    for i in 0..n {
+        let budget = lo + (hi - lo) * i as f64 / (n - 1) as f64;
+        let mut q = p.clone();
+        q.budgets[0].max = budget * (1.0 + 1e-12);
+        if let Ok((a, _)) = solve(&q, name, config, seed) {
+            if !out.contains(&a.choice) {
+                out.push(a.choice);
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        let ca = total_cost(p, &axis, a).unwrap_or(0.0);
+        let cb = total_cost(p, &axis, b).unwrap_or(0.0);
+        ca.total_cmp(&cb)
+    });
+    Ok(out)
+}
+
+/// Measures the accuracy of a choice.
+pub fn evaluate_choice(
+    s: &Session,
+    p: &AllocationProblem,
+    choice: &[usize],
+    label: &str,
+    rest_bits: f64,
+) -> Result<Evaluated> {
+    let bits = choice_bits(p, choice);
+    let acc = s.accuracy(Some(&s.policy(&bits)), label)?;
+    Ok(Evaluated {
+        label: label.to_string(),
+        avg_bits: average_bits(p, &bits),
+        weight_bits: bits,
+        objective: choice
+            .iter()
+            .enumerate()
+            .map(|(l, &o)| p.sensitivity.get(l, o))
+            .sum(),
+        costs: all_costs(p, choice),
+        accuracy: acc,
+        size_bytes: (total_cost(p, &CostKind::ModelSize, choice).unwrap_or(0.0) + rest_bits) / 8.0,
+    })
+}
+
+/// Average weight bits of a choice, weighted by weight elements.
+pub fn average_bits(p: &AllocationProblem, bits: &[u32]) -> f64 {
+    let n: u64 = p.layers.iter().map(|l| l.params).sum();
+    let b: u64 = p
+        .layers
+        .iter()
+        .zip(bits)
+        .map(|(l, &b)| l.params * b as u64)
+        .sum();
+    b as f64 / n.max(1) as f64
+}
+
+/// Writes `bytes` to `dir/name` atomically.
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    let p = dir.join(name);
+    mixprec_graph::write_atomic(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_and_options_parse() {
+        assert_eq!(parse_amount("40KB", "size").unwrap(), 320e3);
+        assert_eq!(parse_amount("1.5G", "bops").unwrap(), 1.5e9);
+        assert_eq!(parse_amount("2ms", "latency").unwrap(), 2.0);
+        assert_eq!(parse_amount("100", "size").unwrap(), 100.0);
+        assert!(parse_amount("-3", "size").is_err());
+        assert!(parse_amount("abc", "size").is_err());
+        assert_eq!(parse_weight_options("w8,w2,w4,w2").unwrap(), vec![2, 4, 8]);
+        assert!(parse_weight_options("w1").is_err() && parse_weight_options("").is_err());
+    }
+
+    #[test]
+    fn fnv_is_the_reference_hash() {
+        // FNV-1a 64 of "a" (reference value from the FNV specification).
+        assert_eq!(fnv1a(b"a", 0xcbf2_9ce4_8422_2325), 0xaf63_dc4c_8601_ec8c);
+    }
+}
