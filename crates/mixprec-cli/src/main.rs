@@ -5,6 +5,8 @@ mod model;
 mod npy;
 mod pipeline;
 mod progress;
+mod report;
+mod report_data;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

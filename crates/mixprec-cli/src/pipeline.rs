@@ -575,10 +575,11 @@ pub struct ProblemSetup {
     pub reference: Reference,
 }
 
-/// Builds the allocation problem (HAWQ-V3 Eq. 26) of a session.
+/// Builds the allocation problem (HAWQ-V3 Eq. 26) of a session; budgets that no choice of
+/// the options can meet are an error stating the smallest achievable cost.
 pub fn build_problem(
     s: &Session,
-    table: &SensitivityTable,
+    table: Option<&SensitivityTable>,
     wbits: &[u32],
     budgets: &[String],
     lut: Option<&LatencyLut>,
@@ -587,8 +588,12 @@ pub fn build_problem(
     let infos = s.layer_infos()?;
     let abits = s.activation.bits as u32;
     let options: Vec<BitOption> = wbits.iter().map(|&b| BitOption::new(b, abits)).collect();
-    let sens = Table::from_rows(table.values.clone())
-        .context("the sensitivity table is not rectangular")?;
+    // Without a table (checking budgets before the sensitivity pass) every option scores 0.
+    let sens = match table {
+        Some(t) => Table::from_rows(t.values.clone())
+            .context("the sensitivity table is not rectangular")?,
+        None => Table::filled(infos.len(), options.len(), 0.0),
+    };
     let mut p = AllocationProblem::new(infos.clone(), options.clone(), sens);
     let size_model = cost_model(
         "model-size",
@@ -628,6 +633,35 @@ pub fn build_problem(
         let spec = parse_budget(b, &infos, size_model.as_ref(), abits, &reference)?;
         if spec.cost == CostKind::Latency && lut.is_none() {
             bail!("--budget {b}: a latency budget needs --lut FILE (measure one with `mixprec profile`)");
+        }
+        if let Some(t) = p.cost_table(&spec.cost) {
+            let least = spec.cost.combine((0..infos.len()).map(|l| {
+                (0..options.len())
+                    .map(|o| t.get(l, o))
+                    .fold(f64::INFINITY, f64::min)
+            }));
+            if least > spec.max * (1.0 + mixprec_alloc::BUDGET_RTOL) {
+                let smallest = match spec.cost {
+                    CostKind::ModelSize => {
+                        let b = least + reference.rest_bits;
+                        format!(
+                            "{} ({:.1} % of the float model)",
+                            human_bytes(b / 8.0),
+                            100.0 * b / reference.float_bits
+                        )
+                    }
+                    CostKind::Bops => format!(
+                        "{} BOPs ({:.2} % of float)",
+                        crate::cmd::si(least as u64),
+                        100.0 * least / reference.float_bops
+                    ),
+                    _ => format!("{least:.4}"),
+                };
+                bail!(
+                    "--budget {b} cannot be met: the smallest achievable with options {} is {smallest}; raise the budget or add lower-bit options",
+                    options.iter().map(|o| o.label()).collect::<Vec<_>>().join(",")
+                );
+            }
         }
         p.budgets.push(Budget {
             cost: spec.cost.clone(),

@@ -377,3 +377,215 @@ fn outputs_are_byte_identical_across_runs_and_thread_counts() {
         );
     }
 }
+
+/// Runs the binary in `dir` with the sensitivity cache inside `dir`.
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    bin()
+        .args(args)
+        .env("MIXPREC_CACHE", dir.join("cache"))
+        .current_dir(dir)
+        .output()
+        .expect("runs")
+}
+
+fn json_ok(o: &Output) -> serde_json::Value {
+    let (out, err) = text(o);
+    assert!(o.status.success(), "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+const BUDGET_RUN: &[&str] = &[
+    "quantize",
+    "--model",
+    "default",
+    "--budget",
+    "size=11%",
+    "--limit",
+    "300",
+    "--samples",
+    "16",
+    "--pareto",
+    "3",
+    "--json",
+];
+
+/// `quantize --budget`: every output file, the chosen policy within budget and on the
+/// allocator's options, byte-identical policy.json on a re-run, and `apply` of that policy
+/// reproduces the measured accuracy.
+#[test]
+fn budgeted_quantize_writes_files_deterministically_and_apply_reproduces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut runs = Vec::new();
+    for out in ["a", "b"] {
+        let mut args = BUDGET_RUN.to_vec();
+        args.extend(["--out", out]);
+        runs.push(json_ok(&run_in(d, &args)));
+    }
+    for f in [
+        "policy.json",
+        "problem.json",
+        "model.onnx",
+        "report.json",
+        "report.html",
+    ] {
+        assert!(d.join("a").join(f).is_file(), "{f} missing");
+    }
+    let pa = std::fs::read(d.join("a/policy.json")).unwrap();
+    assert_eq!(pa, std::fs::read(d.join("b/policy.json")).unwrap());
+    // The second run read the cached sensitivity table.
+    assert_eq!(runs[1]["sensitivity_cached"], true);
+    let v = &runs[0];
+    let max = v["budgets"][0]["max"].as_f64().unwrap();
+    let size = v["chosen"]["costs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c[0] == "model-size")
+        .unwrap()[1]
+        .as_f64()
+        .unwrap();
+    assert!(size <= max * (1.0 + 1e-9), "{size} > {max}");
+    let bits: Vec<u64> = v["chosen"]["weight_bits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap())
+        .collect();
+    assert_eq!(bits.len(), 5);
+    assert!(bits.iter().all(|b| [2, 3, 4, 8].contains(b)), "{bits:?}");
+    let acc = v["chosen"]["accuracy"].as_f64().unwrap();
+    assert!(acc > 90.0 && acc <= 100.0, "{acc}");
+    // The size budget lies between uniform w3 and w4, so the mix must beat w3's size use.
+    let uniform: Vec<f64> = v["uniform"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["size_bytes"].as_f64().unwrap())
+        .collect();
+    let chosen_size = v["chosen"]["size_bytes"].as_f64().unwrap();
+    assert!(chosen_size > uniform[1] && chosen_size < uniform[2]);
+
+    let a = json_ok(&run_in(
+        d,
+        &[
+            "apply",
+            "--policy",
+            "a/policy.json",
+            "--limit",
+            "300",
+            "--json",
+        ],
+    ));
+    assert!(
+        (a["quantized_accuracy"].as_f64().unwrap() - acc).abs() < 1e-9,
+        "apply {} vs quantize {acc}",
+        a["quantized_accuracy"]
+    );
+
+    // Hand-edited policies: an unknown layer and an impossible bit width.
+    let text = String::from_utf8(pa).unwrap();
+    std::fs::write(d.join("typo.json"), text.replace("\"fc1\"", "\"fc_1\"")).unwrap();
+    fails_clearly(
+        &run_in(d, &["apply", "--policy", "typo.json", "--limit", "10"]),
+        &["fc_1", "did you mean 'fc1'"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut bad = v.clone();
+    bad["layers"]["conv2"]["weight"]["bits"] = serde_json::json!(0);
+    std::fs::write(d.join("bad.json"), bad.to_string()).unwrap();
+    fails_clearly(
+        &run_in(d, &["apply", "--policy", "bad.json", "--limit", "10"]),
+        &["conv2"],
+    );
+}
+
+/// A budget below the smallest achievable size is an error stating that size; bad budget
+/// syntax names the budget.
+#[test]
+fn infeasible_and_malformed_budgets_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fails_clearly(
+        &run_in(
+            d,
+            &["quantize", "--budget", "size=1%", "--limit", "10", "--samples", "8"],
+        ),
+        &["smallest"],
+    );
+    fails_clearly(
+        &run_in(d, &["quantize", "--budget", "speed=3"]),
+        &["speed=3", "size, wbits, bops or latency"],
+    );
+    fails_clearly(
+        &run_in(d, &["quantize", "--budget", "latency=2ms", "--limit", "10"]),
+        &["--lut"],
+    );
+    fails_clearly(
+        &run_in(d, &["quantize", "--budget", "wbits=3", "--allocator", "magic"]),
+        &["magic"],
+    );
+}
+
+/// `compare`: one row per allocator; every policy respects the budget, and no allocator beats
+/// the exact ILP on the objective it minimises.
+#[test]
+fn compare_runs_every_allocator_and_ilp_is_optimal() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = json_ok(&run_in(
+        dir.path(),
+        &[
+            "compare",
+            "--budget",
+            "wbits=3",
+            "--limit",
+            "100",
+            "--samples",
+            "16",
+            "--json",
+        ],
+    ));
+    let rows = v["rows"].as_array().unwrap();
+    assert!(rows.len() >= 9, "{}", rows.len());
+    let max = v["budgets"][0]["max"].as_f64().unwrap();
+    let ilp = rows
+        .iter()
+        .find(|r| r["allocator"] == "ilp")
+        .unwrap()["result"]["objective"]
+        .as_f64()
+        .unwrap();
+    for r in rows {
+        if r["result"].is_null() {
+            assert!(r["error"].is_string(), "{r}");
+            continue;
+        }
+        let obj = r["result"]["objective"].as_f64().unwrap();
+        assert!(obj >= ilp * (1.0 - 1e-9), "{} beat ilp: {obj} < {ilp}", r["allocator"]);
+        let size = r["result"]["costs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c[0] == "model-size")
+            .unwrap()[1]
+            .as_f64()
+            .unwrap();
+        assert!(size <= max * (1.0 + 1e-9), "{} over budget", r["allocator"]);
+    }
+}
+
+/// `demo` needs no data folder and writes the report.
+#[test]
+fn demo_runs_on_the_built_in_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = bin()
+        .args(["demo", "--samples", "16", "--pareto", "3"])
+        .env("MIXPREC_DATA", dir.path().join("nowhere"))
+        .env("MIXPREC_CACHE", dir.path().join("cache"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("ilp (chosen)") && out.contains("report.html"), "{out}");
+    assert!(dir.path().join("mixprec-demo/report.html").is_file());
+}

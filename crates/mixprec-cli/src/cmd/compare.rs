@@ -73,7 +73,7 @@ pub fn compare(
     m: &MixedArgs,
     names: &[String],
     metrics: &[String],
-) -> Result<Comparison> {
+) -> Result<(Comparison, Option<crate::report::Report>)> {
     if m.budget.is_empty() {
         anyhow::bail!("give at least one --budget, e.g. --budget wbits=3");
     }
@@ -90,11 +90,13 @@ pub fn compare(
     }
     let lut = m.load_lut()?;
     let s = Session::open(c)?;
+    build_problem(&s, None, &wbits, &m.budget, lut.as_ref(), m.fix_ends)?;
     let float = s.accuracy(None, "float")?;
     let mut rows = Vec::new();
     let mut uniform = Vec::new();
     let mut measured: Vec<(Vec<u32>, Evaluated)> = Vec::new();
     let mut budgets = Vec::new();
+    let mut first_problem = None;
     for metric in metrics {
         let stage = crate::progress::stage(&format!("sensitivity ({metric})"));
         let sens = sensitivity(
@@ -106,9 +108,19 @@ pub fn compare(
             m.cache_dir().as_deref(),
         )?;
         stage.finish_and_clear();
-        let setup = build_problem(&s, &sens.table, &wbits, &m.budget, lut.as_ref(), m.fix_ends)?;
+        let setup = build_problem(
+            &s,
+            Some(&sens.table),
+            &wbits,
+            &m.budget,
+            lut.as_ref(),
+            m.fix_ends,
+        )?;
         let p = &setup.problem;
         let rest = setup.reference.rest_bits;
+        if first_problem.is_none() {
+            first_problem = Some(p.clone());
+        }
         if uniform.is_empty() {
             budgets = setup.budgets.clone();
             for (o, opt) in p.options.iter().enumerate() {
@@ -164,7 +176,7 @@ pub fn compare(
             }
         }
     }
-    Ok(Comparison {
+    let cmp = Comparison {
         model: s.model.clone(),
         data: s.data.clone(),
         images: s.test.n,
@@ -172,7 +184,9 @@ pub fn compare(
         float_accuracy: float,
         uniform,
         rows,
-    })
+    };
+    let report = first_problem.and_then(|p| crate::report_data::comparison(&s, &p, &cmp));
+    Ok((cmp, report))
 }
 
 /// Run `compare`.
@@ -195,15 +209,20 @@ pub fn run(a: Args) -> Result<()> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let cmp = compare(&a.common, &a.mixed, &names, &metrics)?;
+    let (cmp, report) = compare(&a.common, &a.mixed, &names, &metrics)?;
+    let mut files = Vec::new();
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the output folder {}", dir.display()))?;
-        write_file(
+        files.push(write_file(
             dir,
             "compare.json",
             (serde_json::to_string_pretty(&cmp)? + "\n").as_bytes(),
-        )?;
+        )?);
+        if let Some(r) = &report {
+            let (json, html) = crate::report::write_report(dir, r)?;
+            files.extend([json, html]);
+        }
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&cmp)?);
@@ -211,8 +230,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     print_comparison(&cmp);
     println!("[{:.1} s]", t0.elapsed().as_secs_f64());
-    if let Some(dir) = &a.out {
-        println!("wrote {}", dir.join("compare.json").display());
+    for f in &files {
+        println!("wrote {}", f.display());
     }
     Ok(())
 }

@@ -146,6 +146,8 @@ pub struct Outcome {
     pub uniform: Vec<Evaluated>,
     /// The allocator's front.
     pub frontier: Vec<Evaluated>,
+    /// More summary rows (e.g. the integer engine's accuracy).
+    pub extra_summary: Vec<(String, String)>,
     /// Files written.
     pub files: Vec<PathBuf>,
     /// Stage times.
@@ -178,6 +180,8 @@ pub fn run_mixed(c: &CommonArgs, m: &MixedArgs, out: &Path) -> Result<Outcome> {
     let s = Session::open(c)?;
     stage.finish_and_clear();
     times.load_calibrate = t0.elapsed().as_secs_f64();
+    // Budgets are checked before the (expensive) sensitivity pass.
+    build_problem(&s, None, &wbits, &m.budget, lut.as_ref(), m.fix_ends)?;
 
     let stage = crate::progress::stage(&format!("sensitivity ({})", m.metric));
     let sens = sensitivity(
@@ -191,7 +195,14 @@ pub fn run_mixed(c: &CommonArgs, m: &MixedArgs, out: &Path) -> Result<Outcome> {
     stage.finish_and_clear();
     times.sensitivity = sens.seconds;
 
-    let setup = build_problem(&s, &sens.table, &wbits, &m.budget, lut.as_ref(), m.fix_ends)?;
+    let setup = build_problem(
+        &s,
+        Some(&sens.table),
+        &wbits,
+        &m.budget,
+        lut.as_ref(),
+        m.fix_ends,
+    )?;
     let p = &setup.problem;
     let rest = setup.reference.rest_bits;
     let stage = crate::progress::stage(&format!("allocating ({})", m.allocator));
@@ -274,14 +285,13 @@ pub fn run_mixed(c: &CommonArgs, m: &MixedArgs, out: &Path) -> Result<Outcome> {
         search_seconds: search,
         uniform,
         frontier,
+        extra_summary: Vec::new(),
         files: Vec::new(),
         seconds: times.clone(),
     };
-    files.push(write_file(
-        out,
-        "report.json",
-        serde_json::to_string_pretty(&outcome)?.as_bytes(),
-    )?); // REPORT-TMP
+    let report = crate::report_data::single_run(&s, p, &setup.budgets, &outcome);
+    let (json, html) = crate::report::write_report(out, &report)?;
+    files.extend([json, html]);
     let mut outcome = outcome;
     outcome.seconds.export = tx.elapsed().as_secs_f64();
     outcome.seconds.total = t0.elapsed().as_secs_f64();
