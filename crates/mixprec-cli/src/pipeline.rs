@@ -92,6 +92,8 @@ pub struct Session {
     pub granularity: Granularity,
     /// Evaluation batch.
     pub batch: usize,
+    /// Input scaling.
+    pub scale: Scale,
     /// Seed.
     pub seed: u64,
 }
@@ -195,6 +197,7 @@ impl Session {
             activation,
             granularity,
             batch: a.batch.max(1),
+            scale: a.scale,
             seed: a.seed,
         })
     }
@@ -392,11 +395,23 @@ pub fn sensitivity(
         }
     }
     let t0 = std::time::Instant::now();
-    let sample_set = calibration_subset(&s.calib, samples.min(s.calib.n), s.seed)?;
+    // A fresh class-balanced draw from the whole calibration source (not only the calibration
+    // images), like `mixprec sensitivity`.
+    let sample_set = calibration_set(&s.data, s.scale, &s.test, s.test.n, samples, s.seed)?.0;
     let ctx = SensCtx::new(&s.exec, &sample_set, options, 32, s.seed)?;
     let table = m
         .compute(&ctx)
         .with_context(|| format!("computing the {metric} sensitivity of {}", s.model))?;
+    if table
+        .values
+        .iter()
+        .all(|r| r.iter().all(|v| *v == 0.0 || !v.is_finite()))
+    {
+        bail!(
+            "the {metric} sensitivity of every layer is zero or not finite on these {} samples, so it cannot rank layers (for Hessian metrics this happens when the model is so confident that its softmax saturates and the Hessian underflows in f32); try more --samples, another --seed, or another --metric such as output-mse or kl",
+            sample_set.n
+        );
+    }
     if let Some(f) = &file {
         if let Some(dir) = f.parent() {
             std::fs::create_dir_all(dir)

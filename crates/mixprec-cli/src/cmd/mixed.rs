@@ -124,6 +124,8 @@ pub struct Outcome {
     pub data: String,
     /// Test images evaluated.
     pub images: usize,
+    /// Calibration images and where they came from.
+    pub calibration: String,
     /// Metric.
     pub metric: String,
     /// Whether the sensitivity table came from the cache.
@@ -274,6 +276,7 @@ pub fn run_mixed(c: &CommonArgs, m: &MixedArgs, out: &Path) -> Result<Outcome> {
         model: s.model.clone(),
         data: s.data.clone(),
         images: s.test.n,
+        calibration: format!("{} images of the {}", s.calib.n, s.calib_source),
         metric: m.metric.clone(),
         sensitivity_cached: sens.cached,
         allocator: m.allocator.clone(),
@@ -314,6 +317,7 @@ pub fn print_outcome(o: &Outcome) {
         },
         o.allocator
     );
+    println!("calibration: {}", o.calibration);
     for b in &o.budgets {
         println!("budget: {}", b.describe);
     }
