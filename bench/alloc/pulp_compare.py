@@ -4,8 +4,10 @@
 Creates its own virtual environment with PuLP, writes the instances as mixprec JSON problem
 files (sizes 54x4, 560x6, 2000x6, each with a model-size and a BOPs budget), solves them with
 PuLP/CBC (timing `prob.solve()` in-process), runs the Rust example `solve_bench` on the same
-files (in-process median of repeats, plus a 50-point Pareto sweep) and prints objectives,
-times and the speed ratio; exits non-zero if the optima differ.
+files (in-process median of repeats, plus 50-point Pareto sweeps along model-size with only
+the model-size budget: `pareto50` = exact `ilp` per point, `dp50` = the `pareto-dp` frontier)
+and prints objectives, times and the speed ratio; exits non-zero if the optima differ by more
+than 1e-9 relative or if `ilp` did not prove optimality.
 
 Usage (from the repository root):
     python3 bench/alloc/pulp_compare.py [--out DIR] [--repeats N] [--seed S]
@@ -150,7 +152,10 @@ def main():
         ratio = dt * 1e3 / max(r["median_ms"], 1e-6)
         note = "" if same else "  OBJECTIVES DIFFER"
         if not proven:
+            lb = (r.get("stats") or {}).get("proven_bound")
             note = f"  ilp stopped at its time limit, best found {r['objective']:.6f}"
+            if lb is not None:
+                note += f", proven lower bound {lb:.6f}"
         print(f"{name:<14}{obj_cbc:>18.6f}{obj_ours:>18.6f}{dt * 1e3:>10.1f}"
               f"{r['median_ms']:>10.3f}{ratio:>8.1f}x{r['pareto_exact_ms']:>13.1f}"
               f"{r['pareto_dp_ms']:>9.1f}" + note)

@@ -96,6 +96,7 @@ fn main() {
             "pareto_dp_points": front.len(),
             "pareto_dp_ms": pareto_dp_ms,
             "pareto_dp_max_rel_gap": gap,
+            "stats": ctx.stats.iter().cloned().collect::<std::collections::BTreeMap<String, f64>>(),
         });
         println!("{line}");
     }

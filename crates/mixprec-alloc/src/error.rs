@@ -83,7 +83,7 @@ pub enum AllocError {
         source: serde_json::Error,
     },
     /// The solver hit its node or time limit before proving optimality.
-    #[error("{method}: search limit reached after {nodes} nodes (best objective so far {best}); raise `node_limit` / `time_limit_ms`")]
+    #[error("{method}: search limit reached after {nodes} nodes (best objective so far {best}, proven lower bound {bound}, so at most {} above the optimum); raise `node_limit` / `time_limit_ms`", best - bound)]
     Limit {
         /// Allocator name.
         method: &'static str,
@@ -91,6 +91,8 @@ pub enum AllocError {
         nodes: u64,
         /// Best objective found (inf if none).
         best: f64,
+        /// Proven lower bound on the optimum.
+        bound: f64,
     },
 }
 

@@ -24,6 +24,7 @@
 // Index loops over parallel per-dimension / per-group arrays read more clearly than zips.
 #![allow(clippy::needless_range_loop)]
 
+mod core_dp;
 pub mod costs;
 mod error;
 pub mod mckp;

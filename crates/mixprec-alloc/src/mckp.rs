@@ -25,28 +25,50 @@
 //!      Lagrangian-relaxed, tabulated per suffix of groups — O(m) per node; with two rows the
 //!      other row's multiplier is tuned for the best root bound,
 //!    - the LP relaxation of each row alone and of the λ-weighted surrogate row (segments of the
-//!      groups' convex hulls merged by slope), and a cheapest-completion feasibility test.
+//!      groups' convex hulls merged by slope), and a cheapest-completion feasibility test;
+//! 7. with two rows, when the depth-first search has not finished within
+//!    [`Limits::dfs_first_nodes`] nodes, the bounded dominance programme over the core
+//!    (module `core_dp`): states `(Δc₁, Δc₂, Δf)` relative to the Lagrangian solution, one
+//!    group at a time, dominated states and states whose suffix bound reaches a threshold `θ`
+//!    dropped. A bisection over `θ` gives a proven lower bound; rounds of growing `θ` (each
+//!    seeded by a beam search over the same core) then prove that no solution lies below `θ` or
+//!    return the best one below it.
 //!
-//! The result is optimal up to a relative tolerance of 1e-9 in objective and budgets; when a
-//! node or time limit stops the search, the solver says so instead of returning a guess.
+//! The result is optimal up to a relative tolerance of 1e-9 in objective (1e-12 in the core
+//! programme) and budgets; when a node or time limit stops the search, the solver says so and
+//! reports the best solution and a proven lower bound ([`Failure::Limit`]) instead of a guess.
 //! Complexity: presolve `O(Σ_g k_g² m)`, Lagrangian `O(N log N)` per coordinate step (N items),
-//! DP tables `O(K · C · k)` for K undecided groups and C ≤ 16384 cells, branch and bound
-//! exponential in the worst case. Measured: one budget, 2000 layers × 6 options in ~30 ms; two
-//! budgets (size + BOPs) up to ~100 layers in well under a second, but 200+ layers with two
-//! tight budgets can exceed millions of nodes (the proof, not the search, is the hard part).
+//! DP tables `O(K · C · k)` for K undecided groups and C ≤ 16384 cells, branch and bound and
+//! the core programme exponential in the worst case. Measured (random HAWQ-like instances,
+//! `examples/solve_bench.rs`): one budget, 2000 layers × 6 options in ~30 ms; size + BOPs
+//! budgets: 54 × 4 in ~30 ms (depth-first search), 560 × 6 and 2000 × 6 in about 1.5–2 s of
+//! CPU (core programme, a few million states).
 
 use std::time::Instant;
 
 use crate::problem::fits;
+
+/// Cells of the core programme's suffix bound tables (over all rows and groups).
+const CORE_CELLS: usize = 4_000_000;
+/// Cells of the depth-first search's per-row bound tables (over all rows and groups).
+const DFS_TABLE_CELLS: usize = 1_000_000;
+/// Width of the beam search that seeds the incumbent.
+const BEAM: usize = 20_000;
+/// Bisection steps for the core's proven lower bound.
+const BISECT_STEPS: usize = 10;
+use crate::core_dp::CoreLimits;
 use crate::reduce::Reduced;
 
 /// Search limits of the exact solver.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Maximum branch-and-bound nodes.
+    /// Maximum branch-and-bound nodes plus core-programme states.
     pub node_limit: u64,
     /// Wall-clock deadline.
     pub deadline: Option<Instant>,
+    /// With two budget rows: nodes of the first depth-first search before the core programme
+    /// takes over (0 = straight to the core programme).
+    pub dfs_first_nodes: u64,
 }
 
 impl Default for Limits {
@@ -54,6 +76,7 @@ impl Default for Limits {
         Self {
             node_limit: 50_000_000,
             deadline: None,
+            dfs_first_nodes: 30_000,
         }
     }
 }
@@ -73,6 +96,11 @@ pub struct Stats {
     pub root_lp: f64,
     /// Branch-and-bound nodes explored.
     pub nodes: u64,
+    /// Objective after the beam search over the core (inf if none).
+    pub beam_incumbent: f64,
+    /// Proven lower bound on the optimum: the optimum itself when solved, else the best
+    /// bound proven before a limit stopped the search.
+    pub proven_bound: f64,
 }
 
 /// Why the exact solver returned no solution.
@@ -86,6 +114,8 @@ pub enum Failure {
         nodes: u64,
         /// Best objective found.
         best: f64,
+        /// Proven lower bound on the optimum (the gap `best − bound` is what is unproven).
+        bound: f64,
     },
 }
 
@@ -93,6 +123,11 @@ pub enum Failure {
 pub fn solve(r: &Reduced, limits: &Limits) -> (Result<Vec<usize>, Failure>, Stats) {
     let mut s = Solver::new(r);
     let out = s.run(limits);
+    s.stats.proven_bound = match &out {
+        Ok(items) => items.iter().map(|&i| r.obj[i]).sum(),
+        Err(Failure::Limit { bound, .. }) => *bound,
+        Err(Failure::Infeasible) => f64::INFINITY,
+    };
     (out, s.stats)
 }
 
@@ -407,6 +442,135 @@ impl<'a> Solver<'a> {
         }
     }
 
+    /// Rounds of the bounded dominance programme over the core (module `core_dp`) for two
+    /// rows, started from the incumbent `best_x` of value `ub`. The core of the items with
+    /// reduced cost below `θ − LB` has a root bound valid for every solution below `θ`: a
+    /// bisection finds the largest `θ` it rules out (a proven lower bound); then rounds of
+    /// growing `θ` either prove that no solution lies below `θ` or return the best one below
+    /// it, which is optimal. A beam search over the same core first may lower `θ` to a
+    /// solution it finds.
+    #[allow(clippy::too_many_arguments)]
+    fn core_rounds(
+        &mut self,
+        limits: &Limits,
+        lam: &[f64],
+        rc_of: &[f64],
+        lb: f64,
+        mut ub: f64,
+        mut best_x: Option<Vec<usize>>,
+        nodes_before: u64,
+    ) -> Result<Vec<usize>, Failure> {
+        use crate::core_dp::{CoreDp, CoreOutcome};
+        let r = self.r;
+        let alive = &self.alive;
+        let mut states = nodes_before;
+        let gap = |theta: f64| {
+            if theta.is_finite() {
+                theta - lb
+            } else {
+                f64::INFINITY
+            }
+        };
+        let tol = |v: f64| crate::core_dp::OBJ_RTOL * v.abs().max(1.0);
+        // The other row's multiplier is tuned on the first core and reused after that.
+        let hint: std::cell::RefCell<Option<Vec<f64>>> = std::cell::RefCell::new(None);
+        let core_of = |theta: f64| {
+            let h = hint.borrow().clone();
+            let core = CoreDp::new(r, alive, lam, rc_of, gap(theta), CORE_CELLS, h.as_deref());
+            if h.is_none() && core.core_groups() > 0 {
+                *hint.borrow_mut() = Some(core.tuned());
+            }
+            core
+        };
+        if !ub.is_finite() && core_of(f64::INFINITY).root_bound() == f64::INFINITY {
+            // Even the whole problem's bound says no choice fits every row.
+            return Err(Failure::Infeasible);
+        }
+        let mut proven = lb;
+        let mut hi = if ub.is_finite() {
+            ub
+        } else {
+            lb + 1e-3 * lb.abs().max(1.0)
+        };
+        if !ub.is_finite() {
+            while hi < 1e300 && core_of(hi).root_bound() >= hi {
+                proven = hi;
+                hi = lb + 2.0 * (hi - lb);
+            }
+        }
+        for _ in 0..BISECT_STEPS {
+            if hi - proven <= tol(hi) {
+                break;
+            }
+            let mid = 0.5 * (proven + hi);
+            if core_of(mid).root_bound() >= mid {
+                proven = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        self.stats.root_lp = proven;
+        let finish = |stats: &mut Stats, states: u64| stats.nodes = states;
+        if proven >= ub - tol(ub) {
+            finish(&mut self.stats, states);
+            return best_x.ok_or(Failure::Infeasible);
+        }
+        let mut delta = (proven - lb).max(tol(proven)) / 32.0;
+        let mut theta = (proven + delta).min(ub);
+        let left = |states: u64| limits.node_limit.saturating_sub(states);
+        loop {
+            let core = core_of(theta);
+            self.stats.core_groups = core.core_groups();
+            let mut run_limits = CoreLimits {
+                deadline: limits.deadline,
+                states: left(states),
+            };
+            if let CoreOutcome::Done(Some((v, items))) =
+                core.search(theta, Some(BEAM), &mut run_limits)
+            {
+                if v < ub {
+                    ub = v;
+                    best_x = Some(items);
+                    self.stats.beam_incumbent = ub;
+                    theta = theta.min(ub);
+                }
+            }
+            states = limits.node_limit - run_limits.states.min(limits.node_limit);
+            let mut run_limits = CoreLimits {
+                deadline: limits.deadline,
+                states: left(states),
+            };
+            let out = core.search(theta, None, &mut run_limits);
+            states = limits.node_limit - run_limits.states.min(limits.node_limit);
+            match out {
+                CoreOutcome::Done(Some((_, items))) => {
+                    finish(&mut self.stats, states);
+                    return Ok(items);
+                }
+                CoreOutcome::Done(None) => {
+                    proven = proven.max(theta);
+                    if theta >= ub {
+                        finish(&mut self.stats, states);
+                        return best_x.ok_or(Failure::Infeasible);
+                    }
+                }
+                CoreOutcome::Aborted => break,
+            }
+            delta *= 1.25;
+            theta = if delta > 1e6 * proven.abs().max(1.0) {
+                f64::INFINITY
+            } else {
+                (theta + delta).min(ub)
+            };
+        }
+        finish(&mut self.stats, states);
+        Err(Failure::Limit {
+            nodes: states,
+            best: ub,
+            bound: proven,
+        })
+    }
+
     fn run(&mut self, limits: &Limits) -> Result<Vec<usize>, Failure> {
         let r = self.r;
         let m = self.m;
@@ -484,6 +648,16 @@ impl<'a> Solver<'a> {
             f64::INFINITY
         };
         let mut nodes = 0u64;
+        // With two rows the search over the core below (`core_rounds`) scales better; the
+        // depth-first search gets a short first try, which settles small instances.
+        let dfs_limits = Limits {
+            node_limit: if m == 2 {
+                limits.node_limit.min(limits.dfs_first_nodes)
+            } else {
+                limits.node_limit
+            },
+            ..*limits
+        };
         loop {
             let gap = ub - lb;
             let thr = tau.min(gap);
@@ -510,7 +684,7 @@ impl<'a> Solver<'a> {
                     v
                 })
                 .collect();
-            let mut d = Dfs::new(r, &lists, lb, &lam, &rc_of, ub, limits);
+            let mut d = Dfs::new(r, &lists, lb, &lam, &rc_of, ub, &dfs_limits);
             self.stats.core_groups = d.order.len();
             if nodes == 0 {
                 self.stats.root_lp = d.root_bound();
@@ -520,7 +694,16 @@ impl<'a> Solver<'a> {
             ub = d.ub;
             if aborted {
                 self.stats.nodes = nodes;
-                return Err(Failure::Limit { nodes, best: ub });
+                let hit_deadline = limits.deadline.is_some_and(|dl| Instant::now() >= dl);
+                if m == 2 && nodes < limits.node_limit && !hit_deadline {
+                    let best_x = if best.is_empty() { None } else { Some(best) };
+                    return self.core_rounds(limits, &lam, &rc_of, lb, ub, best_x, nodes);
+                }
+                return Err(Failure::Limit {
+                    nodes,
+                    best: ub,
+                    bound: lb,
+                });
             }
             if !ub.is_finite() || thr >= ub - lb - eps(ub) {
                 break;
@@ -812,7 +995,7 @@ impl<'a> Dfs<'a> {
         let mut dp = Vec::new();
         let mut infeasible = false;
         if nb > 0 {
-            let max_cells = (8_000_000 / ((nb + 1) * m)).clamp(64, 1 << 14);
+            let max_cells = (DFS_TABLE_CELLS / ((nb + 1) * m)).clamp(64, 1 << 14);
             for d in 0..m {
                 match DpRow::new(r, d, lam, &levels, base_used[d], max_cells) {
                     Some(row) => {
@@ -1045,4 +1228,224 @@ impl<'a> Dfs<'a> {
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::problem::{AllocationProblem, CostKind};
+    use crate::random::hawq_like;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Best objective of a reduced problem by enumeration.
+    fn brute(r: &Reduced) -> Option<f64> {
+        let g_n = r.n_groups();
+        let mut pick: Vec<usize> = (0..g_n).map(|g| r.starts[g]).collect();
+        let mut best: Option<f64> = None;
+        loop {
+            if r.feasible(&pick) {
+                let v: f64 = pick.iter().map(|&i| r.obj[i]).sum();
+                if best.is_none_or(|b| v < b) {
+                    best = Some(v);
+                }
+            }
+            let mut g = 0;
+            loop {
+                if g == g_n {
+                    return best;
+                }
+                pick[g] += 1;
+                if pick[g] < r.starts[g + 1] {
+                    break;
+                }
+                pick[g] = r.starts[g];
+                g += 1;
+            }
+        }
+    }
+
+    /// Random two-budget problem: HAWQ-like, or unstructured with integer or fractional costs,
+    /// sometimes with a tie group and a fixed layer.
+    fn two_budget(seed: u64) -> AllocationProblem {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let nl = rng.random_range(3..=7);
+        let bits = [(2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8)];
+        let no = rng.random_range(2..=5);
+        let budgets = [
+            (CostKind::ModelSize, rng.random_range(0.05..0.9)),
+            (CostKind::Bops, rng.random_range(0.05..0.9)),
+        ];
+        let mut p = hawq_like(seed, nl, &bits[..no], &budgets);
+        let style = seed % 3;
+        if style > 0 {
+            for l in 0..nl {
+                for o in 0..no {
+                    p.sensitivity.set(l, o, rng.random_range(0.0..10.0));
+                }
+            }
+            for (_, t) in p.costs.iter_mut() {
+                for l in 0..nl {
+                    for o in 0..no {
+                        let v: f64 = rng.random_range(1.0..100.0);
+                        t.set(l, o, if style == 1 { v.round() } else { v });
+                    }
+                }
+            }
+            for b in p.budgets.iter_mut() {
+                let t = p
+                    .costs
+                    .iter()
+                    .find(|(k, _)| *k == b.cost)
+                    .unwrap()
+                    .1
+                    .clone();
+                let lo: f64 = (0..nl)
+                    .map(|l| t.row(l).iter().copied().fold(f64::INFINITY, f64::min))
+                    .sum();
+                let hi: f64 = (0..nl)
+                    .map(|l| t.row(l).iter().copied().fold(0.0, f64::max))
+                    .sum();
+                b.max = lo + rng.random_range(0.0..1.0) * (hi - lo);
+                if style == 1 {
+                    b.max = b.max.round();
+                }
+            }
+        }
+        if nl >= 4 && rng.random_bool(0.3) {
+            p.tie_groups.push(vec![1, nl - 1]);
+        }
+        if rng.random_bool(0.2) {
+            p.fixed.push((0, no - 1));
+        }
+        p
+    }
+
+    #[test]
+    fn core_programme_matches_brute_force_on_two_budgets() {
+        let (mut solved, mut infeasible) = (0, 0);
+        for seed in 0..160u64 {
+            let p = two_budget(seed);
+            let Ok(r) = Reduced::new(&p) else {
+                infeasible += 1;
+                continue;
+            };
+            let expect = brute(&r);
+            for first in [0u64, 200_000] {
+                let limits = Limits {
+                    dfs_first_nodes: first,
+                    ..Limits::default()
+                };
+                let (out, stats) = solve(&r, &limits);
+                match (expect, out) {
+                    (Some(b), Ok(items)) => {
+                        assert!(r.feasible(&items), "seed {seed}");
+                        let v: f64 = items.iter().map(|&i| r.obj[i]).sum();
+                        assert!(
+                            (v - b).abs() <= 1e-9 * b.abs().max(1.0),
+                            "seed {seed} first {first}: got {v}, optimum {b}"
+                        );
+                        assert_eq!(stats.proven_bound, v);
+                        solved += 1;
+                    }
+                    (None, Err(Failure::Infeasible)) => infeasible += 1,
+                    (e, o) => panic!("seed {seed} first {first}: brute {e:?} vs {o:?}"),
+                }
+            }
+        }
+        assert!(solved >= 160, "{solved} solved, {infeasible} infeasible");
+    }
+
+    #[test]
+    fn core_programme_matches_depth_first_search_on_40_layers() {
+        let bits = [(2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8)];
+        for seed in 0..24u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(900 + seed);
+            let budgets = [
+                (CostKind::ModelSize, rng.random_range(0.2..0.8)),
+                (CostKind::Bops, rng.random_range(0.2..0.8)),
+            ];
+            let mut p = hawq_like(900 + seed, 40, &bits[..rng.random_range(3..=6)], &budgets);
+            if seed % 3 == 0 {
+                p.tie_groups.push(vec![3, 17, 30]);
+                p.fixed.push((0, 1));
+            }
+            let Ok(r) = Reduced::new(&p) else { continue };
+            let run = |first: u64| {
+                let limits = Limits {
+                    dfs_first_nodes: first,
+                    ..Limits::default()
+                };
+                match solve(&r, &limits).0 {
+                    Ok(items) => {
+                        assert!(r.feasible(&items), "seed {seed}");
+                        Some(items.iter().map(|&i| r.obj[i]).sum::<f64>())
+                    }
+                    Err(Failure::Infeasible) => None,
+                    Err(e) => panic!("seed {seed}: {e:?}"),
+                }
+            };
+            match (run(0), run(u64::MAX)) {
+                (Some(a), Some(b)) => {
+                    assert!(
+                        (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                        "seed {seed}: {a} vs {b}"
+                    )
+                }
+                (None, None) => {}
+                (a, b) => panic!("seed {seed}: core {a:?} vs dfs {b:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn core_programme_solves_200_layers_and_reports_proven_bound_on_limit() {
+        let bits = [(2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8)];
+        let p = hawq_like(
+            11,
+            200,
+            &bits,
+            &[(CostKind::ModelSize, 0.5), (CostKind::Bops, 0.45)],
+        );
+        let r = Reduced::new(&p).unwrap();
+        let (out, stats) = solve(&r, &Limits::default());
+        let items = out.unwrap_or_else(|_| panic!("not solved: {stats:?}"));
+        assert!(r.feasible(&items));
+        let opt: f64 = items.iter().map(|&i| r.obj[i]).sum();
+        // Straight to the core programme: the same optimum.
+        let (out0, _) = solve(
+            &r,
+            &Limits {
+                dfs_first_nodes: 0,
+                ..Limits::default()
+            },
+        );
+        let v0: f64 = out0.unwrap().iter().map(|&i| r.obj[i]).sum();
+        assert!((v0 - opt).abs() <= 1e-9 * opt, "{v0} vs {opt}");
+        assert!(stats.lower_bound <= opt + 1e-9 * opt);
+        // A tiny state budget stops the search: the certificate brackets the optimum.
+        let (out, _) = solve(
+            &r,
+            &Limits {
+                node_limit: 2_000,
+                dfs_first_nodes: 500,
+                ..Limits::default()
+            },
+        );
+        match out {
+            Err(Failure::Limit { best, bound, .. }) => {
+                assert!(
+                    bound <= opt + 1e-9 * opt,
+                    "bound {bound} above optimum {opt}"
+                );
+                assert!(best >= opt - 1e-9 * opt, "best {best} below optimum {opt}");
+                assert!(bound > stats.lower_bound - 1e-9 * opt);
+            }
+            Ok(items) => {
+                let v: f64 = items.iter().map(|&i| r.obj[i]).sum();
+                assert!((v - opt).abs() <= 1e-9 * opt);
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
 }

@@ -602,3 +602,76 @@ proptest::proptest! {
         proptest::prop_assert!(q.violations(&a.choice).is_empty());
     }
 }
+
+#[test]
+fn pareto_dp_is_exact_beyond_merging_and_integer_dp() {
+    use mixprec_alloc::methods::pareto_dp::{pareto_with, ParetoDpConfig};
+    let base = hawq_like(21, 300, BITS, &[(CostKind::ModelSize, 0.5)]);
+    // Fractional costs rule out the integer DP; a tiny state cap rules out merging.
+    let mut frac = base.clone();
+    for (_, t) in frac.costs.iter_mut() {
+        for l in 0..t.rows() {
+            for o in 0..t.cols() {
+                t.set(l, o, t.get(l, o) * 1.000_000_1 + 0.37);
+            }
+        }
+    }
+    for p in [base, frac] {
+        let exact_cfg = ParetoDpConfig {
+            max_states: 1_000,
+            ..ParetoDpConfig::default()
+        };
+        let dp = pareto_with(&p, 12, &exact_cfg).unwrap();
+        let ex = pareto_exact(&p, &CostKind::ModelSize, 12).unwrap();
+        assert_eq!(dp.len(), ex.len());
+        for (a, b) in dp.iter().zip(&ex) {
+            assert_eq!(a.budget, b.budget);
+            let (x, y) = (a.allocation.objective, b.allocation.objective);
+            assert!((x - y).abs() <= 1e-9 * y.max(1.0), "{x} vs {y}");
+            assert!(p.violations(&a.allocation.choice).len() <= 1); // only the swept budget
+            assert!(a.allocation.cost(&CostKind::ModelSize).unwrap() <= a.budget * (1.0 + 1e-9));
+        }
+        // The rounded grid is opt-in, within budget and never better than the optimum.
+        let approx_cfg = ParetoDpConfig {
+            approximate: true,
+            max_exact_cells: 0,
+            ..exact_cfg
+        };
+        for (a, b) in pareto_with(&p, 12, &approx_cfg).unwrap().iter().zip(&ex) {
+            assert!(a.allocation.cost(&CostKind::ModelSize).unwrap() <= a.budget * (1.0 + 1e-9));
+            assert!(a.allocation.objective >= b.allocation.objective * (1.0 - 1e-9));
+        }
+        // The allocator itself (default config) is exact too.
+        let got = allocator("pareto-dp", &serde_json::json!({ "max_states": 1000 }))
+            .unwrap()
+            .solve(&p, &mut SolveCtx::new(0))
+            .unwrap();
+        let opt = allocator("ilp", &serde_json::Value::Null)
+            .unwrap()
+            .solve(&p, &mut SolveCtx::new(0))
+            .unwrap();
+        assert!((got.objective - opt.objective).abs() <= 1e-9 * opt.objective);
+    }
+}
+
+#[test]
+fn ilp_limit_reports_best_and_proven_bound() {
+    let p = hawq_like(
+        4,
+        300,
+        BITS,
+        &[(CostKind::ModelSize, 0.5), (CostKind::Bops, 0.45)],
+    );
+    let e = allocator("ilp", &serde_json::json!({ "node_limit": 3000 }))
+        .unwrap()
+        .solve(&p, &mut SolveCtx::new(0))
+        .unwrap_err();
+    match &e {
+        AllocError::Limit { best, bound, .. } => {
+            assert!(bound <= best, "{bound} > {best}");
+            let msg = e.to_string();
+            assert!(msg.contains("proven lower bound"), "{msg}");
+        }
+        e => panic!("{e}"),
+    }
+}

@@ -39,6 +39,8 @@ enum Command {
     Apply(cmd::apply::Args),
     /// Every allocator (and metric) on the same model, data and budget: one table.
     Compare(cmd::compare::Args),
+    /// Per-layer latency LUT of the integer kernels and fp32 (for the latency cost model).
+    Profile(cmd::profile::Args),
     /// Time forward and forward+backward passes of a model.
     Bench(cmd::bench::Args),
     /// One forward pass on inputs from .npy or ONNX .pb files; outputs to .npz or .npy.
@@ -46,6 +48,8 @@ enum Command {
     /// Per-layer sensitivity table [layer × option] of a metric (hessian-trace, output-mse,
     /// kl, sqnr, fisher, hessian-eigen).
     Sensitivity(cmd::sensitivity::Args),
+    /// Render a report.json as one self-contained HTML page.
+    Report(cmd::report::Args),
     /// Everything mixprec knows: architectures, operators, data sets.
     List(cmd::list::Args),
 }
@@ -63,9 +67,11 @@ fn main() -> ExitCode {
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Apply(a) => cmd::apply::run(a),
         Command::Compare(a) => cmd::compare::run(a),
+        Command::Profile(a) => cmd::profile::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Sensitivity(a) => cmd::sensitivity::run(a),
+        Command::Report(a) => cmd::report::run(a),
         Command::List(a) => cmd::list::run(a),
     };
     match result {

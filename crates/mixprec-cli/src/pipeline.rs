@@ -838,6 +838,45 @@ pub fn average_bits(p: &AllocationProblem, bits: &[u32]) -> f64 {
     b as f64 / n.max(1) as f64
 }
 
+/// The policy lowered onto the integer-only engine (BN folded, dyadic requantization, packed
+/// weights; survey §3.3 Eq. 24–25), with the extra tensor ranges measured on the calibration
+/// images.
+pub fn lower_policy(s: &Session, policy: &Policy) -> Result<mixprec_engine::QuantModel> {
+    let (images, _) = s.calib.batch(0, s.calib.n);
+    let model =
+        mixprec_engine::lower_with_data(s.exec.graph(), policy, &s.ranges, images, s.calib.n)?;
+    Ok(model)
+}
+
+/// Top-1 accuracy (%) of an integer-engine model on the session's test images.
+pub fn engine_accuracy(s: &Session, model: &mixprec_engine::QuantModel) -> Result<f64> {
+    let classes: usize = model.output_shape().iter().product::<usize>().max(1);
+    let pb = bar(s.test.n as u64, "integer engine");
+    let mut correct = 0usize;
+    let mut start = 0;
+    let batch = s.batch.min(64).max(1);
+    while start < s.test.n {
+        let len = batch.min(s.test.n - start);
+        let (x, y) = s.test.batch(start, len);
+        let out = model
+            .run(x, len)
+            .with_context(|| format!("running the integer engine on {}", s.data))?;
+        for (i, &label) in y.iter().enumerate() {
+            let row = &out[i * classes..(i + 1) * classes];
+            let arg = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(j, _)| j);
+            correct += usize::from(arg == label as usize);
+        }
+        start += len;
+        pb.set_position(start as u64);
+    }
+    pb.finish_and_clear();
+    Ok(100.0 * correct as f64 / s.test.n.max(1) as f64)
+}
+
 /// Writes `bytes` to `dir/name` atomically.
 pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let p = dir.join(name);

@@ -6,6 +6,10 @@ use prost::Message;
 use std::path::Path;
 use std::process::{Command, Output};
 
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mixprec"))
+}
+
 fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mixprec"))
         .args(args)
@@ -194,4 +198,96 @@ fn run_input_errors_are_clear() {
     std::fs::write(&tr, &npy("<f4", "(2, 3)", &[0u8; 24])[..40]).unwrap();
     let ta = format!("x={}", tr.display());
     fails_with(&run(&["run", &m, "-i", &ta, "-i", &sa]), &["trunc.npy"]);
+}
+
+/// `quantize --budget` on mnist-8 writes a mixprec model file whose integer-engine accuracy
+/// it reports; `mixprec run` executes that file on real MNIST images and predicts the same
+/// classes as the float model for almost all of them.
+#[test]
+fn budgeted_quantize_writes_an_engine_model_that_run_executes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = mixprec_data::data_dir().join("models/mnist-8.onnx");
+    let o = bin()
+        .args([
+            "quantize",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            "mnist",
+        ])
+        .args([
+            "--budget",
+            "wbits=4",
+            "--metric",
+            "output-mse",
+            "--limit",
+            "500",
+        ])
+        .args(["--samples", "16", "--pareto", "0", "--out", "q", "--json"])
+        .env("MIXPREC_CACHE", d.join("cache"))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let engine = v["engine_accuracy"].as_f64().expect("engine accuracy");
+    let fake = v["chosen"]["accuracy"].as_f64().unwrap();
+    assert!(
+        (engine - fake).abs() <= 0.6,
+        "engine {engine} vs fake-quant {fake}"
+    );
+    assert!(d.join("q/model.mpqm").is_file());
+
+    // 20 MNIST test images as a float32 .npy (raw 0..255 pixels).
+    let test = mixprec_data::Dataset::load(
+        mixprec_data::DatasetKind::Mnist,
+        mixprec_data::Split::Test,
+        mixprec_data::Preprocess::Raw255,
+    )
+    .unwrap();
+    let (x, y) = test.batch(0, 20);
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(d.join("x.npy"), npy("<f4", "(20, 1, 28, 28)", &bytes)).unwrap();
+    let o = bin()
+        .args([
+            "run",
+            "q/model.mpqm",
+            "--input",
+            "x.npy",
+            "--output",
+            "y.npy",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = std::fs::read(d.join("y.npy")).unwrap();
+    let (h, body) = npy_body(&out);
+    assert!(h.contains("(20, 10)"), "{h}");
+    let logits: Vec<f32> = body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let right = (0..20)
+        .filter(|&i| {
+            let row = &logits[i * 10..i * 10 + 10];
+            let arg = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            arg == y[i] as usize
+        })
+        .count();
+    assert!(right >= 18, "{right}/20 right");
+
+    // A damaged model file is a clear error.
+    let mut bad = std::fs::read(d.join("q/model.mpqm")).unwrap();
+    bad.truncate(bad.len() / 2);
+    std::fs::write(d.join("bad.mpqm"), bad).unwrap();
+    fails_with(
+        &bin()
+            .args(["run", "bad.mpqm", "--input", "x.npy"])
+            .current_dir(d)
+            .output()
+            .unwrap(),
+        &["bad.mpqm"],
+    );
 }

@@ -2,14 +2,19 @@
 //! programming, as in ZeroQ (survey §3.2.5; Cai et al., "ZeroQ", CVPR 2020) and HAWQ-V2
 //! (§3.2.3, Eq. 23; Dong et al., NeurIPS 2020): `D_g[c] = min_k D_{g-1}[c − w_gk] + Γ_gk`.
 //!
-//! Exact first: Pareto-set merging — the list of (cost, objective) states that no other state
-//! beats in both, extended group by group, states that cannot fit pruned — while it stays under
-//! `max_states`. Otherwise the cost axis is discretised: when every cost is an integer and the
-//! budget range divided by the costs' gcd has at most `max_exact_cells` cells, the DP is still
-//! exact; else costs are **rounded up** to a grid of `cells` cells, so every returned allocation
-//! is within budget and optimal for the rounded costs (sub-optimal by at most one grid cell of
-//! slack per layer). `SolveCtx` reports `dp_exact` = 1 or 0. Max-type budgets (DQ C3) are per-layer filters; a second additive budget is not
-//! supported (use `ilp`). Complexity: `O(G · C · k)` time, `O(G · C)` memory.
+//! Always exact (unless `approximate` is set): first Pareto-set merging — the list of
+//! (cost, objective) states that no other state beats in both, extended group by group, states
+//! that cannot fit pruned — while it stays under `max_states`; then, when every cost is an
+//! integer and the budget range divided by the costs' gcd has at most `max_exact_cells` cells,
+//! the integer DP; otherwise each requested budget is solved by the exact one-row
+//! multiple-choice knapsack solver ([`crate::mckp`]: Lagrangian bound, reduced-cost fixing,
+//! branch and bound). With `approximate: true` the last case instead rounds costs **up** to a
+//! grid of `cells` cells (always within budget, optimal for the rounded costs only).
+//! `SolveCtx` reports `dp_exact` = 1 or 0 and the method used (`dp_method`: 0 merge, 1 integer
+//! DP, 2 exact solver, 3 rounded grid). Max-type budgets (DQ C3) are per-layer filters; a
+//! second additive budget is not supported (use `ilp`).
+//! Complexity: merging `O(S · k)` per group for `S` states; grid DP `O(G · C · k)` time and
+//! `O(G · C)` memory; exact solver `O(N log N)` plus a search that is fast for one row.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +33,9 @@ pub struct ParetoDpConfig {
     pub max_exact_cells: usize,
     /// Largest number of states of exact Pareto-set merging before the grid DP is used.
     pub max_states: usize,
+    /// Allow the rounded-up grid DP (fast, not exact) when neither merging nor the integer DP
+    /// applies; by default the exact solver is used instead.
+    pub approximate: bool,
 }
 
 impl Default for ParetoDpConfig {
@@ -36,6 +44,7 @@ impl Default for ParetoDpConfig {
             cells: 4096,
             max_exact_cells: 1 << 16,
             max_states: 300_000,
+            approximate: false,
         }
     }
 }
@@ -147,7 +156,8 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 impl Dp {
-    fn build(r: &Reduced, hi: f64, cfg: &ParetoDpConfig) -> Result<Dp> {
+    /// The DP, or `None` when it would not be exact and `cfg.approximate` is off.
+    fn build(r: &Reduced, hi: f64, cfg: &ParetoDpConfig) -> Result<Option<Dp>> {
         let g_n = r.n_groups();
         let gmin: Vec<f64> = (0..g_n)
             .map(|g| r.items(g).map(|i| r.c(i)[0]).fold(f64::INFINITY, f64::min))
@@ -188,6 +198,9 @@ impl Dp {
         };
         if cfg.cells == 0 {
             return Err(config_err("pareto-dp", "cells must be positive"));
+        }
+        if !exact && !cfg.approximate {
+            return Ok(None);
         }
         if (0..g_n).any(|g| r.items(g).len() > 255) {
             return Err(config_err(
@@ -239,7 +252,7 @@ impl Dp {
             }
             std::mem::swap(&mut prev, &mut cur);
         }
-        Ok(Dp {
+        Ok(Some(Dp {
             unit,
             base,
             cap_cells,
@@ -247,7 +260,7 @@ impl Dp {
             last: prev,
             choice,
             exact,
-        })
+        }))
     }
 
     /// Best item choice with total axis cost ≤ `budget`, if any.
@@ -302,6 +315,7 @@ impl Allocator for ParetoDp {
             1 => {
                 if let Some(mg) = Merge::build(&r, r.caps[0], self.config.max_states) {
                     ctx.note("dp_exact", 1.0);
+                    ctx.note("dp_method", 0.0);
                     ctx.note("dp_states", mg.arena.len() as f64);
                     return match mg.best_within(&r, r.caps[0]) {
                         Some(items) => r.finish(p, &items),
@@ -310,16 +324,29 @@ impl Allocator for ParetoDp {
                         }),
                     };
                 }
-                let dp = Dp::build(&r, r.caps[0], &self.config)?;
-                ctx.note("dp_exact", if dp.exact { 1.0 } else { 0.0 });
-                ctx.note("dp_cells", dp.cap_cells as f64);
-                match dp.best_within(&r, r.caps[0]) {
-                    Some(items) => r.finish(p, &items),
-                    None => Err(super::no_setting(
-                        "pareto-dp",
-                        p,
-                        &format!("a {}-cell grid with costs rounded up", dp.cap_cells),
-                    )),
+                match Dp::build(&r, r.caps[0], &self.config)? {
+                    Some(dp) => {
+                        ctx.note("dp_exact", if dp.exact { 1.0 } else { 0.0 });
+                        ctx.note("dp_method", if dp.exact { 1.0 } else { 3.0 });
+                        ctx.note("dp_cells", dp.cap_cells as f64);
+                        match dp.best_within(&r, r.caps[0]) {
+                            Some(items) => r.finish(p, &items),
+                            None => Err(super::no_setting(
+                                "pareto-dp",
+                                p,
+                                &format!("a {}-cell grid with costs rounded up", dp.cap_cells),
+                            )),
+                        }
+                    }
+                    None => {
+                        ctx.note("dp_exact", 1.0);
+                        ctx.note("dp_method", 2.0);
+                        let items =
+                            exact_within(&r, r.caps[0])?.ok_or_else(|| AllocError::Infeasible {
+                                detail: min_costs_report(p),
+                            })?;
+                        r.finish(p, &items)
+                    }
                 }
             }
             m => Err(config_err(
@@ -405,7 +432,7 @@ pub fn pareto_with(
     let merged = Merge::build(&r, hi, cfg.max_states);
     let dp = match merged {
         Some(_) => None,
-        None => Some(Dp::build(&r, hi, cfg)?),
+        None => Dp::build(&r, hi, cfg)?,
     };
     let n = n_points.max(1);
     let mut out: Vec<ParetoPoint> = Vec::with_capacity(n);
@@ -418,7 +445,7 @@ pub fn pareto_with(
         let found = match (&merged, &dp) {
             (Some(mg), _) => mg.best_within(&r, budget),
             (None, Some(dp)) => dp.best_within(&r, budget),
-            (None, None) => None,
+            (None, None) => exact_within(&r, budget)?,
         };
         if let Some(items) = found {
             out.push(ParetoPoint {
@@ -430,6 +457,23 @@ pub fn pareto_with(
     Ok(out)
 }
 
+/// Best items within `budget` on the single additive row by the exact solver; `None` when no
+/// choice fits.
+fn exact_within(r: &Reduced, budget: f64) -> Result<Option<Vec<usize>>> {
+    let mut q = r.clone();
+    q.caps[0] = budget;
+    match crate::mckp::solve(&q, &crate::mckp::Limits::default()).0 {
+        Ok(items) => Ok(Some(items)),
+        Err(crate::mckp::Failure::Infeasible) => Ok(None),
+        Err(crate::mckp::Failure::Limit { nodes, best, bound }) => Err(AllocError::Limit {
+            method: "pareto-dp",
+            nodes,
+            best,
+            bound,
+        }),
+    }
+}
+
 fn build(v: &serde_json::Value) -> Result<Box<dyn Allocator>> {
     Ok(Box::new(ParetoDp {
         config: parse_config("pareto-dp", v)?,
@@ -439,9 +483,9 @@ fn build(v: &serde_json::Value) -> Result<Box<dyn Allocator>> {
 /// Registry entry.
 pub const ENTRY: AllocatorEntry = AllocatorEntry {
     name: "pareto-dp",
-    summary: "frontier DP along one budget axis (exact for integer costs, else rounded-up grid)",
+    summary: "exact frontier along one budget axis (Pareto merging, integer DP or exact solver)",
     reference: "survey §3.2.5 (ZeroQ, CVPR 2020) and §3.2.3 Eq. 23 (HAWQ-V2, NeurIPS 2020)",
-    exact: false,
+    exact: true,
     build,
 };
 

@@ -59,6 +59,9 @@ pub struct MixedArgs {
     /// Store ≤ 4-bit weights of the QDQ model as ONNX INT4 (opset 21).
     #[arg(long)]
     pub int4: bool,
+    /// Skip lowering onto the integer engine (no model.mpqm, no integer accuracy).
+    #[arg(long)]
+    pub no_engine: bool,
 }
 
 impl MixedArgs {
@@ -142,6 +145,13 @@ pub struct Outcome {
     pub float_bytes: f64,
     /// The chosen policy.
     pub chosen: Evaluated,
+    /// Top-1 (%) of the chosen policy on the integer-only engine (`None` when skipped or
+    /// when the model cannot be lowered; see `engine_error`).
+    pub engine_accuracy: Option<f64>,
+    /// Why the integer engine could not run the policy.
+    pub engine_error: Option<String>,
+    /// Size of the mixprec model file in bytes.
+    pub engine_file_bytes: Option<u64>,
     /// Search time of the allocator on the requested budgets (s).
     pub search_seconds: f64,
     /// Uniform baselines, one per option.
@@ -272,6 +282,27 @@ pub fn run_mixed(c: &CommonArgs, m: &MixedArgs, out: &Path) -> Result<Outcome> {
     .with_context(|| format!("exporting {}", onnx.display()))?;
     files.push(onnx);
 
+    let (mut engine_accuracy, mut engine_error, mut engine_file_bytes) = (None, None, None);
+    if !m.no_engine {
+        let stage = crate::progress::stage("lowering onto the integer engine");
+        let lowered = pipeline::lower_policy(&s, &policy);
+        stage.finish_and_clear();
+        match lowered {
+            Ok(model) => {
+                let te = Instant::now();
+                engine_accuracy = Some(pipeline::engine_accuracy(&s, &model)?);
+                times.evaluate += te.elapsed().as_secs_f64();
+                let f = out.join("model.mpqm");
+                model
+                    .save(&f)
+                    .with_context(|| format!("writing {}", f.display()))?;
+                engine_file_bytes = std::fs::metadata(&f).ok().map(|m| m.len());
+                files.push(f);
+            }
+            Err(e) => engine_error = Some(format!("{e:#}")),
+        }
+    }
+
     let outcome = Outcome {
         model: s.model.clone(),
         data: s.data.clone(),
@@ -285,10 +316,23 @@ pub fn run_mixed(c: &CommonArgs, m: &MixedArgs, out: &Path) -> Result<Outcome> {
         float_accuracy,
         float_bytes: setup.reference.float_bits / 8.0,
         chosen,
+        engine_accuracy,
+        engine_error: engine_error.clone(),
+        engine_file_bytes,
         search_seconds: search,
         uniform,
         frontier,
-        extra_summary: Vec::new(),
+        extra_summary: match (engine_accuracy, &engine_error) {
+            (Some(a), _) => vec![
+                ("integer engine top-1".into(), format!("{a:.2} %")),
+                (
+                    "mixprec model file".into(),
+                    engine_file_bytes.map_or("-".into(), |b| human_bytes(b as f64)),
+                ),
+            ],
+            (None, Some(e)) => vec![("integer engine".into(), format!("n/a: {e}"))],
+            (None, None) => Vec::new(),
+        },
         files: Vec::new(),
         seconds: times.clone(),
     };
@@ -346,6 +390,15 @@ pub fn print_outcome(o: &Outcome) {
             e.avg_bits,
             cost_of(e, &CostKind::Bops).map_or("-".into(), |b| crate::cmd::si(b as u64)),
         );
+    }
+    match (o.engine_accuracy, &o.engine_error) {
+        (Some(a), _) => println!(
+            "integer engine (dyadic, packed weights): top-1 {a:.2} %  model file {}",
+            o.engine_file_bytes
+                .map_or("-".into(), |b| human_bytes(b as f64))
+        ),
+        (None, Some(e)) => println!("integer engine: not run ({e})"),
+        (None, None) => {}
     }
     println!(
         "weight bits per layer: {}",

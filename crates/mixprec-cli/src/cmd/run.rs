@@ -1,5 +1,6 @@
 //! `mixprec run MODEL --input name=file.npy … [--output out.npz]`: one forward pass of a model
 //! on inputs from `.npy` files or ONNX `TensorProto` (`.pb`) files, outputs to `.npz` / `.npy`.
+//! A mixprec model file (`.mpqm`) runs on the integer-only engine.
 //! With `--policy P.json` the pass is fake-quantized (survey §2.4, Eq. 8 and 10) with activation
 //! ranges calibrated as `export --format onnx-qdq` calibrates them.
 
@@ -15,7 +16,8 @@ use std::path::{Path, PathBuf};
 /// Arguments of `run`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model: .onnx, .safetensors from `mixprec train`, or `default`.
+    /// Model: .onnx, .safetensors from `mixprec train`, `default`, or a mixprec model file
+    /// (.mpqm, from `quantize --budget`), which runs on the integer-only engine.
     pub model: String,
     /// An input as NAME=FILE (.npy, or an ONNX TensorProto .pb); a bare FILE when the model
     /// has one input. Repeat for each input.
@@ -304,8 +306,115 @@ fn member_name(name: &str, k: usize) -> String {
     }
 }
 
+/// Writes output arrays to an `.npy` (one output) or `.npz` file, atomically.
+fn write_outputs(out: &Path, names: &[String], arrays: &[NpyArray], secs: f64) -> Result<()> {
+    let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let bytes = match ext {
+        "npy" => {
+            if arrays.len() != 1 {
+                bail!(
+                    "the model has {} outputs; write them to an .npz file instead of {}",
+                    arrays.len(),
+                    out.display()
+                );
+            }
+            encode_npy(&arrays[0])?
+        }
+        "npz" => {
+            let mut members = Vec::with_capacity(arrays.len());
+            for (k, (name, arr)) in names.iter().zip(arrays).enumerate() {
+                let m = member_name(name, k);
+                if members.iter().any(|(n, _): &(String, Vec<u8>)| *n == m) {
+                    bail!("two outputs map to the archive member {m}");
+                }
+                members.push((m, encode_npy(arr)?));
+            }
+            encode_zip(&members)?
+        }
+        _ => bail!(
+            "cannot tell the output format of {}: use an .npz or .npy file name",
+            out.display()
+        ),
+    };
+    mixprec_graph::write_atomic(out, &bytes)?;
+    println!(
+        "wrote {} ({} output{}, forward {:.3} s)",
+        out.display(),
+        arrays.len(),
+        if arrays.len() == 1 { "" } else { "s" },
+        secs
+    );
+    Ok(())
+}
+
+/// `run` on a mixprec model file (`.mpqm`, written by `quantize --budget`): the integer-only
+/// engine (survey §3.3, Eq. 24–25) on one float input holding whole samples.
+fn run_engine(a: &Args) -> Result<()> {
+    let path = Path::new(&a.model);
+    let model = mixprec_engine::QuantModel::load(path)
+        .with_context(|| format!("loading the mixprec model file {}", a.model))?;
+    if a.policy.is_some() {
+        bail!(
+            "{} is already quantized; --policy applies only to float models",
+            a.model
+        );
+    }
+    let file = match a.inputs.as_slice() {
+        [one] => PathBuf::from(one.split_once('=').map_or(one.as_str(), |(_, f)| f)),
+        _ => bail!(
+            "{} has one input; give exactly one --input FILE (.npy or .pb)",
+            a.model
+        ),
+    };
+    let x = load_input(&file)?;
+    let data = match x.data {
+        TensorData::F32(v) => v,
+        TensorData::I64(_) => bail!(
+            "{} holds {} values; the engine takes float input",
+            file.display(),
+            x.type_name
+        ),
+    };
+    let per: usize = model.input_shape().iter().product::<usize>().max(1);
+    if data.is_empty() || data.len() % per != 0 {
+        bail!(
+            "{} has {} values ({:?}), not a whole number of samples of shape {:?}",
+            file.display(),
+            data.len(),
+            x.shape,
+            model.input_shape()
+        );
+    }
+    let batch = data.len() / per;
+    let t0 = std::time::Instant::now();
+    let out = model
+        .run(&data, batch)
+        .with_context(|| format!("running {}", a.model))?;
+    let secs = t0.elapsed().as_secs_f64();
+    let mut shape = vec![batch];
+    shape.extend_from_slice(model.output_shape());
+    let arr = NpyArray {
+        dtype: NpyType::F32,
+        shape,
+        data: NpyData::F32(out),
+    };
+    println!(
+        "output: {} {:?}  {}  (integer engine)",
+        arr.dtype.name(),
+        arr.shape,
+        summary(&arr)
+    );
+    if let Some(o) = &a.output {
+        write_outputs(o, &["output".to_string()], &[arr], secs)?;
+    }
+    Ok(())
+}
+
 /// Run `run`.
 pub fn run(a: Args) -> Result<()> {
+    if a.model.ends_with(".mpqm") {
+        return run_engine(&a);
+    }
     let g = crate::model::load(&a.model)?;
     let files = assign_inputs(&g, &a.inputs)?;
     let mut exec = Executor::new(g)?;
@@ -349,42 +458,8 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     if let Some(out) = &a.output {
-        let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
-        let bytes = match ext {
-            "npy" => {
-                if arrays.len() != 1 {
-                    bail!(
-                        "the model has {} outputs; write them to an .npz file instead of {}",
-                        arrays.len(),
-                        out.display()
-                    );
-                }
-                encode_npy(&arrays[0])?
-            }
-            "npz" => {
-                let mut members = Vec::with_capacity(arrays.len());
-                for (k, ((name, _), arr)) in outs_meta.iter().zip(&arrays).enumerate() {
-                    let m = member_name(name, k);
-                    if members.iter().any(|(n, _): &(String, Vec<u8>)| *n == m) {
-                        bail!("two outputs map to the archive member {m}");
-                    }
-                    members.push((m, encode_npy(arr)?));
-                }
-                encode_zip(&members)?
-            }
-            _ => bail!(
-                "cannot tell the output format of {}: use an .npz or .npy file name",
-                out.display()
-            ),
-        };
-        mixprec_graph::write_atomic(out, &bytes)?;
-        println!(
-            "wrote {} ({} output{}, forward {:.3} s)",
-            out.display(),
-            arrays.len(),
-            if arrays.len() == 1 { "" } else { "s" },
-            secs
-        );
+        let names: Vec<String> = outs_meta.iter().map(|(n, _)| n.clone()).collect();
+        write_outputs(out, &names, &arrays, secs)?;
     }
     Ok(())
 }

@@ -1,15 +1,19 @@
 //! `mixprec sensitivity --model M --data D --metric NAME`: the per-layer sensitivity table
 //! `[layer × option]` of one metric of `mixprec_exec::sensitivity::METRICS` (survey §3.2.3
-//! HAWQ-V2, §3.2.5 ZeroQ, §3.4.8 EvoQ …) on a seeded class-balanced sample of the data.
+//! HAWQ-V2, §3.2.5 ZeroQ, §3.4.8 EvoQ …) on a seeded class-balanced sample of the data, or on
+//! ZeroQ distilled data (`--data distilled`, survey §3.2.5). `--additivity` checks OBACWA's
+//! Eq. 12 (survey §3.1.3): the sum of single-layer output errors against the output error with
+//! every layer quantized.
 
 use super::data::{self, Scale};
 use anyhow::{bail, Context, Result};
 use mixprec_data::Dataset;
 use mixprec_data::{calibration_subset, Split};
+use mixprec_exec::sensitivity::output_mse::mse;
 use mixprec_exec::sensitivity::{
     build_metric, OptionTarget, SensCtx, SensOption, SensitivityTable, METRICS,
 };
-use mixprec_exec::{evaluate, Executor, FakeQuant};
+use mixprec_exec::{distill, evaluate, DistillConfig, Executor, FakeQuant};
 use mixprec_quant::{Granularity, Policy};
 
 /// Arguments of `sensitivity`.
@@ -18,10 +22,20 @@ pub struct Args {
     /// Model: .onnx, .safetensors from `mixprec train`, or `default`.
     #[arg(long, required_unless_present = "list")]
     pub model: Option<String>,
-    /// Data set: mnist, fashion-mnist, cifar10, or mnist-1k (embedded). Default: from the
-    /// model's input shape (mnist-1k for `default`).
+    /// Data set: mnist, fashion-mnist, cifar10, mnist-1k (embedded), or `distilled` (ZeroQ
+    /// data synthesised from the model's BatchNormalization statistics, --samples of them;
+    /// --validate then uses the test split of the data set that fits the model's input).
+    /// Default: from the model's input shape (mnist-1k for `default`).
     #[arg(long)]
     pub data: Option<String>,
+    /// Adam steps per batch of `--data distilled` (ZeroQ uses 500; initial inputs: Gaussian
+    /// around the middle of the --scale range, 127.5 ± 64 for raw, 0.5 ± 0.25 for unit).
+    #[arg(long, default_value_t = 200)]
+    pub distill_steps: usize,
+    /// Also report OBACWA Eq. 12 additivity: per option, the sum over layers of the output
+    /// error (Eq. 11) with one layer quantized, against the error with all layers quantized.
+    #[arg(long)]
+    pub additivity: bool,
     /// Metric name (see --list).
     #[arg(long, default_value = "hessian-trace")]
     pub metric: String,
@@ -101,27 +115,62 @@ pub fn run(a: Args) -> Result<()> {
     let metric = build_metric(&a.metric, &config)?;
     let options = SensOption::parse_list(&a.options, parse_granularity(&a.granularity)?)?;
     let g = crate::model::load(&model)?;
+    let distilled = a.data.as_deref() == Some(DISTILLED);
     let name = match &a.data {
-        Some(d) => d.clone(),
+        Some(d) if d != DISTILLED => d.clone(),
         None if model == crate::model::DEFAULT_MODEL => data::EMBEDDED.into(),
-        None => crate::model::default_dataset(&g)
-            .context("cannot tell which data set fits this model's input; pass --data")?
-            .into(),
+        _ => match crate::model::default_dataset(&g) {
+            Some(d) => d.into(),
+            None if distilled => String::new(),
+            None => bail!("cannot tell which data set fits this model's input; pass --data"),
+        },
     };
-    let source = if name == data::EMBEDDED {
-        data::load(&name, Split::Test, a.scale)?
-    } else {
-        data::load(&name, Split::Train, a.scale)
-            .or_else(|_| data::load(&name, Split::Test, a.scale))?
-    };
-    let samples = calibration_subset(&source, a.samples.min(source.n), a.seed)?;
     let mut exec = Executor::new(g)?;
     exec.free_batch_dim();
+    let (samples, data_label) = if distilled {
+        let t = std::time::Instant::now();
+        let (init_mean, init_std) = match a.scale {
+            Scale::Raw => (127.5, 64.0),
+            Scale::Unit => (0.5, 0.25),
+        };
+        let cfg = DistillConfig {
+            samples: a.samples,
+            batch: a.batch,
+            steps: a.distill_steps,
+            init_mean,
+            init_std,
+            seed: a.seed,
+            ..Default::default()
+        };
+        let d = distill(&exec, &cfg, None, &mut |_, _| {})
+            .with_context(|| format!("distilling {} samples from {model}", a.samples))?;
+        if !a.json {
+            println!(
+                "distilled {} samples in {:.1} s: BatchNormalization statistics loss {:.4e} → {:.4e}",
+                d.data.n,
+                t.elapsed().as_secs_f64(),
+                d.initial_loss,
+                d.final_loss
+            );
+        }
+        (d.data, DISTILLED.to_string())
+    } else {
+        let source = if name == data::EMBEDDED {
+            data::load(&name, Split::Test, a.scale)?
+        } else {
+            data::load(&name, Split::Train, a.scale)
+                .or_else(|_| data::load(&name, Split::Test, a.scale))?
+        };
+        (
+            calibration_subset(&source, a.samples.min(source.n), a.seed)?,
+            name.clone(),
+        )
+    };
     let t0 = std::time::Instant::now();
     let ctx = SensCtx::new(&exec, &samples, options, a.batch, a.seed)
-        .with_context(|| format!("preparing {} samples of {name}", samples.n))?;
+        .with_context(|| format!("preparing {} samples of {data_label}", samples.n))?;
     let cache_file = match &a.cache {
-        Some(dir) => Some(dir.join(format!("{}.json", cache_key(&a, &model, &name)?))),
+        Some(dir) => Some(dir.join(format!("{}.json", cache_key(&a, &model, &data_label)?))),
         None => None,
     };
     let cached: Option<SensitivityTable> = cache_file
@@ -157,24 +206,32 @@ pub fn run(a: Args) -> Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let ranking = table.ranking();
     let validation = match a.validate {
+        Some(_) if name.is_empty() => {
+            bail!("--validate needs a labelled test set, and no data set fits this model's input")
+        }
         Some(k) => {
             let test = data::load(&name, Split::Test, a.scale)?.head(a.validate_images);
             Some(validate(&ctx, &table, &test, k, a.batch, a.seed)?)
         }
         None => None,
     };
+    let additivity = if a.additivity {
+        Some(additivity(&ctx, &table, a.seed)?)
+    } else {
+        None
+    };
     if a.json {
         let v = serde_json::json!({
-            "model": model, "data": name, "samples": samples.n, "seed": a.seed,
+            "model": model, "data": data_label, "samples": samples.n, "seed": a.seed,
             "seconds": secs, "cached": from_cache, "table": table,
             "ranking": ranking.iter().map(|&i| table.layers[i].clone()).collect::<Vec<_>>(),
-            "validation": validation,
+            "validation": validation, "additivity": additivity,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
-        "{} sensitivity of {model} on {} samples of {name} (lower = less sensitive) [{secs:.1} s{}]",
+        "{} sensitivity of {model} on {} samples of {data_label} (lower = less sensitive) [{secs:.1} s{}]",
         table.metric,
         samples.n,
         if from_cache { ", cached" } else { "" }
@@ -230,7 +287,76 @@ pub fn run(a: Args) -> Result<()> {
             100.0 * v.float_accuracy
         );
     }
+    if let Some(rows) = additivity {
+        println!("additivity (OBACWA Eq. 12; output error = Eq. 11, MSE of the logits):");
+        println!(
+            "  {:<7} {:>16} {:>16} {:>8}",
+            "option", "Σ single-layer", "all layers", "ratio"
+        );
+        for r in rows {
+            println!(
+                "  {:<7} {:>16.4e} {:>16.4e} {:>8.3}",
+                r.option, r.sum_single, r.all_layers, r.ratio
+            );
+        }
+    }
     Ok(())
+}
+
+/// `--data` value that selects ZeroQ distilled data.
+const DISTILLED: &str = "distilled";
+
+/// One option's row of `--additivity`.
+#[derive(serde::Serialize)]
+struct Additivity {
+    option: String,
+    /// Σ_i Error_i with only layer i quantized (Eq. 11 each).
+    sum_single: f64,
+    /// Error_t with every layer quantized (Eq. 12 left side).
+    all_layers: f64,
+    /// all_layers / sum_single (1 when the errors add up).
+    ratio: f64,
+}
+
+/// OBACWA Eq. 12 per option: the single-layer output errors (Eq. 11, the `output-mse`
+/// table; reused when `table` is one) summed over layers, against the output error with every
+/// layer quantized by the option.
+fn additivity(ctx: &SensCtx, table: &SensitivityTable, seed: u64) -> Result<Vec<Additivity>> {
+    let single = if table.metric == "output-mse" {
+        table.clone()
+    } else {
+        build_metric("output-mse", &serde_json::Value::Null)?
+            .compute(ctx)
+            .context("computing single-layer output errors for --additivity")?
+    };
+    let flat = |rows: Vec<(Vec<f32>, usize)>| -> Vec<f32> {
+        rows.into_iter().flat_map(|(v, _)| v).collect()
+    };
+    let float = flat(ctx.logits(None)?);
+    let mut out = Vec::with_capacity(ctx.options.len());
+    for (o, opt) in ctx.options.iter().enumerate() {
+        let mut p = Policy::new();
+        for l in &ctx.layers {
+            match opt.target {
+                OptionTarget::Weight => p.set_weight(&l.name, opt.scheme),
+                OptionTarget::Activation => p.set_activation(&l.name, opt.scheme),
+            };
+        }
+        let fq = FakeQuant::new(ctx.exec, &p, &ctx.ranges, seed)?;
+        let all_layers = mse(&float, &flat(ctx.logits(Some(&fq))?));
+        let sum_single: f64 = single.values.iter().map(|r| r[o]).sum();
+        out.push(Additivity {
+            option: opt.label.clone(),
+            sum_single,
+            all_layers,
+            ratio: if sum_single > 0.0 {
+                all_layers / sum_single
+            } else {
+                f64::NAN
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// FNV-1a (64-bit) of the model bytes and every argument that changes the table, in hex.
@@ -241,7 +367,7 @@ fn cache_key(a: &Args, model: &str, data: &str) -> Result<String> {
         std::fs::read(model).with_context(|| format!("reading {model} for the cache key"))?
     };
     let args = format!(
-        "{}|{}|{data}|{:?}|{}|{}|{}|{}|{}",
+        "{}|{}|{data}|{:?}|{}|{}|{}|{}|{}|{}",
         a.metric,
         a.config.as_deref().unwrap_or(""),
         a.scale,
@@ -249,7 +375,12 @@ fn cache_key(a: &Args, model: &str, data: &str) -> Result<String> {
         a.batch,
         a.seed,
         a.options,
-        a.granularity
+        a.granularity,
+        if data == DISTILLED {
+            a.distill_steps
+        } else {
+            0
+        }
     );
     let h = bytes
         .iter()
@@ -373,5 +504,57 @@ mod tests {
         // d = (0, 1, −1): ρ = 1 − 6·2 / (3·8) = 0.5.
         assert!((super::spearman(&[1.0, 2.0, 3.0], &[1.0, 3.0, 2.0]) - 0.5).abs() < 1e-12);
         assert_eq!(super::spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), 0.0);
+    }
+
+    /// `n` samples of 1×2×2 with pixel values from a fixed formula, labels `i % 3`.
+    fn data(n: usize) -> mixprec_data::Dataset {
+        let images = (0..n * 4)
+            .map(|i| ((i * 7919) % 23) as f32 / 23.0 - 0.5)
+            .collect();
+        let labels = (0..n as u32).map(|i| i % 3).collect();
+        let classes = ["a", "b", "c"].map(String::from).to_vec();
+        mixprec_data::Dataset::from_parts("t", images, labels, n, 1, 2, 2, classes).unwrap()
+    }
+
+    #[test]
+    fn additivity_is_exact_for_one_layer_and_compares_every_option() {
+        use mixprec_exec::models::GraphBuilder;
+        use mixprec_exec::sensitivity::{build_metric, SensCtx, SensOption};
+        use mixprec_graph::Op;
+        use mixprec_quant::Granularity;
+        // One layer: quantizing "all layers" is quantizing that layer, so Eq. 12 holds exactly.
+        let (mut b, x) = GraphBuilder::new("one", 1, 2, 2, 1);
+        let y = b.node("flatten", Op::Flatten { axis: 1 }, vec![x]);
+        let y = b.fc("fc", y, 4, 3);
+        let exec = mixprec_exec::Executor::new(b.finish(y)).unwrap();
+        let opts = SensOption::parse_list("w2,w4,a4", Granularity::Tensor).unwrap();
+        let ctx = SensCtx::new(&exec, &data(30), opts, 8, 0).unwrap();
+        let kl = build_metric("kl", &serde_json::Value::Null)
+            .unwrap()
+            .compute(&ctx)
+            .unwrap();
+        let rows = super::additivity(&ctx, &kl, 0).unwrap();
+        assert_eq!(rows.len(), 3);
+        for r in &rows {
+            assert!(r.sum_single > 0.0, "{}", r.option);
+            assert!((r.ratio - 1.0).abs() < 1e-9, "{}: {}", r.option, r.ratio);
+        }
+        assert!(rows[0].all_layers > rows[1].all_layers);
+        // Two layers: the sum is over both single-layer errors of the output-mse table.
+        let (mut b, x) = GraphBuilder::new("two", 1, 2, 2, 2);
+        let y = b.node("flatten", Op::Flatten { axis: 1 }, vec![x]);
+        let y = b.fc("fc1", y, 4, 5);
+        let y = b.node("relu", Op::Relu, vec![y]);
+        let y = b.fc("fc2", y, 5, 3);
+        let exec = mixprec_exec::Executor::new(b.finish(y)).unwrap();
+        let opts = SensOption::parse_list("w3", Granularity::Tensor).unwrap();
+        let ctx = SensCtx::new(&exec, &data(30), opts, 8, 0).unwrap();
+        let mse = build_metric("output-mse", &serde_json::Value::Null)
+            .unwrap()
+            .compute(&ctx)
+            .unwrap();
+        let rows = super::additivity(&ctx, &mse, 0).unwrap();
+        assert_eq!(rows[0].sum_single, mse.values[0][0] + mse.values[1][0]);
+        assert!(rows[0].all_layers > 0.0 && rows[0].ratio.is_finite());
     }
 }

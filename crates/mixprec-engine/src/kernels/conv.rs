@@ -23,7 +23,8 @@ use super::gemm::{check_zero_point, gemm_with, Activation, PackedI4, PackedI8};
 use super::{check_len, check_signed, Backend, KernelError, Result};
 
 /// Geometry of a 2-D convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Conv2dParams {
     /// `[stride_h, stride_w]`, each ≥ 1.
     pub strides: [usize; 2],
@@ -270,34 +271,55 @@ fn conv_im2col<T: Activation, W: super::PackedWeights>(
     let [pt, pl, _, _] = g.p.pads;
     let pad = T::from_i32_unchecked(a_zp);
     let mut cols = vec![pad; pix * k];
+    // Valid output-column range of every kernel column `kx`: `ix = ox·sw + kx·dw - pl` in
+    // `[0, w)`. Positions outside stay at the zero point written once above (they are the same
+    // for every image and group).
+    let ox_range = |kx: usize| {
+        let off = kx * dw;
+        let lo = if pl > off { (pl - off).div_ceil(sw) } else { 0 };
+        let hi = if g.w + pl > off {
+            (g.w + pl - off).div_ceil(sw)
+        } else {
+            0
+        };
+        (lo.min(g.wo), hi.min(g.wo))
+    };
     for b in 0..n {
         let img = &input[b * g.cin * g.h * g.w..(b + 1) * g.cin * g.h * g.w];
         for (gi, wg) in packed.iter().enumerate() {
-            for oy in 0..g.ho {
-                for ox in 0..g.wo {
-                    let row = &mut cols[(oy * g.wo + ox) * k..(oy * g.wo + ox + 1) * k];
-                    let mut idx = 0;
-                    for c in 0..cin_g {
-                        let plane = &img[(gi * cin_g + c) * g.h * g.w..][..g.h * g.w];
-                        for ky in 0..g.kh {
-                            let iy = Geometry::src(oy, ky, sh, dh, pt, g.h);
-                            for kx in 0..g.kw {
-                                let ix = Geometry::src(ox, kx, sw, dw, pl, g.w);
-                                row[idx] = match (iy, ix) {
-                                    (Some(iy), Some(ix)) => plane[iy * g.w + ix],
-                                    _ => pad,
-                                };
-                                idx += 1;
+            for c in 0..cin_g {
+                let plane = &img[(gi * cin_g + c) * g.h * g.w..][..g.h * g.w];
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let kk = (c * g.kh + ky) * g.kw + kx;
+                        let (lo, hi) = ox_range(kx);
+                        for oy in 0..g.ho {
+                            let Some(iy) = Geometry::src(oy, ky, sh, dh, pt, g.h) else {
+                                continue;
+                            };
+                            if lo >= hi {
+                                continue;
+                            }
+                            let src = plane[iy * g.w + lo * sw + kx * dw - pl..]
+                                .iter()
+                                .step_by(sw);
+                            let dst = cols[(oy * g.wo + lo) * k + kk..].iter_mut().step_by(k);
+                            for (d, &v) in dst.zip(src).take(hi - lo) {
+                                *d = v;
                             }
                         }
                     }
                 }
             }
             let res = gemm_with(backend, &cols, pix, a_zp, wg)?;
+            // `[pix, cout_g]` → NCHW, written one contiguous output plane at a time.
             let base = (b * groups + gi) * cout_g * pix;
-            for (p, r) in res.chunks_exact(cout_g).enumerate() {
-                for (oc, &v) in r.iter().enumerate() {
-                    out[base + oc * pix + p] = v;
+            for (oc, plane) in out[base..base + cout_g * pix]
+                .chunks_exact_mut(pix)
+                .enumerate()
+            {
+                for (d, &v) in plane.iter_mut().zip(res[oc..].iter().step_by(cout_g)) {
+                    *d = v;
                 }
             }
         }

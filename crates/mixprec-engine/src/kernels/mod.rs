@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub use conv::{conv2d, conv2d_with, Conv2dParams, ConvOutput, ConvWeights};
 pub use gemm::{gemm, gemm_with, gemv, Activation, PackedI4, PackedI8, PackedWeights};
 pub use pack::{pack_bits, pack_int4_x8_i32, unpack_bits, unpack_int4_x8_i32, PackedBits};
-pub use requant::{requantize, Dyadic, OutputRange};
+pub use requant::{requantize, rounding_shift, Dyadic, OutputRange};
 
 /// Largest reduction length `K` whose `i32` accumulation is exact for every 8-bit input:
 /// `|a - a_zp| ≤ 255`, `|w| ≤ 128`, so `K · 255 · 128 ≤ i32::MAX`.

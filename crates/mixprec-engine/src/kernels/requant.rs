@@ -17,11 +17,48 @@ use super::{check_len, KernelError, Result};
 /// Largest shift a [`Dyadic`] may use (keeps `acc·m` and the rounding term inside `i64`).
 pub const MAX_SHIFT: u32 = 62;
 
-/// A dyadic multiplier `m / 2^s` (`m > 0`, `s ≤ 62`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A dyadic multiplier `m / 2^s` (`m > 0`, `s ≤ 62`). Serialized as `{"m": .., "s": ..}` and
+/// checked again when deserialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "DyadicParts", into = "DyadicParts")]
 pub struct Dyadic {
     m: i32,
     s: u32,
+}
+
+/// Serialized form of a [`Dyadic`].
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DyadicParts {
+    m: i32,
+    s: u32,
+}
+
+impl TryFrom<DyadicParts> for Dyadic {
+    type Error = KernelError;
+    fn try_from(p: DyadicParts) -> Result<Self> {
+        Dyadic::new(p.m, p.s)
+    }
+}
+
+impl From<Dyadic> for DyadicParts {
+    fn from(d: Dyadic) -> Self {
+        DyadicParts { m: d.m, s: d.s }
+    }
+}
+
+/// `round_half_away_from_zero(p / 2^s)` for `s ≤ 62` and `|p| < 2^62` (the rounding of
+/// [`Dyadic::apply`], shared by the engine's multi-operand rescaling).
+#[inline]
+pub fn rounding_shift(p: i64, s: u32) -> i64 {
+    if s == 0 {
+        return p;
+    }
+    // Branch-free: round |p| half up, then restore the sign (`sign` is 0 or -1).
+    let half = 1i64 << (s - 1);
+    let sign = p >> 63;
+    let mag = ((p ^ sign) - sign + half) >> s;
+    (mag ^ sign) - sign
 }
 
 impl Dyadic {
@@ -98,16 +135,7 @@ impl Dyadic {
     /// `round_half_away_from_zero(acc · m / 2^s)`, exact integer arithmetic.
     #[inline]
     pub fn apply(self, acc: i32) -> i64 {
-        let p = acc as i64 * self.m as i64;
-        if self.s == 0 {
-            return p;
-        }
-        let half = 1i64 << (self.s - 1);
-        if p >= 0 {
-            (p + half) >> self.s
-        } else {
-            -((half - p) >> self.s)
-        }
+        rounding_shift(acc as i64 * self.m as i64, self.s)
     }
 
     /// Eq. 24 with saturation: `clamp(apply(acc) + zero_point, qmin, qmax)`.
@@ -132,7 +160,8 @@ impl Dyadic {
 
 /// Output zero point and clamp range of a requantization (the clamp also implements a fused
 /// ReLU/ReLU6 and activation widths below 8 bits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OutputRange {
     /// Output zero point.
     pub zero_point: i32,
