@@ -697,6 +697,55 @@ pub fn build_problem(
     })
 }
 
+/// Allocators that need per-layer measurements besides the sensitivity table.
+pub const NEEDS_EXTRAS: &[&str] = &["aq", "pdb", "hybrid-net"];
+
+/// Measures what the heuristic allocators read from `LayerInfo::extra` — AQ's p_k and t_k
+/// (§3.2.1 Eq. 18), PDB's separability (§3.2.2 Eq. 19) and Hybrid-Net's PCA significance
+/// (§3.2.4) — for those of `allocators` that need them, on `samples` calibration-source images.
+pub fn add_layer_extras(
+    s: &Session,
+    p: &mut AllocationProblem,
+    allocators: &[String],
+    samples: usize,
+) -> Result<()> {
+    let wants = |n: &str| allocators.iter().any(|a| a == n);
+    if !NEEDS_EXTRAS.iter().any(|n| wants(n)) {
+        return Ok(());
+    }
+    use mixprec_exec::sensitivity::{aq_noise, pca_significance, separability};
+    let sample_set = calibration_set(&s.data, s.scale, &s.test, s.test.n, samples, s.seed)?.0;
+    let options = SensOption::parse_list("w8", s.granularity)?;
+    let ctx = SensCtx::new(&s.exec, &sample_set, options, 32, s.seed)?;
+    if wants("aq") {
+        let stage = crate::progress::stage("measuring AQ p_k and t_k");
+        let q = aq_noise::aq_quantities(&ctx).context("measuring AQ's p_k and t_k")?;
+        stage.finish_and_clear();
+        for (l, (pk, tk)) in p.layers.iter_mut().zip(q) {
+            l.extra.aq_p = Some(pk);
+            l.extra.aq_t = Some(tk);
+        }
+    }
+    if wants("pdb") {
+        let stage = crate::progress::stage("measuring PDB separability");
+        let sep = separability::layer_separability(&ctx, 128).context("measuring separability")?;
+        stage.finish_and_clear();
+        for (l, v) in p.layers.iter_mut().zip(sep) {
+            l.extra.separability = Some(v);
+        }
+    }
+    if wants("hybrid-net") {
+        let stage = crate::progress::stage("measuring PCA significance");
+        let (pca, _) = pca_significance::pca_components(&ctx, &pca_significance::Config::default())
+            .context("measuring PCA significance")?;
+        stage.finish_and_clear();
+        for (l, v) in p.layers.iter_mut().zip(pca) {
+            l.extra.significant = Some(v.significant);
+        }
+    }
+    Ok(())
+}
+
 /// The weight bits per layer of a choice.
 pub fn choice_bits(p: &AllocationProblem, choice: &[usize]) -> Vec<u32> {
     choice.iter().map(|&o| p.options[o].weight_bits).collect()

@@ -3,6 +3,7 @@
 //! evaluation on data sets and training.
 
 pub mod conv2d;
+pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod executor;
@@ -16,6 +17,7 @@ pub mod qdq;
 pub mod sensitivity;
 pub mod train;
 
+pub use distill::{distill, DistillConfig, Distilled};
 pub use error::{ExecError, Result};
 pub use eval::{evaluate, free_batch_dim, EvalResult};
 pub use executor::{init, Executor, LayerHook, RunOptions, RunResult};

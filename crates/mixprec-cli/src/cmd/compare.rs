@@ -5,7 +5,7 @@
 
 use super::mixed::{json_arg, MixedArgs};
 use crate::pipeline::{
-    build_problem, evaluate_choice, human_bytes, parse_weight_options, sensitivity, solve,
+    self, build_problem, evaluate_choice, human_bytes, parse_weight_options, sensitivity, solve,
     write_file, CommonArgs, Evaluated, Session,
 };
 use anyhow::{Context, Result};
@@ -97,6 +97,7 @@ pub fn compare(
     let mut measured: Vec<(Vec<u32>, Evaluated)> = Vec::new();
     let mut budgets = Vec::new();
     let mut first_problem = None;
+    let mut extras: Option<Vec<mixprec_alloc::LayerInfo>> = None;
     for metric in metrics {
         let stage = crate::progress::stage(&format!("sensitivity ({metric})"));
         let sens = sensitivity(
@@ -108,7 +109,7 @@ pub fn compare(
             m.cache_dir().as_deref(),
         )?;
         stage.finish_and_clear();
-        let setup = build_problem(
+        let mut setup = build_problem(
             &s,
             Some(&sens.table),
             &wbits,
@@ -116,6 +117,13 @@ pub fn compare(
             lut.as_ref(),
             m.fix_ends,
         )?;
+        match &extras {
+            Some(e) => setup.problem.layers = e.clone(),
+            None => {
+                pipeline::add_layer_extras(&s, &mut setup.problem, names, m.samples)?;
+                extras = Some(setup.problem.layers.clone());
+            }
+        }
         let p = &setup.problem;
         let rest = setup.reference.rest_bits;
         if first_problem.is_none() {

@@ -207,13 +207,19 @@ pub fn run_mixed(c: &CommonArgs, m: &MixedArgs, out: &Path) -> Result<Outcome> {
     stage.finish_and_clear();
     times.sensitivity = sens.seconds;
 
-    let setup = build_problem(
+    let mut setup = build_problem(
         &s,
         Some(&sens.table),
         &wbits,
         &m.budget,
         lut.as_ref(),
         m.fix_ends,
+    )?;
+    pipeline::add_layer_extras(
+        &s,
+        &mut setup.problem,
+        std::slice::from_ref(&m.allocator),
+        m.samples,
     )?;
     let p = &setup.problem;
     let rest = setup.reference.rest_bits;

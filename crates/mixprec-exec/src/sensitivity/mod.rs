@@ -9,17 +9,25 @@
 //! * `hessian-eigen` — survey §3.2.3, HAWQ (top Hessian eigenvalue × quantization error);
 //! * `fisher` — diagonal empirical Fisher ⊙ (Q(W) − W)² (survey §3.1.3 / §3.2.1, first-order
 //!   proxy of the loss change);
-//! * `output-mse` — survey §3.4.8, EvoQ Eq. 44 (output MSE with one layer quantized);
+//! * `output-mse` — survey §3.4.8, EvoQ Eq. 44 (output MSE with one layer quantized); the same
+//!   quantity is OBACWA's per-layer output error, survey §3.1.3 Eq. 11 (E‖O − O_m‖² divided by
+//!   the output dimension), so it has no separate entry;
 //! * `kl` — survey §3.2.5, ZeroQ (KL divergence of output distributions);
-//! * `sqnr` — output signal-to-quantization-noise ratio (survey §2.4), in negative dB.
+//! * `sqnr` — output signal-to-quantization-noise ratio (survey §2.4), in negative dB;
+//! * `aq-noise` — survey §3.2.1, AQ Eq. 18 (p_k / t_k · e^(−α b) by noise injection);
+//! * `pca-significance` — survey §3.2.4, Hybrid-Net (PCA significant dimensions);
+//! * `separability` — survey §3.2.2, PDB Eq. 19 (feature separability).
 //!
 //! Every metric is deterministic for a seed.
 
+pub mod aq_noise;
 pub mod fisher;
 pub mod hessian_eigen;
 pub mod hessian_trace;
 pub mod kl;
 pub mod output_mse;
+pub mod pca_significance;
+pub mod separability;
 pub mod sqnr;
 
 use candle_core::Tensor;
@@ -328,6 +336,73 @@ impl<'a> SensCtx<'a> {
         Ok(self.table(metric, values))
     }
 
+    /// The value written by a layer's node: its output before any activation function.
+    pub fn layer_output(&self, layer: &Layer) -> Result<mixprec_graph::ValueId> {
+        self.exec
+            .graph()
+            .nodes
+            .get(layer.node)
+            .and_then(|n| n.outputs.first().copied())
+            .ok_or_else(|| ExecError::Invalid(format!("layer '{}' has no output", layer.name)))
+    }
+
+    /// The outputs of `layers` on every batch with `hook` applied (float when `None`), per
+    /// layer concatenated over the batches: `(values [N × rest], rest)` with `rest` the
+    /// per-sample dimensions.
+    pub fn layer_outputs(
+        &self,
+        layers: &[&Layer],
+        hook: Option<&dyn crate::LayerHook>,
+    ) -> Result<Vec<(Vec<f32>, Vec<usize>)>> {
+        let ids: Vec<_> = layers
+            .iter()
+            .map(|l| self.layer_output(l))
+            .collect::<Result<_>>()?;
+        let mut out: Vec<(Vec<f32>, Vec<usize>)> = vec![(Vec::new(), Vec::new()); ids.len()];
+        for (x, _) in &self.batches {
+            let r = self.exec.run(
+                std::slice::from_ref(x),
+                &RunOptions {
+                    keep: ids.clone(),
+                    hook,
+                    ..Default::default()
+                },
+            )?;
+            for ((id, l), (vals, rest)) in ids.iter().zip(layers).zip(out.iter_mut()) {
+                let t = r.kept.get(id).ok_or_else(|| {
+                    ExecError::Invalid(format!("the output of layer '{}' was not produced", l.name))
+                })?;
+                *rest = t.dims().get(1..).unwrap_or_default().to_vec();
+                vals.extend(to_vec_f32(t)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Relative error of each layer's own output, ‖y_q − y‖² / ‖y‖², with only that layer
+    /// quantized by each option (its input comes from the float layers before it), in layer ×
+    /// option order.
+    pub fn local_error_table(&self) -> Result<Vec<Vec<f64>>> {
+        let mut values = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let float = self.layer_outputs(&[layer], None)?.remove(0).0;
+            let signal = sq_norm(&float).max(f64::MIN_POSITIVE);
+            let mut row = Vec::with_capacity(self.options.len());
+            for opt in &self.options {
+                let hook = self.single_layer_hook(layer, opt)?;
+                let quant = self.layer_outputs(&[layer], Some(&hook))?.remove(0).0;
+                let noise: f64 = float
+                    .iter()
+                    .zip(&quant)
+                    .map(|(&f, &q)| (q as f64 - f as f64).powi(2))
+                    .sum();
+                row.push(noise / signal);
+            }
+            values.push(row);
+        }
+        Ok(values)
+    }
+
     /// Wraps values computed in layer × option order into a table.
     pub fn table(&self, metric: &str, values: Vec<Vec<f64>>) -> SensitivityTable {
         SensitivityTable {
@@ -369,6 +444,9 @@ pub const METRICS: &[MetricEntry] = &[
     sqnr::ENTRY,
     fisher::ENTRY,
     hessian_eigen::ENTRY,
+    aq_noise::ENTRY,
+    pca_significance::ENTRY,
+    separability::ENTRY,
 ];
 
 /// Builds metric `name` with a JSON config (`Null` = defaults).

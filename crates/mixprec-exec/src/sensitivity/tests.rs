@@ -97,7 +97,10 @@ fn every_metric_is_finite_deterministic_and_ranks_a_damaged_layer_first() {
     damage(&exec);
     for entry in METRICS {
         let metric = (entry.build)(&serde_json::Value::Null).unwrap();
-        let weight_only = matches!(entry.name, "hessian-trace" | "fisher" | "hessian-eigen");
+        let weight_only = matches!(
+            entry.name,
+            "hessian-trace" | "fisher" | "hessian-eigen" | "aq-noise"
+        );
         // At 2 bits every layer of so small a net is wrecked; from 4 bits on, healthy layers
         // quantize well and only the damaged one must stand out.
         let list = if weight_only {
@@ -240,4 +243,226 @@ fn hessian_metrics_pass_pools_that_do_not_divide_the_input() {
         assert!(t.values.iter().flatten().all(|v| v.is_finite()), "{name}");
         assert!(t.values.iter().flatten().any(|v| *v > 0.0), "{name}");
     }
+}
+
+/// Sets a layer's weight to `w` (row-major, its current shape).
+fn set_weight(exec: &Executor, name: &str, w: Vec<f32>) {
+    let var = exec.var(layer(exec, name).weight).unwrap();
+    let t = Tensor::from_vec(w, var.as_tensor().dims(), &Device::Cpu).unwrap();
+    var.set(&t).unwrap();
+}
+
+/// Row-major `x · Wᵀ + b` for `fc` layer weights `[out, in]`.
+fn affine(x: &[f32], w: &[f32], b: &[f32], fin: usize) -> Vec<f64> {
+    let fout = b.len();
+    x.chunks(fin)
+        .flat_map(|row| {
+            (0..fout).map(move |o| {
+                b[o] as f64
+                    + (0..fin)
+                        .map(|i| w[o * fin + i] as f64 * row[i] as f64)
+                        .sum::<f64>()
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn local_error_of_the_first_layer_by_hand() {
+    // fc1 sees the samples directly: y = x W1ᵀ + b1 and y_q − y = x (Q(W1) − W1)ᵀ.
+    let data = samples(20, 4);
+    let exec = mlp(2);
+    let ctx = SensCtx::new(&exec, &data, options("w3,w6"), 8, 0).unwrap();
+    let table = ctx.local_error_table().unwrap();
+    let l = layer(&exec, "fc1");
+    let (w, _) = ctx.weight(&l).unwrap();
+    let b = to_vec_f32(exec.var(l.bias.unwrap()).unwrap().as_tensor()).unwrap();
+    let y = affine(&data.images, &w, &b, 16);
+    let signal: f64 = y.iter().map(|v| v * v).sum();
+    for (o, opt) in ctx.options.iter().enumerate() {
+        let err = ctx.weight_error(&l, &opt.scheme).unwrap();
+        let noise: f64 = affine(&data.images, &err, &[0.0; 12], 16)
+            .iter()
+            .map(|v| v * v)
+            .sum();
+        let got = table[0][o];
+        assert!(
+            (got - noise / signal).abs() <= 1e-4 * got,
+            "{}: {got} vs {}",
+            opt.label,
+            noise / signal
+        );
+    }
+    assert!(table.iter().all(|r| r[0] > r[1]), "{table:?}");
+}
+
+#[test]
+fn aq_noise_on_a_linear_model_by_hand() {
+    // A single fc layer: logits z = x Wᵀ + b, so the 8-bit output noise is x (Q(W) − W)ᵀ and
+    // the adversarial noise follows from z directly.
+    let (mut b, x) = GraphBuilder::new("linear", 1, 4, 4, 3);
+    let y = b.node("flatten", Op::Flatten { axis: 1 }, vec![x]);
+    let y = b.fc("fc", y, 16, 3);
+    let exec = Executor::new(b.finish(y)).unwrap();
+    let data = samples(40, 6);
+    let ctx = SensCtx::new(&exec, &data, options("w2,w4"), 16, 1).unwrap();
+    let metric = aq_noise::AqNoise::new(aq_noise::Config::default()).unwrap();
+    let (q, adv) = metric.quantities(&ctx).unwrap();
+    let l = layer(&exec, "fc");
+    let (w, _) = ctx.weight(&l).unwrap();
+    let bias = to_vec_f32(exec.var(l.bias.unwrap()).unwrap().as_tensor()).unwrap();
+    let z = affine(&data.images, &w, &bias, 16);
+    let want_adv = z
+        .chunks(3)
+        .map(|r| {
+            let mut s = r.to_vec();
+            s.sort_by(|a, b| b.total_cmp(a));
+            (s[0] - s[1]).powi(2) / 2.0
+        })
+        .sum::<f64>()
+        / 40.0;
+    assert!(
+        (adv - want_adv).abs() <= 1e-5 * want_adv,
+        "{adv} vs {want_adv}"
+    );
+    let w8 = SensOption::parse("w8", Granularity::Tensor).unwrap();
+    let err = ctx.weight_error(&l, &w8.scheme).unwrap();
+    let noise = affine(&data.images, &err, &[0.0; 3], 16)
+        .iter()
+        .map(|v| v * v)
+        .sum::<f64>()
+        / 40.0;
+    let want_p = noise * 4f64.powi(8);
+    assert!(
+        (q[0].p - want_p).abs() <= 1e-3 * want_p,
+        "{} vs {want_p}",
+        q[0].p
+    );
+    // The bound was reached, and t is the output noise there, x (σ·rms(W)·ε)ᵀ with the
+    // layer's seeded direction ε, over the adversarial noise.
+    assert!(q[0].flips >= 0.1 && q[0].t > 0.0, "{:?}", q[0]);
+    let rms = (sq_norm(&w) / 48.0).sqrt();
+    let eps: Vec<f32> = aq_noise::gaussian(48, layer_seed(1, 0))
+        .iter()
+        .map(|e| (q[0].sigma * rms) as f32 * e)
+        .collect();
+    let out_noise = affine(&data.images, &eps, &[0.0; 3], 16)
+        .iter()
+        .map(|v| v * v)
+        .sum::<f64>()
+        / 40.0;
+    let want_t = out_noise / want_adv;
+    assert!(
+        (q[0].t - want_t).abs() <= 1e-3 * want_t,
+        "{} vs {want_t}",
+        q[0].t
+    );
+    let t = metric.compute(&ctx).unwrap();
+    for (o, bits) in [2, 4].into_iter().enumerate() {
+        let want = q[0].p / q[0].t * (-(4f64.ln()) * bits as f64).exp();
+        assert!((t.values[0][o] - want).abs() <= 1e-12 * want);
+    }
+    assert_eq!(t.details[0]["p"], q[0].p);
+    assert_eq!(
+        aq_noise::aq_quantities(&ctx).unwrap(),
+        vec![(q[0].p, q[0].t)]
+    );
+}
+
+#[test]
+fn pca_significance_by_construction() {
+    // Input [N, 1, 1, 4] (one channel: 1 component). fc1 = identity on data whose 4 values have
+    // standard deviations 10, 7, 0.1, 0.05: 2 components explain 99 % → significant. fc2 has
+    // rank 1: 1 component → not significant.
+    let (mut b, x) = GraphBuilder::new("pca", 1, 1, 4, 0);
+    let y = b.node("flatten", Op::Flatten { axis: 1 }, vec![x]);
+    let y = b.fc("fc1", y, 4, 4);
+    let y = b.fc("fc2", y, 4, 4);
+    let y = b.node("relu", Op::Relu, vec![y]);
+    let y = b.fc("fc3", y, 4, 3);
+    let exec = Executor::new(b.finish(y)).unwrap();
+    let mut eye = vec![0f32; 16];
+    (0..4).for_each(|i| eye[i * 5] = 1.0);
+    set_weight(&exec, "fc1", eye);
+    let u = [1.0f32, -2.0, 0.5, 1.5];
+    let v = [0.3f32, 0.7, -0.2, 0.4];
+    set_weight(&exec, "fc2", (0..16).map(|k| u[k / 4] * v[k % 4]).collect());
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let n = 60;
+    let images: Vec<f32> = (0..n * 4)
+        .map(|i| [10.0f32, 7.0, 0.1, 0.05][i % 4] * rng.random_range(-1.7f32..1.7))
+        .collect();
+    let labels = (0..n as u32).map(|i| i % 3).collect();
+    let classes = ["a", "b", "c"].map(String::from).to_vec();
+    let data = Dataset::from_parts("pca", images, labels, n, 1, 1, 4, classes).unwrap();
+    let ctx = SensCtx::new(&exec, &data, options("w4,w8"), 32, 0).unwrap();
+    let cfg = pca_significance::Config::default();
+    let (pca, input) = pca_significance::pca_components(&ctx, &cfg).unwrap();
+    assert_eq!(input, 1);
+    assert_eq!((pca[0].components, pca[0].significant), (2, true));
+    assert_eq!((pca[1].components, pca[1].significant), (1, false));
+    assert_eq!(pca[0].dims, 4);
+    // Table = own-output error, doubled for significant layers.
+    let t = build_metric("pca-significance", &serde_json::Value::Null)
+        .unwrap()
+        .compute(&ctx)
+        .unwrap();
+    let local = ctx.local_error_table().unwrap();
+    for (i, l) in pca.iter().enumerate() {
+        let f = if l.significant { 2.0 } else { 1.0 };
+        for (got, want) in t.values[i].iter().zip(&local[i]) {
+            assert_eq!(*got, f * want);
+        }
+        assert_eq!(t.details[i]["components"], l.components as f64);
+    }
+    // A larger Δ marks nothing.
+    let strict = pca_significance::Config { delta: 5.0, ..cfg };
+    let (pca, _) = pca_significance::pca_components(&ctx, &strict).unwrap();
+    assert!(pca.iter().all(|l| !l.significant));
+}
+
+#[test]
+fn separability_of_clustered_outputs_by_hand() {
+    // fc1 = identity on 1×1×2 inputs: class 0 at (0, 0) and (1, 0), class 1 at (10, 0) and
+    // (11, 0) → s = (1/110.5 + 1/90.5) / 2 as in the 1-D hand example.
+    let (mut b, x) = GraphBuilder::new("sep", 1, 1, 2, 0);
+    let y = b.node("flatten", Op::Flatten { axis: 1 }, vec![x]);
+    let y = b.fc("fc1", y, 2, 2);
+    let y = b.fc("fc2", y, 2, 2);
+    let exec = Executor::new(b.finish(y)).unwrap();
+    set_weight(&exec, "fc1", vec![1.0, 0.0, 0.0, 1.0]);
+    let bias = exec.var(layer(&exec, "fc1").bias.unwrap()).unwrap();
+    bias.set(&Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap())
+        .unwrap();
+    let images = vec![0.0, 0.0, 1.0, 0.0, 10.0, 0.0, 11.0, 0.0];
+    let classes = ["a", "b"].map(String::from).to_vec();
+    let data = Dataset::from_parts("sep", images, vec![0, 0, 1, 1], 4, 1, 1, 2, classes).unwrap();
+    let ctx = SensCtx::new(&exec, &data, options("w4"), 4, 0).unwrap();
+    let s = separability::layer_separability(&ctx, 128).unwrap();
+    let want = (1.0 / 110.5 + 1.0 / 90.5) / 2.0;
+    assert!((s[0] - want).abs() < 1e-12, "{} vs {want}", s[0]);
+    let t = build_metric("separability", &serde_json::Value::Null)
+        .unwrap()
+        .compute(&ctx)
+        .unwrap();
+    let local = ctx.local_error_table().unwrap();
+    assert_eq!(t.values[1][0], s[1] * local[1][0]);
+    assert_eq!(t.details[0]["separability"], s[0]);
+    // One class only: an error that names the layer.
+    let one = Dataset::from_parts(
+        "one",
+        vec![0.0; 8],
+        vec![0; 4],
+        4,
+        1,
+        1,
+        2,
+        vec!["a".into()],
+    )
+    .unwrap();
+    let ctx = SensCtx::new(&exec, &one, options("w4"), 4, 0).unwrap();
+    let e = separability::layer_separability(&ctx, 128)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fc1") && e.contains("two classes"), "{e}");
 }
