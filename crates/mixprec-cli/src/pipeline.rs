@@ -903,7 +903,7 @@ pub fn engine_accuracy(s: &Session, model: &mixprec_engine::QuantModel) -> Resul
     let pb = bar(s.test.n as u64, "integer engine");
     let mut correct = 0usize;
     let mut start = 0;
-    let batch = s.batch.min(64).max(1);
+    let batch = s.batch.clamp(1, 64);
     while start < s.test.n {
         let len = batch.min(s.test.n - start);
         let (x, y) = s.test.batch(start, len);

@@ -16,7 +16,7 @@
 //!
 //! Run: `cargo run --release -p mixprec-engine --example gemm_vs_ort -- --threads 2`
 //! Options: `--threads T` (kernel thread cap, default 1), `--m 1,16,128`, `--n 4096`, `--k 4096`,
-//! `--kernels int8,int4`, `--backend avx2|generic` (default: the best one), `--reps R` (default:
+//! `--kernels int8,int4`, `--backend avx512vnni|avx2|generic` (default: the best one), `--reps R` (default:
 //! a count per `M` that keeps each figure near a quarter second), `--warmup W` (default 2).
 
 use std::time::Instant;
@@ -91,12 +91,14 @@ fn parse_args() -> Res<Opts> {
             }
             "--backend" => {
                 o.backend = match value.as_str() {
+                    "avx512vnni" => Backend::Avx512Vnni,
                     "avx2" => Backend::Avx2,
                     "generic" => Backend::Generic,
                     other => {
-                        return Err(
-                            format!("--backend: unknown {other:?} (use avx2 or generic)").into(),
+                        return Err(format!(
+                            "--backend: unknown {other:?} (use avx512vnni, avx2 or generic)"
                         )
+                        .into())
                     }
                 }
             }
@@ -181,6 +183,7 @@ fn bench<W: PackedWeights>(
             "k": k,
             "threads": max_threads(),
             "backend": match o.backend {
+                Backend::Avx512Vnni => "avx512vnni",
                 Backend::Avx2 => "avx2",
                 Backend::Generic => "generic",
             },

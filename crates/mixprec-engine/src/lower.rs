@@ -58,8 +58,8 @@ use mixprec_quant::{
 use crate::error::{EngineError, Result};
 use crate::kernels::{pack_bits, Conv2dParams, Dyadic};
 use crate::model::{
-    checked_numel, ActParams, AddStep, InputOp, InputOpKind, LayerGeometry, LayerOutput,
-    LayerStep, LayerWeights, PoolStep, QuantModel, Step, TensorInfo,
+    checked_numel, ActParams, AddStep, InputOp, InputOpKind, LayerGeometry, LayerOutput, LayerStep,
+    LayerWeights, PoolStep, QuantModel, Step, TensorInfo,
 };
 use crate::reference::{conv2d_f64, gemm_f64, pool_windows, PoolGeometry};
 
@@ -1668,6 +1668,57 @@ mod tests {
         assert_eq!(per_channel(&c, &[1, 2, 4, 4], 1), Some(vec![0.5, 0.5]));
         let c = Tensor::f32(vec![2, 2], vec![1.0; 4]).unwrap();
         assert_eq!(per_channel(&c, &[1, 3], 1), None);
+    }
+
+    #[test]
+    fn input_constants_take_the_longest_runs_and_apply_in_f32() {
+        let out = [1, 2, 2, 3];
+        let c = Tensor::f32(vec![], vec![2.0]).unwrap();
+        assert_eq!(input_constant(&c, &out), Some((vec![2.0], 12)));
+        let c = Tensor::f32(vec![1, 2, 1, 1], vec![1.0, 4.0]).unwrap();
+        assert_eq!(input_constant(&c, &out), Some((vec![1.0, 4.0], 6)));
+        // Along W: every element has its own value.
+        let c = Tensor::f32(vec![3], vec![1.0, 2.0, 3.0]).unwrap();
+        let (v, inner) = input_constant(&c, &out).unwrap();
+        assert_eq!((v.len(), inner), (12, 1));
+        assert_eq!(&v[..4], &[1.0, 2.0, 3.0, 1.0]);
+        // Not broadcastable, or broadcasting over the batch.
+        let c = Tensor::f32(vec![4], vec![1.0; 4]).unwrap();
+        assert_eq!(input_constant(&c, &out), None);
+        let c = Tensor::f32(vec![2, 1, 1, 1], vec![1.0; 2]).unwrap();
+        assert_eq!(input_constant(&c, &out), None);
+
+        let op = |kind| InputOp {
+            name: "n".into(),
+            kind,
+            values: vec![2.0, 4.0],
+            inner: 2,
+        };
+        // Two samples of [2 channels, 2 elements].
+        let x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        let run = |kind| {
+            let mut v = x.to_vec();
+            op(kind).apply(&mut v);
+            v
+        };
+        assert_eq!(run(InputOpKind::Add), [3., 4., 7., 8., 7., 8., 11., 12.]);
+        assert_eq!(run(InputOpKind::Sub), [-1., 0., -1., 0., 3., 4., 3., 4.]);
+        assert_eq!(
+            run(InputOpKind::SubFrom),
+            [1., 0., 1., 0., -3., -4., -3., -4.]
+        );
+        assert_eq!(
+            run(InputOpKind::Mul),
+            [2., 4., 12., 16., 10., 12., 28., 32.]
+        );
+        assert_eq!(
+            run(InputOpKind::Div),
+            [0.5, 1., 0.75, 1., 2.5, 3., 1.75, 2.]
+        );
+        assert_eq!(
+            run(InputOpKind::DivInto),
+            [2., 1., 4. / 3., 1., 0.4, 2. / 6., 4. / 7., 0.5]
+        );
     }
 
     #[test]

@@ -390,6 +390,7 @@ pub fn profile_layers_with(
             avx512_vnni: avx512_vnni(),
             backend: match backend {
                 Backend::Avx2 => "avx2",
+                Backend::Avx512Vnni => "avx512vnni",
                 Backend::Generic => "generic",
             }
             .to_string(),

@@ -348,7 +348,10 @@ fn lenet5_input_normalisation_runs_in_the_input_quantization() {
     });
     v1[end..].copy_from_slice(&sum.to_le_bytes());
     let e = QuantModel::from_bytes(&v1).unwrap_err().to_string();
-    assert!(e.contains("version 1") && e.contains("normalisation"), "{e}");
+    assert!(
+        e.contains("version 1") && e.contains("normalisation"),
+        "{e}"
+    );
     let mnist = setup("mnist-8.onnx");
     let (m8, _) = lowered(&mnist, &policy(&mnist.graph, &[8]));
     assert!(input_ops(&m8).is_empty());
@@ -381,7 +384,9 @@ fn per_channel_input_normalisation_matches_the_float_graph() {
     let m = lower_with_data(&g, &p, &ranges, &calib.images, calib.n).unwrap();
     let ops = input_ops(&m);
     assert_eq!(ops.len(), 2);
-    assert!(ops.iter().all(|o| o.values.len() == 3 && o.inner == 32 * 32));
+    assert!(ops
+        .iter()
+        .all(|o| o.values.len() == 3 && o.inner == 32 * 32));
     let (x, _) = test.batch(100, 2);
     let t = m.trace(Backend::best(), x, 2).unwrap();
     let q = m.steps()[0].output();

@@ -1,5 +1,6 @@
 //! Property tests of the integer kernels: packing round trips, dyadic requantization against an
-//! f64 reference, AVX2 against generic (bit-exact), convolution against a naive 7-loop reference.
+//! f64 reference, AVX2 and AVX-512 VNNI against generic (bit-exact), convolution against a naive
+//! 7-loop reference.
 
 use mixprec_engine::kernels::pack::PackedBits;
 use mixprec_engine::kernels::{
@@ -15,6 +16,11 @@ fn backends() -> Vec<Backend> {
         b.push(Backend::Avx2);
     } else {
         eprintln!("AVX2 not available: only the generic backend is tested");
+    }
+    if Backend::Avx512Vnni.is_available() {
+        b.push(Backend::Avx512Vnni);
+    } else {
+        eprintln!("AVX-512 VNNI not available: its backend is not tested");
     }
     b
 }
@@ -256,6 +262,61 @@ fn naive_conv(
         }
     }
     (out, [n, cout, ho, wo])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// The VNNI int8 kernel equals the generic one bit for bit on shapes that exercise every
+    /// row tail (M mod 6), K not a multiple of 4 and N not a multiple of 16 (partial panels and
+    /// panel groups of 1–4), with full-range `u8`/`i8` activations and int8 weights.
+    #[test]
+    fn vnni_matches_generic(
+        m in 1usize..20, n in 1usize..70, k in 1usize..300, zp in 0i32..=255,
+        seed_a in prop::collection::vec(u8_values(), 19 * 299),
+        seed_w in prop::collection::vec(weight_values(8), 69 * 299),
+    ) {
+        if !Backend::Avx512Vnni.is_available() {
+            eprintln!("AVX-512 VNNI not available on this CPU: vnni_matches_generic skipped");
+            return Ok(());
+        }
+        let a = &seed_a[..m * k];
+        let w = &seed_w[..n * k];
+        let p8 = PackedI8::new(w, n, k).unwrap();
+        let generic = gemm_with(Backend::Generic, a, m, zp, &p8).unwrap();
+        prop_assert_eq!(&generic, &naive_gemm(a, m, zp, w, n, k));
+        prop_assert_eq!(&gemm_with(Backend::Avx512Vnni, a, m, zp, &p8).unwrap(), &generic);
+        let a_i8: Vec<i8> = a.iter().map(|&x| (x as i32 - 128) as i8).collect();
+        prop_assert_eq!(
+            &gemm_with(Backend::Avx512Vnni, &a_i8, m, zp - 128, &p8).unwrap(),
+            &generic
+        );
+        // int4 weights on the VNNI backend run the AVX2 int4 kernel, also bit-exact.
+        let w4: Vec<i8> = w.iter().map(|&x| x >> 4).collect();
+        let p4 = PackedI4::new(&w4, n, k).unwrap();
+        prop_assert_eq!(
+            &gemm_with(Backend::Avx512Vnni, a, m, zp, &p4).unwrap(),
+            &gemm_with(Backend::Generic, a, m, zp, &p4).unwrap()
+        );
+    }
+}
+
+#[test]
+fn best_backend_prefers_vnni() {
+    let best = Backend::best();
+    assert!(best.is_available());
+    if Backend::Avx512Vnni.is_available() {
+        assert_eq!(best, Backend::Avx512Vnni);
+    } else if Backend::Avx2.is_available() {
+        eprintln!("AVX-512 VNNI not available on this CPU: best backend is AVX2");
+        assert_eq!(best, Backend::Avx2);
+    } else {
+        assert_eq!(best, Backend::Generic);
+    }
 }
 
 #[test]

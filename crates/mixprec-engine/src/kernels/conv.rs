@@ -13,7 +13,10 @@
 //!
 //! - General case: per image and group, im2col into `[Ho·Wo, Cin/g·kh·kw]` (column order
 //!   `(c, ky, kx)`, matching the weight layout) and one GEMM against the packed `[Cout/g, K]`
-//!   weights; `O(Ho·Wo·Cout·Cin/g·kh·kw)` time, `O(Ho·Wo·K)` scratch.
+//!   weights; `O(Ho·Wo·Cout·Cin/g·kh·kw)` time, `O(Ho·Wo·K)` scratch. Each im2col row is
+//!   written front to back from contiguous `kw`-long input row segments (dilation 1; windows
+//!   overlapping the left / right padding are checked per element). A 1×1, stride-1,
+//!   unpadded convolution skips im2col: its `[Cin/g, H·W]` input only needs a tiled transpose.
 //! - Depthwise (`Cin/groups == 1`, `groups > 1`, any channel multiplier): direct kernel,
 //!   `O(Cout·Ho·Wo·kh·kw)`; the AVX2 version zero-pads each input plane once into `i16`
 //!   (`x - zp`) and accumulates whole output rows with `vpmullw` (exact: `|255·128| < 2^15`)
@@ -266,50 +269,27 @@ fn conv_im2col<T: Activation, W: super::PackedWeights>(
     let cout_g = packed[0].n();
     let k = cin_g * g.kh * g.kw;
     let pix = g.ho * g.wo;
-    let [sh, sw] = g.p.strides;
-    let [dh, dw] = g.p.dilations;
-    let [pt, pl, _, _] = g.p.pads;
+    let [_, dw] = g.p.dilations;
     let pad = T::from_i32_unchecked(a_zp);
     let mut cols = vec![pad; pix * k];
-    // Valid output-column range of every kernel column `kx`: `ix = ox·sw + kx·dw - pl` in
-    // `[0, w)`. Positions outside stay at the zero point written once above (they are the same
-    // for every image and group).
-    let ox_range = |kx: usize| {
-        let off = kx * dw;
-        let lo = if pl > off { (pl - off).div_ceil(sw) } else { 0 };
-        let hi = if g.w + pl > off {
-            (g.w + pl - off).div_ceil(sw)
-        } else {
-            0
-        };
-        (lo.min(g.wo), hi.min(g.wo))
-    };
+    let pointwise = g.kh == 1
+        && g.kw == 1
+        && g.p.strides == [1, 1]
+        && g.p.pads == [0; 4]
+        && g.ho == g.h
+        && g.wo == g.w;
     for b in 0..n {
         let img = &input[b * g.cin * g.h * g.w..(b + 1) * g.cin * g.h * g.w];
         for (gi, wg) in packed.iter().enumerate() {
-            for c in 0..cin_g {
-                let plane = &img[(gi * cin_g + c) * g.h * g.w..][..g.h * g.w];
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
-                        let kk = (c * g.kh + ky) * g.kw + kx;
-                        let (lo, hi) = ox_range(kx);
-                        for oy in 0..g.ho {
-                            let Some(iy) = Geometry::src(oy, ky, sh, dh, pt, g.h) else {
-                                continue;
-                            };
-                            if lo >= hi {
-                                continue;
-                            }
-                            let src = plane[iy * g.w + lo * sw + kx * dw - pl..]
-                                .iter()
-                                .step_by(sw);
-                            let dst = cols[(oy * g.wo + lo) * k + kk..].iter_mut().step_by(k);
-                            for (d, &v) in dst.zip(src).take(hi - lo) {
-                                *d = v;
-                            }
-                        }
-                    }
-                }
+            let planes = &img[gi * cin_g * g.h * g.w..][..cin_g * g.h * g.w];
+            if pointwise {
+                // 1×1, stride 1, no padding: the `[Cin/g, H·W]` input is the GEMM operand,
+                // transposed to `[H·W, Cin/g]`.
+                transpose_into(planes, cin_g, pix, &mut cols);
+            } else if dw == 1 {
+                im2col_rows(planes, cin_g, g, pad, &mut cols);
+            } else {
+                im2col_dilated(planes, cin_g, g, &mut cols);
             }
             let res = gemm_with(backend, &cols, pix, a_zp, wg)?;
             // `[pix, cout_g]` → NCHW, written one contiguous output plane at a time.
@@ -325,6 +305,125 @@ fn conv_im2col<T: Activation, W: super::PackedWeights>(
         }
     }
     Ok(())
+}
+
+/// `src` `[rows, cols]` → `dst` `[cols, rows]`, in square tiles so that both sides stay in
+/// cache.
+fn transpose_into<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            let c1 = (c0 + TILE).min(cols);
+            for r in r0..r1 {
+                let s = &src[r * cols + c0..r * cols + c1];
+                for (c, &v) in (c0..c1).zip(s) {
+                    dst[c * rows + r] = v;
+                }
+            }
+        }
+    }
+}
+
+/// im2col of one group (`planes`: `[Cin/g, H, W]`) for dilation-1 widths: every row of `cols`
+/// (`K = Cin/g·kh·kw` values of one output pixel, in weight order) is written front to back
+/// as contiguous `kw`-long input row segments; only windows that overlap the left or right
+/// padding fall back to a per-element check, and rows of the top / bottom padding are filled
+/// with `pad` (the zero point).
+fn im2col_rows<T: Activation>(planes: &[T], cin_g: usize, g: &Geometry, pad: T, cols: &mut [T]) {
+    let [sh, sw] = g.p.strides;
+    let [dh, _] = g.p.dilations;
+    let [pt, pl, _, _] = g.p.pads;
+    let (kh, kw, h, w) = (g.kh, g.kw, g.h, g.w);
+    let k = cin_g * kh * kw;
+    // Input rows of every kernel row, per output row.
+    let mut iys = vec![None; kh];
+    for oy in 0..g.ho {
+        for (ky, iy) in iys.iter_mut().enumerate() {
+            *iy = Geometry::src(oy, ky, sh, dh, pt, h);
+        }
+        for ox in 0..g.wo {
+            let row = &mut cols[(oy * g.wo + ox) * k..][..k];
+            // Leftmost input column of the window; `None` when it starts in the left padding.
+            let x0 = (ox * sw).checked_sub(pl).filter(|&x| x + kw <= w);
+            let mut segs = row.chunks_exact_mut(kw);
+            for c in 0..cin_g {
+                let plane = &planes[c * h * w..][..h * w];
+                for &iy in &iys {
+                    let Some(dst) = segs.next() else { return };
+                    match (iy, x0) {
+                        (None, _) => dst.fill(pad),
+                        (Some(iy), Some(x0)) => copy_small(dst, &plane[iy * w + x0..][..kw]),
+                        (Some(iy), None) => {
+                            for (kx, d) in dst.iter_mut().enumerate() {
+                                *d = match Geometry::src(ox, kx, sw, 1, pl, w) {
+                                    Some(ix) => plane[iy * w + ix],
+                                    None => pad,
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` without a `memcpy` call for the common kernel widths.
+#[inline(always)]
+fn copy_small<T: Copy>(dst: &mut [T], src: &[T]) {
+    match (dst, src) {
+        ([d0, d1, d2], [s0, s1, s2]) => {
+            (*d0, *d1, *d2) = (*s0, *s1, *s2);
+        }
+        ([d0], [s0]) => *d0 = *s0,
+        (d, s) => d.copy_from_slice(s),
+    }
+}
+
+/// im2col of one group for dilated widths: column by column over precomputed valid ranges;
+/// positions in the padding keep the zero point `cols` was filled with.
+fn im2col_dilated<T: Activation>(planes: &[T], cin_g: usize, g: &Geometry, cols: &mut [T]) {
+    let [sh, sw] = g.p.strides;
+    let [dh, dw] = g.p.dilations;
+    let [pt, pl, _, _] = g.p.pads;
+    let k = cin_g * g.kh * g.kw;
+    // Valid output-column range of every kernel column `kx`: `ix = ox·sw + kx·dw - pl` in
+    // `[0, w)`.
+    let ox_range = |kx: usize| {
+        let off = kx * dw;
+        let lo = if pl > off { (pl - off).div_ceil(sw) } else { 0 };
+        let hi = if g.w + pl > off {
+            (g.w + pl - off).div_ceil(sw)
+        } else {
+            0
+        };
+        (lo.min(g.wo), hi.min(g.wo))
+    };
+    for c in 0..cin_g {
+        let plane = &planes[c * g.h * g.w..][..g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let kk = (c * g.kh + ky) * g.kw + kx;
+                let (lo, hi) = ox_range(kx);
+                for oy in 0..g.ho {
+                    let Some(iy) = Geometry::src(oy, ky, sh, dh, pt, g.h) else {
+                        continue;
+                    };
+                    if lo >= hi {
+                        continue;
+                    }
+                    let src = plane[iy * g.w + lo * sw + kx * dw - pl..]
+                        .iter()
+                        .step_by(sw);
+                    let dst = cols[(oy * g.wo + lo) * k + kk..].iter_mut().step_by(k);
+                    for (d, &v) in dst.zip(src).take(hi - lo) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One image of a depthwise convolution; `out` is `[cin · mult, ho, wo]`, split into per-input-
@@ -354,7 +453,9 @@ fn depthwise_image<T: Activation>(
             let wc = &wt[c * mult * g.kh * g.kw..(c + 1) * mult * g.kh * g.kw];
             match backend {
                 Backend::Generic => depthwise_channel_generic(x, a_zp, wc, mult, g, y),
-                Backend::Avx2 => depthwise_channel_padded(x, a_zp, wc, mult, g, y),
+                Backend::Avx2 | Backend::Avx512Vnni => {
+                    depthwise_channel_padded(x, a_zp, wc, mult, g, y)
+                }
             }
         }
     };
@@ -457,5 +558,116 @@ fn axpy(acc: &mut [i32], src: &[i16], w: i16) {
 fn axpy(acc: &mut [i32], src: &[i16], w: i16) {
     for (a, &s) in acc.iter_mut().zip(src) {
         *a += s as i32 * w as i32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct loops: `out[n, o, y, x] = Σ (in - zp)·w` over the valid taps.
+    fn direct(
+        x: &[u8],
+        [n, c, h, w]: [usize; 4],
+        zp: i32,
+        wt: &[i8],
+        [co, cg, kh, kw]: [usize; 4],
+        p: &Conv2dParams,
+    ) -> Vec<i32> {
+        let [ho, wo] = p.output_hw(h, w, kh, kw).unwrap();
+        let cout_g = co / p.groups;
+        let mut out = Vec::new();
+        for b in 0..n {
+            for o in 0..co {
+                let gi = o / cout_g;
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut acc = 0;
+                        for ci in 0..cg {
+                            let ch = gi * cg + ci;
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = Geometry::src(
+                                        oy,
+                                        ky,
+                                        p.strides[0],
+                                        p.dilations[0],
+                                        p.pads[0],
+                                        h,
+                                    );
+                                    let ix = Geometry::src(
+                                        ox,
+                                        kx,
+                                        p.strides[1],
+                                        p.dilations[1],
+                                        p.pads[1],
+                                        w,
+                                    );
+                                    if let (Some(iy), Some(ix)) = (iy, ix) {
+                                        let v = x[((b * c + ch) * h + iy) * w + ix] as i32 - zp;
+                                        acc += v * wt[((o * cg + ci) * kh + ky) * kw + kx] as i32;
+                                    }
+                                }
+                            }
+                        }
+                        out.push(acc);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn pointwise_and_row_segment_im2col_match_direct_loops() {
+        let (n, c, h, w, co) = (2, 6, 7, 9, 5);
+        let x: Vec<u8> = (0..n * c * h * w).map(|i| (i * 37 % 251) as u8).collect();
+        // (kernel, strides, pads, dilations, groups): pointwise, pointwise strided (im2col),
+        // 3×3 padded asymmetric, 5×2 strided, dilated, grouped 1×1.
+        let cases: [([usize; 2], [usize; 2], [usize; 4], [usize; 2], usize); 6] = [
+            ([1, 1], [1, 1], [0; 4], [1, 1], 1),
+            ([1, 1], [2, 2], [0; 4], [1, 1], 1),
+            ([3, 3], [1, 1], [1, 2, 0, 1], [1, 1], 1),
+            ([5, 2], [2, 3], [2, 1, 2, 1], [1, 1], 1),
+            ([3, 3], [1, 1], [2, 2, 2, 2], [2, 2], 1),
+            ([1, 1], [1, 1], [0; 4], [1, 1], 2),
+        ];
+        for (kernel, strides, pads, dilations, groups) in cases {
+            let (co, cg) = (co * groups, c / groups);
+            let shape = [co, cg, kernel[0], kernel[1]];
+            let wt: Vec<i8> = (0..shape.iter().product::<usize>())
+                .map(|i| ((i * 53 % 255) as i32 - 127) as i8)
+                .collect();
+            let p = Conv2dParams {
+                strides,
+                pads,
+                dilations,
+                groups,
+            };
+            let want = direct(&x, [n, c, h, w], 77, &wt, shape, &p);
+            for bits in [8, 4] {
+                let wq: Vec<i8> = if bits == 4 {
+                    wt.iter().map(|v| v >> 4).collect()
+                } else {
+                    wt.clone()
+                };
+                let want = if bits == 4 {
+                    direct(&x, [n, c, h, w], 77, &wq, shape, &p)
+                } else {
+                    want.clone()
+                };
+                let cw = ConvWeights::new(&wq, shape, groups, bits).unwrap();
+                for backend in [Backend::Generic, Backend::Avx2] {
+                    if !backend.is_available() {
+                        continue;
+                    }
+                    let got = conv2d_with(backend, &x, [n, c, h, w], 77, &cw, &p).unwrap();
+                    assert_eq!(
+                        got.data, want,
+                        "{kernel:?} {strides:?} {pads:?} {bits} {backend:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -31,6 +31,10 @@
 //!   k-quads of 32 bytes; weight `(16p + j, 8s + 4q + e)` (`j < 16`, `q < 2`, `e < 4`) is the low
 //!   (`j < 8`) or high (`j ≥ 8`) nibble of byte `32q + 4·(j % 8) + e`, holding `w + 8`.
 //!   The micro-kernel is 4 rows × 16 channels.
+//! - AVX-512 VNNI copy of [`PackedI8`] (built at packing time when the CPU has VNNI): `K` padded
+//!   to a multiple of 4; k-quad `t` of panel `p` is 64 bytes, weight `(16p + j, 4t + e)` is byte
+//!   `4j + e`, so one `vpdpbusd` covers 16 channels × 4 k. Activations enter unsigned
+//!   (`a - T::MIN`, exact for `u8·i8`) and `(a_zp - T::MIN)·rowsum(W)` is subtracted after.
 //!
 //! Work is split over panels (output channels) across threads with `std::thread::scope` when
 //! `M·N·K ≥` [`PARALLEL_THRESHOLD`].
@@ -52,6 +56,8 @@ mod sealed {
         pub kp: usize,
         pub bits: u32,
         pub data: &'a [u8],
+        /// int8 weights in the AVX-512 VNNI layout (empty when not built).
+        pub vnni: &'a [u8],
     }
 
     pub trait SealedWeights {
@@ -167,6 +173,8 @@ pub struct PackedI8 {
     k: usize,
     kp: usize,
     data: Vec<u8>,
+    /// The VNNI layout (empty when the CPU lacks AVX-512 VNNI).
+    vnni: Vec<u8>,
     row_sums: Vec<i32>,
 }
 
@@ -182,11 +190,17 @@ impl PackedI8 {
                 data[Self::offset(kp, j, kk)] = weights[j * k + kk] as u8;
             }
         }
+        let vnni = if super::vnni_available() {
+            pack_vnni(weights, n, k)
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             n,
             k,
             kp,
             data,
+            vnni,
             row_sums: row_sums(weights, n, k),
         })
     }
@@ -204,10 +218,29 @@ impl PackedI8 {
         (p * (kp / 2) + kk / 2) * 32 + 16 * (jj / 8) + 2 * (jj % 8) + kk % 2
     }
 
-    /// Bytes of packed storage.
+    /// Bytes of packed storage (the panel layout plus, on AVX-512 VNNI CPUs, its VNNI copy).
     pub fn storage_bytes(&self) -> usize {
-        self.data.len()
+        self.data.len() + self.vnni.len()
     }
+}
+
+/// `K` padded to whole k-quads for the VNNI layout.
+fn vnni_kq(k: usize) -> usize {
+    k.next_multiple_of(4)
+}
+
+/// Row-major `[n, k]` int8 weights in the AVX-512 VNNI panel layout (see the module docs).
+fn pack_vnni(weights: &[i8], n: usize, k: usize) -> Vec<u8> {
+    let kq = vnni_kq(k);
+    let panel_bytes = kq * NR;
+    let mut data = vec![0u8; n.div_ceil(NR) * panel_bytes];
+    for j in 0..n {
+        let (p, jj) = (j / NR, j % NR);
+        for (kk, &w) in weights[j * k..(j + 1) * k].iter().enumerate() {
+            data[p * panel_bytes + (kk / 4) * 4 * NR + 4 * jj + kk % 4] = w as u8;
+        }
+    }
+    data
 }
 
 impl sealed::SealedWeights for PackedI8 {
@@ -218,6 +251,7 @@ impl sealed::SealedWeights for PackedI8 {
             kp: self.kp,
             bits: 8,
             data: &self.data,
+            vnni: &self.vnni,
         }
     }
 }
@@ -312,6 +346,7 @@ impl sealed::SealedWeights for PackedI4 {
             kp: self.kp,
             bits: 4,
             data: &self.data,
+            vnni: &[],
         }
     }
 }
@@ -381,7 +416,38 @@ pub fn gemm_with<T: Activation, W: PackedWeights + ?Sized>(
     }
     match backend {
         Backend::Generic => Ok(gemm_generic(a, m, a_zp, w)),
-        Backend::Avx2 if view.bits == 4 => {
+        Backend::Avx512Vnni if view.bits == 8 => {
+            // Raw unsigned activations `a - T::MIN`, rows zero-padded to whole k-quads; the kernel
+            // returns Σ a·w, corrected below by `- (a_zp - T::MIN)·Σw`.
+            let kq = vnni_kq(k);
+            let built;
+            let packed = if view.vnni.is_empty() {
+                built = pack_vnni(&w.to_row_major(), n, k);
+                &built[..]
+            } else {
+                view.vnni
+            };
+            let mut a8 = vec![0u8; m * kq];
+            for (dst, src) in a8.chunks_exact_mut(kq).zip(a.chunks_exact(k)) {
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = (s.to_i32() - T::MIN) as u8;
+                }
+            }
+            let mut c = run_panels(m, &view, |panels, out| {
+                dispatch_vnni(&a8, m, kq, packed, panels, out)
+            });
+            let zp = a_zp - T::MIN;
+            if zp != 0 {
+                let w_sums = w.row_sums();
+                for row in c.chunks_exact_mut(n) {
+                    for (x, &sw) in row.iter_mut().zip(w_sums) {
+                        *x -= zp * sw;
+                    }
+                }
+            }
+            Ok(c)
+        }
+        Backend::Avx2 | Backend::Avx512Vnni if view.bits == 4 => {
             // Raw unsigned activations `a - T::MIN` (u8), rows zero-padded to `kp`; the kernel
             // returns Σ a·(w + 8), corrected below by `- 8·Σa - zp·Σw`.
             let kp = view.kp;
@@ -409,7 +475,7 @@ pub fn gemm_with<T: Activation, W: PackedWeights + ?Sized>(
             }
             Ok(c)
         }
-        Backend::Avx2 => {
+        Backend::Avx2 | Backend::Avx512Vnni => {
             // `(a - a_zp)` widened to i16, rows padded to the even length `kp`.
             let kp = view.kp;
             let mut a16 = vec![0i16; m * kp];
@@ -447,6 +513,25 @@ fn dispatch_avx2_i4(
 ) {
     // SAFETY: callers reach this only after `Backend::Avx2.check()` confirmed AVX2 support.
     unsafe { super::avx2::gemm_panels_i4(a8, m, view, panels, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dispatch_vnni(
+    a8: &[u8],
+    m: usize,
+    kq: usize,
+    packed: &[u8],
+    panels: std::ops::Range<usize>,
+    out: &mut [i32],
+) {
+    // SAFETY: callers reach this only after `Backend::Avx512Vnni.check()` confirmed AVX-512F/BW
+    // and VNNI support.
+    unsafe { super::avx512::gemm_panels_vnni(a8, m, kq, packed, panels, out) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn dispatch_vnni(_: &[u8], _: usize, _: usize, _: &[u8], _: std::ops::Range<usize>, _: &mut [i32]) {
+    unreachable!("AVX-512 VNNI is never available off x86-64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -493,6 +578,12 @@ where
     } else {
         1
     };
+    if threads == 1 && n == n_panels * NR {
+        // Whole panels only: the kernel's block is `C` itself.
+        let mut c = vec![0i32; m * n];
+        kernel(0..n_panels, &mut c);
+        return c;
+    }
     let mut c = vec![0i32; m * n];
     let gather = |c: &mut [i32], panels: std::ops::Range<usize>, block: &[i32]| {
         let width = panels.len() * NR;

@@ -10,15 +10,18 @@
 //!   HAWQ-V3's "eight 4-bit values per `i32`" layout.
 //! - [`requant`]: dyadic multipliers ([`Dyadic`]) and saturating integer-only requantization.
 //! - [`gemm`](mod@gemm): `C[M,N] (i32) = (A - a_zp)·Bᵀ` for 8-bit activations (`u8` or `i8`) and 8-bit
-//!   ([`PackedI8`]) or 4-bit ([`PackedI4`]) weights, generic and AVX2 (selected at run time).
+//!   ([`PackedI8`]) or 4-bit ([`PackedI4`]) weights, generic, AVX2 and AVX-512 VNNI (selected
+//!   at run time).
 //! - [`conv`]: 2-D convolution through im2col + GEMM, and a direct depthwise kernel.
 //!
 //! Exactness: int8 weights are sign-extended to `i16` and multiplied with `vpmaddwd`
 //! (`_mm256_madd_epi16`) against `i16` activations minus zero point — never `vpmaddubsw`, whose
 //! `i16` pair sums saturate for full-range `u8·i8`. int4 weights use `vpmaddubsw` only because
 //! their offset nibbles (`w + 8 ≤ 15`) keep every pair sum far below saturation (see [`mod@gemm`]).
-//! The `i32` accumulator is exact as long as `K ≤` [`MAX_K`] (larger `K` is rejected). The AVX2
-//! and generic kernels are bit-identical (property-tested).
+//! The AVX-512 VNNI int8 kernel uses `vpdpbusd` (`u8 × i8`, four products summed into an `i32`
+//! lane without saturation) on the unsigned activations and subtracts `a_zp·rowsum(W)` after.
+//! The `i32` accumulator is exact as long as `K ≤` [`MAX_K`] (larger `K` is rejected). The AVX2,
+//! AVX-512 VNNI and generic kernels are bit-identical (property-tested).
 //!
 //! Complexity: GEMM `O(M·N·K)`; im2col conv `O(N·Cout·Ho·Wo·Cin/g·kh·kw)` time and
 //! `O(Ho·Wo·Cin/g·kh·kw)` extra memory per image and group; depthwise `O(N·Cout·Ho·Wo·kh·kw)`.
@@ -30,6 +33,8 @@ pub mod requant;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -131,12 +136,17 @@ pub enum Backend {
     Generic,
     /// x86-64 AVX2 (`vpmovsxbw` + `vpmaddwd`), chosen at run time.
     Avx2,
+    /// x86-64 AVX-512 VNNI (`vpdpbusd`, 64 multiply-accumulates per instruction) for int8
+    /// weights; int4 weights and the depthwise convolution run the AVX2 kernels.
+    Avx512Vnni,
 }
 
 impl Backend {
     /// The fastest backend this CPU supports.
     pub fn best() -> Backend {
-        if Backend::Avx2.is_available() {
+        if Backend::Avx512Vnni.is_available() {
+            Backend::Avx512Vnni
+        } else if Backend::Avx2.is_available() {
             Backend::Avx2
         } else {
             Backend::Generic
@@ -148,6 +158,7 @@ impl Backend {
         match self {
             Backend::Generic => true,
             Backend::Avx2 => avx2_available(),
+            Backend::Avx512Vnni => vnni_available(),
         }
     }
 
@@ -167,6 +178,20 @@ fn avx2_available() -> bool {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2_available() -> bool {
+    false
+}
+
+/// AVX-512 VNNI kernels also need AVX2 (int4 weights and depthwise rows run the AVX2 kernels).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn vnni_available() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn vnni_available() -> bool {
     false
 }
 
