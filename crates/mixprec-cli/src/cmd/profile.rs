@@ -94,7 +94,7 @@ pub fn run(a: Args) -> Result<()> {
 fn print_table(model: &str, p: &LatencyProfile) {
     let m = &p.meta;
     println!(
-        "model {model}  batch {}  cpu {}  backend {} (avx2 {}, avx512-vnni {} unused)  threads {}  \
+        "model {model}  batch {}  cpu {}  backend {} (avx2 {}, avx512-vnni {})  threads {}  \
          median of ≤{} reps",
         m.batch,
         m.cpu,
