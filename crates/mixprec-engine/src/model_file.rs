@@ -16,6 +16,11 @@
 //! | `b` | packed weight codes, each layer as an LSB-first bit stream at its own width |
 //! | 8 | FNV-1a 64 checksum of everything before it |
 //!
+//! Version 2 adds the input normalisation of the input quantization step (`ops` of
+//! [`Step::Quantize`], see [`crate::model::InputOp`]); a model without it is written as version 1,
+//! byte for byte what earlier builds wrote, so they still read it. This build reads both; a
+//! version-1 file that carries input normalisation is rejected.
+//!
 //! Reading checks the magic, version, every length, the checksum and then the whole model
 //! ([`QuantModel::validate`]), so a truncated or corrupt file is an error, never a panic.
 //! Complexity: linear in the file size.

@@ -194,9 +194,9 @@ pub struct ProfileMeta {
     pub cpu: String,
     /// Whether the CPU has AVX2.
     pub avx2: bool,
-    /// Whether the CPU has AVX-512 VNNI (informational: the engine's kernels do not use it).
+    /// Whether the CPU has AVX-512 VNNI (the int8 kernels use it when present).
     pub avx512_vnni: bool,
-    /// Integer backend used (`avx2` or `generic`).
+    /// Integer backend used (`avx512vnni`, `avx2` or `generic`).
     pub backend: String,
     /// Threads the kernels were allowed to use.
     pub threads: usize,

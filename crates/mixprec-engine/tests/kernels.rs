@@ -305,6 +305,32 @@ proptest! {
     }
 }
 
+/// Long reductions: the VNNI kernel splits `K` into cache blocks of 512 and adds the partial
+/// sums in the output; K = 1301 gives two full blocks and a ragged one (not a multiple of 4).
+#[test]
+fn vnni_long_k_blocks_match_generic() {
+    if !Backend::Avx512Vnni.is_available() {
+        eprintln!(
+            "AVX-512 VNNI not available on this CPU: vnni_long_k_blocks_match_generic skipped"
+        );
+        return;
+    }
+    let (m, n, k) = (13, 70, 1301);
+    let a: Vec<u8> = (0..m * k).map(|i| (i * 7919 % 256) as u8).collect();
+    let w: Vec<i8> = (0..n * k)
+        .map(|i| (i * 104_729 % 256) as u8 as i8)
+        .collect();
+    let p8 = PackedI8::new(&w, n, k).unwrap();
+    for zp in [0, 91, 255] {
+        let expect = naive_gemm(&a, m, zp, &w, n, k);
+        assert_eq!(gemm_with(Backend::Generic, &a, m, zp, &p8).unwrap(), expect);
+        assert_eq!(
+            gemm_with(Backend::Avx512Vnni, &a, m, zp, &p8).unwrap(),
+            expect
+        );
+    }
+}
+
 #[test]
 fn best_backend_prefers_vnni() {
     let best = Backend::best();

@@ -624,7 +624,8 @@ mod tests {
         let x: Vec<u8> = (0..n * c * h * w).map(|i| (i * 37 % 251) as u8).collect();
         // (kernel, strides, pads, dilations, groups): pointwise, pointwise strided (im2col),
         // 3×3 padded asymmetric, 5×2 strided, dilated, grouped 1×1.
-        let cases: [([usize; 2], [usize; 2], [usize; 4], [usize; 2], usize); 6] = [
+        type Case = ([usize; 2], [usize; 2], [usize; 4], [usize; 2], usize);
+        let cases: [Case; 6] = [
             ([1, 1], [1, 1], [0; 4], [1, 1], 1),
             ([1, 1], [2, 2], [0; 4], [1, 1], 1),
             ([3, 3], [1, 1], [1, 2, 0, 1], [1, 1], 1),
