@@ -1181,7 +1181,7 @@ impl<'a> Dfs<'a> {
                 c.sort_by(|a, b| a.0.total_cmp(&b.0));
                 cand[t] = c;
                 if self.nodes >= self.limits.node_limit
-                    || (self.nodes % 64 == 0
+                    || (self.nodes.is_multiple_of(64)
                         && self.limits.deadline.is_some_and(|dl| Instant::now() >= dl))
                 {
                     return true;

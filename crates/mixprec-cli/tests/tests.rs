@@ -509,7 +509,15 @@ fn infeasible_and_malformed_budgets_are_clear_errors() {
     fails_clearly(
         &run_in(
             d,
-            &["quantize", "--budget", "size=1%", "--limit", "10", "--samples", "8"],
+            &[
+                "quantize",
+                "--budget",
+                "size=1%",
+                "--limit",
+                "10",
+                "--samples",
+                "8",
+            ],
         ),
         &["smallest"],
     );
@@ -522,7 +530,10 @@ fn infeasible_and_malformed_budgets_are_clear_errors() {
         &["--lut"],
     );
     fails_clearly(
-        &run_in(d, &["quantize", "--budget", "wbits=3", "--allocator", "magic"]),
+        &run_in(
+            d,
+            &["quantize", "--budget", "wbits=3", "--allocator", "magic"],
+        ),
         &["magic"],
     );
 }
@@ -548,10 +559,7 @@ fn compare_runs_every_allocator_and_ilp_is_optimal() {
     let rows = v["rows"].as_array().unwrap();
     assert!(rows.len() >= 9, "{}", rows.len());
     let max = v["budgets"][0]["max"].as_f64().unwrap();
-    let ilp = rows
-        .iter()
-        .find(|r| r["allocator"] == "ilp")
-        .unwrap()["result"]["objective"]
+    let ilp = rows.iter().find(|r| r["allocator"] == "ilp").unwrap()["result"]["objective"]
         .as_f64()
         .unwrap();
     for r in rows {
@@ -560,7 +568,11 @@ fn compare_runs_every_allocator_and_ilp_is_optimal() {
             continue;
         }
         let obj = r["result"]["objective"].as_f64().unwrap();
-        assert!(obj >= ilp * (1.0 - 1e-9), "{} beat ilp: {obj} < {ilp}", r["allocator"]);
+        assert!(
+            obj >= ilp * (1.0 - 1e-9),
+            "{} beat ilp: {obj} < {ilp}",
+            r["allocator"]
+        );
         let size = r["result"]["costs"]
             .as_array()
             .unwrap()
@@ -586,6 +598,9 @@ fn demo_runs_on_the_built_in_default() {
         .unwrap();
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(out.contains("ilp (chosen)") && out.contains("report.html"), "{out}");
+    assert!(
+        out.contains("ilp (chosen)") && out.contains("report.html"),
+        "{out}"
+    );
     assert!(dir.path().join("mixprec-demo/report.html").is_file());
 }

@@ -175,7 +175,7 @@ pub enum Preprocess {
 impl Preprocess {
     /// Converts `n × c × hw` pixel bytes into f32 values.
     pub fn apply(&self, pixels: &[u8], c: usize, hw: usize) -> Result<Vec<f32>> {
-        if c == 0 || hw == 0 || pixels.len() % (c * hw) != 0 {
+        if c == 0 || hw == 0 || !pixels.len().is_multiple_of(c * hw) {
             return Err(DataError::InvalidArgument(format!(
                 "{} pixel bytes do not form whole images of {c} channels x {hw} pixels",
                 pixels.len()

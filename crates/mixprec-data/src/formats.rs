@@ -166,7 +166,7 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
 /// Parses decompressed CIFAR-10 binary bytes: records of 1 label byte then R, G, B planes.
 /// Labels must be below 10. `path` is only used in error messages.
 pub fn parse_cifar10(bytes: &[u8], path: &Path) -> Result<CifarRecords> {
-    if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR_RECORD) {
         return Err(DataError::BadCifarSize {
             path: path.to_path_buf(),
             len: bytes.len() as u64,

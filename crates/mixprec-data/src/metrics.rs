@@ -39,7 +39,7 @@ fn check_logits(logits: &[f32], n_classes: usize, n: usize) -> Result<()> {
 
 /// Argmax of each row of `logits` (`n × n_classes`, row-major); `None` for an all-NaN row.
 pub fn predictions(logits: &[f32], n_classes: usize) -> Result<Vec<Option<usize>>> {
-    if n_classes == 0 || logits.len() % n_classes != 0 {
+    if n_classes == 0 || !logits.len().is_multiple_of(n_classes) {
         return Err(DataError::InvalidArgument(format!(
             "{} logits do not form rows of {n_classes} classes",
             logits.len()

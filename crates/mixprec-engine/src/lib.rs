@@ -42,4 +42,4 @@ pub mod simulate;
 pub use error::{EngineError, Result};
 pub use kernels::Backend;
 pub use lower::{lower, lower_with_data, lower_with_ranges, ActivationRanges};
-pub use model::{ActParams, QuantModel, Step, TensorInfo, Trace};
+pub use model::{ActParams, InputOp, InputOpKind, QuantModel, Step, TensorInfo, Trace};

@@ -519,7 +519,7 @@ fn workloads(g: &Graph, layers: &[Layer], batch: usize) -> Result<Vec<Workload>>
         .unwrap_or(1);
     let inf = infer(g, &shapes)?;
     let scale = |layer: &str, rows: usize| -> Result<usize> {
-        if rows % base != 0 {
+        if !rows.is_multiple_of(base) {
             return Err(unsupported(
                 layer,
                 format!(

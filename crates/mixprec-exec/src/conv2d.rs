@@ -84,7 +84,7 @@ impl Geom {
         if groups == 0 || stride.0 == 0 || stride.1 == 0 || dilation.0 == 0 || dilation.1 == 0 {
             bail!("conv2d: groups, strides and dilations must be positive, got {p:?}")
         }
-        if c % groups != 0 || m % groups != 0 {
+        if !c.is_multiple_of(groups) || !m.is_multiple_of(groups) {
             bail!(
                 "conv2d: {c} input and {m} output channels are not both divisible by {groups} groups"
             )

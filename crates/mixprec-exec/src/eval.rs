@@ -63,7 +63,7 @@ impl Executor {
         hook: Option<&dyn LayerHook>,
     ) -> Result<Tensor> {
         let per: usize = sample_shape.iter().product();
-        if per == 0 || images.len() % per != 0 {
+        if per == 0 || !images.len().is_multiple_of(per) {
             return Err(ExecError::Invalid(format!(
                 "{} values do not form images of shape {sample_shape:?}",
                 images.len()

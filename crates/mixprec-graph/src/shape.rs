@@ -64,7 +64,7 @@ pub fn reshape_target(
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| format!("target shape {spec:?} is too large"))?;
     if let Some(i) = infer_at {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot infer -1: {total} elements into {spec:?}"));
         }
         out[i] = total / known;

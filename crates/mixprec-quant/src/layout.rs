@@ -110,7 +110,7 @@ impl Blocks {
             Granularity::Channel => (layout.channels(), layout.channel_len()),
             Granularity::Group(n) => {
                 let len = layout.channel_len();
-                if n == 0 || len % n != 0 {
+                if n == 0 || !len.is_multiple_of(n) {
                     return Err(QuantError::GroupSize { group: n, len });
                 }
                 (numel / n, n)

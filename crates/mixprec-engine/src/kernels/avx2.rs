@@ -123,7 +123,7 @@ pub(super) unsafe fn gemm_panels_i4(
     let steps = kp / 8;
     let width = panels.len() * NR;
     let panel_bytes = steps * 64;
-    assert!(view.bits == 4 && kp % 8 == 0 && a8.len() == m * kp && out.len() == m * width);
+    assert!(view.bits == 4 && kp.is_multiple_of(8) && a8.len() == m * kp && out.len() == m * width);
     assert!(panels.end * panel_bytes <= view.data.len());
     for (pi, p) in panels.enumerate() {
         let b = view.data.as_ptr().add(p * panel_bytes);

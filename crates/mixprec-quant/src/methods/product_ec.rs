@@ -97,7 +97,7 @@ impl ProductEc {
     /// the weight's elements per output channel (im2col patch length for a convolution).
     pub fn with_inputs(mut self, inputs: &[f32], n_samples: usize) -> Result<Self> {
         check_finite(inputs, "calibration inputs")?;
-        if n_samples == 0 || inputs.len() % n_samples != 0 {
+        if n_samples == 0 || !inputs.len().is_multiple_of(n_samples) {
             return Err(QuantError::InvalidArgument(format!(
                 "{} calibration values cannot form {n_samples} samples of equal length",
                 inputs.len()
