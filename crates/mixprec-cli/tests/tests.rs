@@ -394,6 +394,18 @@ fn json_ok(o: &Output) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
+/// The `model-size` cost of an evaluated policy in the JSON output.
+fn model_size_cost(e: &serde_json::Value) -> f64 {
+    e["costs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c[0] == "model-size")
+        .unwrap()[1]
+        .as_f64()
+        .unwrap()
+}
+
 const BUDGET_RUN: &[&str] = &[
     "quantize",
     "--model",
@@ -437,14 +449,7 @@ fn budgeted_quantize_writes_files_deterministically_and_apply_reproduces_it() {
     assert_eq!(runs[1]["sensitivity_cached"], true);
     let v = &runs[0];
     let max = v["budgets"][0]["max"].as_f64().unwrap();
-    let size = v["chosen"]["costs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c[0] == "model-size")
-        .unwrap()[1]
-        .as_f64()
-        .unwrap();
+    let size = model_size_cost(&v["chosen"]);
     assert!(size <= max * (1.0 + 1e-9), "{size} > {max}");
     let bits: Vec<u64> = v["chosen"]["weight_bits"]
         .as_array()
@@ -573,14 +578,7 @@ fn compare_runs_every_allocator_and_ilp_is_optimal() {
             "{} beat ilp: {obj} < {ilp}",
             r["allocator"]
         );
-        let size = r["result"]["costs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c[0] == "model-size")
-            .unwrap()[1]
-            .as_f64()
-            .unwrap();
+        let size = model_size_cost(&r["result"]);
         assert!(size <= max * (1.0 + 1e-9), "{} over budget", r["allocator"]);
     }
 }
