@@ -602,3 +602,85 @@ fn demo_runs_on_the_built_in_default() {
     );
     assert!(dir.path().join("mixprec-demo/report.html").is_file());
 }
+
+/// `profile` writes a LUT for every layer and option that `quantize --budget latency=…`
+/// reads; the chosen policy's LUT latency is within the budget. `report` re-renders a
+/// report.json and refuses a damaged one.
+#[test]
+fn profile_lut_drives_a_latency_budget_and_report_rerenders() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = run_in(
+        d,
+        &[
+            "profile",
+            "--model",
+            "default",
+            "--options",
+            "w2a8,w4a8,w8a8",
+            "--reps",
+            "3",
+            "--out",
+            "lut.json",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("conv1") && out.contains("w32a32"), "{out}");
+    let lut: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("lut.json")).unwrap()).unwrap();
+    for l in ["conv1", "conv2", "fc1", "fc2", "fc3"] {
+        for k in ["w2a8", "w4a8", "w8a8", "w32a32"] {
+            let ms = lut["layers"][l][k].as_f64().unwrap();
+            assert!(ms.is_finite() && ms > 0.0, "{l} {k}: {ms}");
+        }
+    }
+    let v = json_ok(&run_in(
+        d,
+        &[
+            "quantize",
+            "--budget",
+            "latency=1000%",
+            "--budget",
+            "size=11%",
+            "--lut",
+            "lut.json",
+            "--options",
+            "w2,w4,w8",
+            "--limit",
+            "100",
+            "--samples",
+            "8",
+            "--pareto",
+            "0",
+            "--no-engine",
+            "--out",
+            "lat",
+            "--json",
+        ],
+    ));
+    let lat_max = v["budgets"][0]["max"].as_f64().unwrap();
+    let lat = v["chosen"]["costs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c[0] == "latency")
+        .unwrap()[1]
+        .as_f64()
+        .unwrap();
+    assert!(lat <= lat_max * (1.0 + 1e-9), "{lat} > {lat_max}");
+
+    let o = run_in(
+        d,
+        &["report", "--from", "lat/report.json", "--out", "again.html"],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let html = std::fs::read_to_string(d.join("again.html")).unwrap();
+    assert!(html.matches("<svg").count() >= 3 && html.contains("fc1"));
+    std::fs::write(d.join("bad.json"), "{\"version\": 1, \"title\": 3}").unwrap();
+    fails_clearly(
+        &run_in(d, &["report", "--from", "bad.json", "--out", "bad.html"]),
+        &["bad.json"],
+    );
+    assert!(!d.join("bad.html").exists());
+}
