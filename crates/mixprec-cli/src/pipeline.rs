@@ -98,13 +98,21 @@ pub struct Session {
     pub seed: u64,
 }
 
-/// `tensor` or `channel`.
+/// `tensor`, `channel`, or `g<N>` / `group<N>` (groups of N inside each channel).
 pub fn parse_granularity(s: &str) -> Result<Granularity> {
-    match s {
-        "tensor" => Ok(Granularity::Tensor),
-        "channel" => Ok(Granularity::Channel),
-        _ => bail!("--granularity {s}: use channel or tensor"),
-    }
+    Ok(match s {
+        "tensor" => Granularity::Tensor,
+        "channel" => Granularity::Channel,
+        g => match g
+            .strip_prefix("group")
+            .or_else(|| g.strip_prefix('g'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+        {
+            Some(n) => Granularity::Group(n),
+            None => bail!("--granularity {s}: use tensor, channel or g<N> (e.g. g16)"),
+        },
+    })
 }
 
 /// The data set name for a model: `--data`, else the embedded subset for `default`, else
@@ -151,6 +159,9 @@ impl Session {
     /// Loads the model and data and calibrates every layer input.
     pub fn open(a: &CommonArgs) -> Result<Self> {
         let granularity = parse_granularity(a.granularity.as_deref().unwrap_or("channel"))?;
+        if let Granularity::Group(_) = granularity {
+            bail!("--granularity: mixed precision supports channel or tensor (the size cost counts one scale per channel or per tensor)");
+        }
         let activation = QScheme::new(
             QuantKind::Uniform,
             a.activation_bits,

@@ -5,7 +5,7 @@
 
 use super::data;
 use super::mixed::MixedArgs;
-use crate::pipeline::{calibration_set, CommonArgs};
+use crate::pipeline::{calibration_set, parse_granularity, CommonArgs};
 use crate::progress::bar;
 use anyhow::{bail, Context, Result};
 use mixprec_data::Split;
@@ -60,25 +60,6 @@ fn parse_bits(spec: &str) -> Result<(u8, Option<u8>)> {
     let w: u8 = w.parse().map_err(|_| bad())?;
     let a = a.map(|a| a.parse::<u8>().map_err(|_| bad())).transpose()?;
     Ok((w, a))
-}
-
-/// `tensor`, `channel`, `g64` / `group64`.
-fn parse_granularity(s: &str) -> Result<Granularity> {
-    Ok(match s {
-        "tensor" => Granularity::Tensor,
-        "channel" => Granularity::Channel,
-        g => {
-            let n = g
-                .strip_prefix("group")
-                .or_else(|| g.strip_prefix('g'))
-                .and_then(|n| n.parse::<usize>().ok())
-                .filter(|&n| n > 0);
-            match n {
-                Some(n) => Granularity::Group(n),
-                None => bail!("--granularity {s}: use tensor, channel or g<N> (e.g. g16)"),
-            }
-        }
-    })
 }
 
 /// Run `quantize`: budget mode with `--budget`, uniform mode with `--uniform`.

@@ -6,6 +6,7 @@
 //! every layer quantized.
 
 use super::data::{self, Scale};
+use crate::pipeline::parse_granularity;
 use anyhow::{bail, Context, Result};
 use mixprec_data::Dataset;
 use mixprec_data::{calibration_subset, Split};
@@ -14,7 +15,7 @@ use mixprec_exec::sensitivity::{
     build_metric, OptionTarget, SensCtx, SensOption, SensitivityTable, METRICS,
 };
 use mixprec_exec::{distill, evaluate, DistillConfig, Executor, FakeQuant};
-use mixprec_quant::{Granularity, Policy};
+use mixprec_quant::Policy;
 
 /// Arguments of `sensitivity`.
 #[derive(clap::Args)]
@@ -78,22 +79,6 @@ pub struct Args {
     /// List the metrics and exit.
     #[arg(long)]
     pub list: bool,
-}
-
-fn parse_granularity(s: &str) -> Result<Granularity> {
-    Ok(match s {
-        "tensor" => Granularity::Tensor,
-        "channel" => Granularity::Channel,
-        g => match g
-            .strip_prefix("group")
-            .or_else(|| g.strip_prefix('g'))
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-        {
-            Some(n) => Granularity::Group(n),
-            None => bail!("--granularity {s}: use tensor, channel or g<N> (e.g. g16)"),
-        },
-    })
 }
 
 /// Run `sensitivity`.
