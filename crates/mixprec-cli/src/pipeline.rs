@@ -376,12 +376,12 @@ pub fn sensitivity(
     let key = {
         let mut h = fnv1a(&model_bytes(&s.model)?, 0xcbf2_9ce4_8422_2325);
         let desc = format!(
-            "{metric}|{config}|{}|{}|{:?}|{samples}|{}|{}",
+            "{metric}|{config}|{}|{}|{:?}|{samples}|{}|{:?}",
             s.data,
             labels.join(","),
             s.granularity,
             s.seed,
-            s.calib.name
+            s.scale
         );
         h = fnv1a(desc.as_bytes(), h);
         format!("{metric}-{h:016x}.json")
@@ -661,11 +661,7 @@ pub fn build_problem(
             bail!("--budget {b}: a latency budget needs --lut FILE (measure one with `mixprec profile`)");
         }
         if let Some(t) = p.cost_table(&spec.cost) {
-            let least = spec.cost.combine((0..infos.len()).map(|l| {
-                (0..options.len())
-                    .map(|o| t.get(l, o))
-                    .fold(f64::INFINITY, f64::min)
-            }));
+            let least = spec.cost.combine(layer_extremes(&p, t, false));
             if least > spec.max * (1.0 + mixprec_alloc::BUDGET_RTOL) {
                 let smallest = match spec.cost {
                     CostKind::ModelSize => {
@@ -757,6 +753,23 @@ pub fn add_layer_extras(
     Ok(())
 }
 
+/// Per layer, the cost in `t` of its cheapest (or, with `dearest`, its most expensive)
+/// allowed option.
+fn layer_extremes(p: &AllocationProblem, t: &Table, dearest: bool) -> Vec<f64> {
+    (0..p.layers.len())
+        .map(|l| {
+            let costs = (0..p.options.len())
+                .filter(|&o| p.mask_allows(l, o))
+                .map(|o| t.get(l, o));
+            if dearest {
+                costs.fold(f64::NEG_INFINITY, f64::max)
+            } else {
+                costs.fold(f64::INFINITY, f64::min)
+            }
+        })
+        .collect()
+}
+
 /// The weight bits per layer of a choice.
 pub fn choice_bits(p: &AllocationProblem, choice: &[usize]) -> Vec<u32> {
     choice.iter().map(|&o| p.options[o].weight_bits).collect()
@@ -825,22 +838,8 @@ pub fn frontier_choices(
         return Ok(Vec::new());
     };
     let t = p.cost_table(&axis).context("no table for the front axis")?;
-    let lo: f64 = (0..p.layers.len())
-        .map(|l| {
-            (0..p.options.len())
-                .filter(|&o| p.mask_allows(l, o))
-                .map(|o| t.get(l, o))
-                .fold(f64::INFINITY, f64::min)
-        })
-        .sum();
-    let hi: f64 = (0..p.layers.len())
-        .map(|l| {
-            (0..p.options.len())
-                .filter(|&o| p.mask_allows(l, o))
-                .map(|o| t.get(l, o))
-                .fold(f64::NEG_INFINITY, f64::max)
-        })
-        .sum();
+    let lo: f64 = layer_extremes(p, t, false).iter().sum();
+    let hi: f64 = layer_extremes(p, t, true).iter().sum();
     let mut out: Vec<Vec<usize>> = Vec::new();
     let n = points.max(2);
     for i in 0..n {
@@ -923,12 +922,8 @@ pub fn engine_accuracy(s: &Session, model: &mixprec_engine::QuantModel) -> Resul
             .with_context(|| format!("running the integer engine on {}", s.data))?;
         for (i, &label) in y.iter().enumerate() {
             let row = &out[i * classes..(i + 1) * classes];
-            let arg = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |(j, _)| j);
-            correct += usize::from(arg == label as usize);
+            let pred = mixprec_data::argmax(row);
+            correct += usize::from(pred == Some(label as usize));
         }
         start += len;
         pb.set_position(start as u64);

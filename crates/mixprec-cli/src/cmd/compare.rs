@@ -3,7 +3,7 @@
 //! one table (accuracy, size, BOPs, latency, search time) and one chart. Survey §4.1 notes
 //! that its frameworks were never compared on equal terms; this command does that.
 
-use super::mixed::{json_arg, MixedArgs};
+use super::mixed::{cost_of, MixedArgs};
 use crate::pipeline::{
     self, build_problem, evaluate_choice, human_bytes, parse_weight_options, sensitivity, solve,
     write_file, CommonArgs, Evaluated, Session,
@@ -79,7 +79,7 @@ pub fn compare(
     }
     let wbits = parse_weight_options(&m.options)?;
     let metric_config = m.metric_config()?;
-    let alloc_config = json_arg(m.allocator_config.as_deref(), "--allocator-config")?;
+    let alloc_config = m.allocator_config()?;
     for n in names {
         mixprec_alloc::allocator(n, &serde_json::Value::Null)
             .with_context(|| format!("--allocators {n}"))?;
@@ -258,16 +258,9 @@ pub fn print_comparison(c: &Comparison) {
         "allocator / metric", "top-1 %", "size", "bits", "BOPs", "latency", "search ms", "Σ sens"
     );
     let line = |label: &str, e: &Evaluated, ms: Option<f64>| {
-        let lat = e
-            .costs
-            .iter()
-            .find(|(k, _)| *k == CostKind::Latency)
-            .map_or("-".to_string(), |(_, v)| format!("{v:.3} ms"));
-        let bops = e
-            .costs
-            .iter()
-            .find(|(k, _)| *k == CostKind::Bops)
-            .map_or("-".to_string(), |(_, v)| crate::cmd::si(*v as u64));
+        let lat = cost_of(e, &CostKind::Latency).map_or("-".to_string(), |v| format!("{v:.3} ms"));
+        let bops =
+            cost_of(e, &CostKind::Bops).map_or("-".to_string(), |v| crate::cmd::si(v as u64));
         println!(
             "{:<30} {:>8.2} {:>10} {:>8.2} {:>9} {:>10} {:>10} {:>12.4e}",
             label,

@@ -346,11 +346,7 @@ fn additivity(ctx: &SensCtx, table: &SensitivityTable, seed: u64) -> Result<Vec<
 
 /// FNV-1a (64-bit) of the model bytes and every argument that changes the table, in hex.
 fn cache_key(a: &Args, model: &str, data: &str) -> Result<String> {
-    let bytes = if model == crate::model::DEFAULT_MODEL {
-        crate::model::DEFAULT_WEIGHTS.to_vec()
-    } else {
-        std::fs::read(model).with_context(|| format!("reading {model} for the cache key"))?
-    };
+    let bytes = crate::pipeline::model_bytes(model)?;
     let args = format!(
         "{}|{}|{data}|{:?}|{}|{}|{}|{}|{}|{}",
         a.metric,
@@ -367,12 +363,10 @@ fn cache_key(a: &Args, model: &str, data: &str) -> Result<String> {
             0
         }
     );
-    let h = bytes
+    let h = [&bytes[..], &[0u8], args.as_bytes()]
         .iter()
-        .chain([0u8].iter())
-        .chain(args.as_bytes())
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, part| {
+            crate::pipeline::fnv1a(part, h)
         });
     Ok(format!("{}-{h:016x}", a.metric))
 }
