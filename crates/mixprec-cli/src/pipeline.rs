@@ -96,6 +96,8 @@ pub struct Session {
     pub scale: Scale,
     /// Seed.
     pub seed: u64,
+    /// Calibration observer of the activation ranges.
+    pub observer: String,
 }
 
 /// `tensor`, `channel`, or `g<N>` / `group<N>` (groups of N inside each channel).
@@ -210,6 +212,7 @@ impl Session {
             batch: a.batch.max(1),
             scale: a.scale,
             seed: a.seed,
+            observer: a.observer.clone(),
         })
     }
 
@@ -905,6 +908,41 @@ pub fn lower_policy(s: &Session, policy: &Policy) -> Result<mixprec_engine::Quan
     let model =
         mixprec_engine::lower_with_data(s.exec.graph(), policy, &s.ranges, images, s.calib.n)?;
     Ok(model)
+}
+
+/// Writes `policy` as a QDQ ONNX model at `path` and says which form it has. The full form (Q/DQ
+/// on every activation tensor, calibrated on the session's images) is the one ONNX Runtime fuses
+/// into integer kernels; when the graph cannot take it, the inputs-only form (Q/DQ on weights and
+/// layer inputs) is written instead and the reason is returned.
+pub fn save_qdq(
+    s: &Session,
+    policy: &Policy,
+    ranges: &ActivationRanges,
+    int4: bool,
+    path: &Path,
+) -> Result<Option<String>> {
+    use mixprec_exec::qdq::{self, QdqOptions};
+    let opts = QdqOptions { int4 };
+    let full = qdq::qdq_plan(s.exec.graph(), policy)
+        .map_err(anyhow::Error::from)
+        .and_then(|plan| {
+            let own = plan.own_range_tensors();
+            let tensors = qdq::calibrate_tensors(&s.exec, &s.calib, &s.observer, &own)?;
+            qdq::save_qdq_full(s.exec.graph(), policy, ranges, &tensors, opts, path)?;
+            Ok(())
+        });
+    match full {
+        Ok(()) => Ok(None),
+        Err(e) => {
+            qdq::save_qdq(s.exec.graph(), policy, ranges, opts, path)
+                .with_context(|| format!("exporting {}", path.display()))?;
+            Ok(Some(format!(
+                "{} has Q/DQ on weights and layer inputs only, which ONNX Runtime runs in float \
+                 (the fully quantized form failed: {e:#})",
+                path.display()
+            )))
+        }
+    }
 }
 
 /// Top-1 accuracy (%) of an integer-engine model on the session's test images.

@@ -4,7 +4,7 @@
 //! for, measures float and quantized top-1 and the stored size, and with `--out` writes the
 //! QDQ model and the policy next to it.
 
-use crate::pipeline::{human_bytes, write_file, CommonArgs, Session};
+use crate::pipeline::{self, human_bytes, write_file, CommonArgs, Session};
 use anyhow::{Context, Result};
 use mixprec_exec::{calibrate, check_policy, evaluate, FakeQuant, LayerQuantInfo};
 use mixprec_quant::Policy;
@@ -68,14 +68,9 @@ pub fn run(a: Args) -> Result<()> {
             (policy.to_json() + "\n").as_bytes(),
         )?);
         let onnx = dir.join("model.onnx");
-        mixprec_exec::qdq::save_qdq(
-            s.exec.graph(),
-            &policy,
-            &ranges,
-            mixprec_exec::qdq::QdqOptions { int4: a.int4 },
-            &onnx,
-        )
-        .with_context(|| format!("exporting {}", onnx.display()))?;
+        if let Some(warning) = pipeline::save_qdq(&s, &policy, &ranges, a.int4, &onnx)? {
+            eprintln!("warning: {warning}");
+        }
         files.push(onnx);
     }
     let secs = t0.elapsed().as_secs_f64();

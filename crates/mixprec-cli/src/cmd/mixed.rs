@@ -278,14 +278,9 @@ pub fn run_mixed(c: &CommonArgs, m: &MixedArgs, out: &Path) -> Result<Outcome> {
         (p.to_json() + "\n").as_bytes(),
     )?);
     let onnx = out.join("model.onnx");
-    mixprec_exec::qdq::save_qdq(
-        s.exec.graph(),
-        &policy,
-        &s.ranges,
-        mixprec_exec::qdq::QdqOptions { int4: m.int4 },
-        &onnx,
-    )
-    .with_context(|| format!("exporting {}", onnx.display()))?;
+    if let Some(warning) = pipeline::save_qdq(&s, &policy, &s.ranges, m.int4, &onnx)? {
+        eprintln!("warning: {warning}");
+    }
     files.push(onnx);
 
     let (mut engine_accuracy, mut engine_error, mut engine_file_bytes) = (None, None, None);
