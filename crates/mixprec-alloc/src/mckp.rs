@@ -25,24 +25,32 @@
 //!      Lagrangian-relaxed, tabulated per suffix of groups — O(m) per node; with two rows the
 //!      other row's multiplier is tuned for the best root bound,
 //!    - the LP relaxation of each row alone and of the λ-weighted surrogate row (segments of the
-//!      groups' convex hulls merged by slope), and a cheapest-completion feasibility test;
+//!      groups' convex hulls merged by slope; per-level running sums read by binary search
+//!      when they fit), and a cheapest-completion feasibility test;
 //! 7. with two rows, when the depth-first search has not finished within
-//!    [`Limits::dfs_first_nodes`] nodes, the bounded dominance programme over the core
-//!    (module `core_dp`): states `(Δc₁, Δc₂, Δf)` relative to the Lagrangian solution, one
-//!    group at a time, dominated states and states whose suffix bound reaches a threshold `θ`
-//!    dropped. A bisection over `θ` gives a proven lower bound; rounds of growing `θ` (each
-//!    seeded by a beam search over the same core) then prove that no solution lies below `θ` or
-//!    return the best one below it.
+//!    [`Limits::dfs_first_nodes`] nodes (or is skipped because more than
+//!    [`Limits::dfs_max_groups`] groups are undecided), the bounded dominance programme over
+//!    the core (module `core_dp`): states `(Δc₁, Δc₂, Δf)` relative to the Lagrangian
+//!    solution, one group at a time, dominated states and states whose suffix bound reaches a
+//!    threshold `θ` dropped. A bisection over `θ` gives a proven lower bound; rounds of growing
+//!    `θ` (each a beam search over one shared core, repeated exactly only when the beam dropped
+//!    states) then prove that no solution lies below `θ` or return the best one below it. The
+//!    rounds' suffix bounds use several multipliers for the relaxed row (the partial
+//!    Lagrangian dual of a state is not maximised by the root's multiplier).
 //!
 //! The result is optimal up to a relative tolerance of 1e-9 in objective (1e-12 in the core
 //! programme) and budgets; when a node or time limit stops the search, the solver says so and
 //! reports the best solution and a proven lower bound ([`Failure::Limit`]) instead of a guess.
 //! Complexity: presolve `O(Σ_g k_g² m)`, Lagrangian `O(N log N)` per coordinate step (N items),
 //! DP tables `O(K · C · k)` for K undecided groups and C ≤ 16384 cells, branch and bound and
-//! the core programme exponential in the worst case. Measured (random HAWQ-like instances,
-//! `examples/solve_bench.rs`): one budget, 2000 layers × 6 options in ~30 ms; size + BOPs
-//! budgets: 54 × 4 in ~30 ms (depth-first search), 560 × 6 and 2000 × 6 in about 1.5–2 s of
-//! CPU (core programme, a few million states).
+//! the core programme exponential in the worst case. Measured (random HAWQ-like instances of
+//! `bench/alloc/pulp_compare.py`, `examples/solve_bench.rs`, 2 cores under a load average of
+//! ≈ 8): one budget, 2000 layers × 6 options in ~30 ms; size + BOPs budgets: 54 × 4 in
+//! ~1.5–2.5 ms (depth-first search, ≈ 13 k nodes), 560 × 6 in ~75–110 ms (≈ 0.25 M states)
+//! and 2000 × 6 in ~120–140 ms (≈ 0.9 M states) in the core programme, where building the
+//! bound tables takes about two thirds of the time. Some other random instances of 560 and
+//! 2000 layers with a large integrality gap still run into the state limit (and report a
+//! proven bound).
 
 use std::time::Instant;
 
@@ -51,11 +59,25 @@ use crate::problem::fits;
 /// Cells of the core programme's suffix bound tables (over all rows and groups).
 const CORE_CELLS: usize = 4_000_000;
 /// Cells of the depth-first search's per-row bound tables (over all rows and groups).
-const DFS_TABLE_CELLS: usize = 1_000_000;
+const DFS_TABLE_CELLS: usize = 100_000;
+/// Cells per group of the coarse tables that tune the other row's multiplier (depth-first).
+const DFS_TUNE_CELLS: usize = 256;
+/// Golden-section steps of that tuning.
+const DFS_TUNE_STEPS: usize = 4;
+/// Default of [`Limits::dfs_max_groups`].
+const DFS_MAX_GROUPS: usize = 120;
 /// Width of the beam search that seeds the incumbent.
 const BEAM: usize = 20_000;
 /// Bisection steps for the core's proven lower bound.
 const BISECT_STEPS: usize = 10;
+/// Growth of the threshold step between rounds of the core programme: a round far above the
+/// optimum explores many states before it meets a solution, so the steps grow slowly.
+const ROUND_GROWTH: f64 = 1.05;
+/// A round's core is built for the threshold `proven + CAP_FACTOR · (θ − proven)` and reused
+/// by the following rounds up to it.
+const CAP_FACTOR: f64 = 8.0;
+/// The bisection's cores get this fraction of [`CORE_CELLS`] (a slightly weaker bound).
+const BISECT_CELL_DIV: usize = 4;
 use crate::core_dp::CoreLimits;
 use crate::reduce::Reduced;
 
@@ -69,6 +91,10 @@ pub struct Limits {
     /// With two budget rows: nodes of the first depth-first search before the core programme
     /// takes over (0 = straight to the core programme).
     pub dfs_first_nodes: u64,
+    /// With two budget rows, the first depth-first search is skipped when more groups than
+    /// this have an alternative item within the gap `UB − LB` (the core programme is faster
+    /// on wide cores).
+    pub dfs_max_groups: usize,
 }
 
 impl Default for Limits {
@@ -77,6 +103,7 @@ impl Default for Limits {
             node_limit: 50_000_000,
             deadline: None,
             dfs_first_nodes: 30_000,
+            dfs_max_groups: DFS_MAX_GROUPS,
         }
     }
 }
@@ -445,10 +472,12 @@ impl<'a> Solver<'a> {
     /// Rounds of the bounded dominance programme over the core (module `core_dp`) for two
     /// rows, started from the incumbent `best_x` of value `ub`. The core of the items with
     /// reduced cost below `θ − LB` has a root bound valid for every solution below `θ`: a
-    /// bisection finds the largest `θ` it rules out (a proven lower bound); then rounds of
-    /// growing `θ` either prove that no solution lies below `θ` or return the best one below
-    /// it, which is optimal. A beam search over the same core first may lower `θ` to a
-    /// solution it finds.
+    /// bisection (on cores with a quarter of the cells and no extra tables) finds the largest
+    /// `θ` it rules out, a proven lower bound; then rounds of growing `θ` either prove that no
+    /// solution lies below `θ` or return the best one below it, which is optimal. Each round
+    /// first runs a beam search; when the beam dropped nothing its answer is already the exact
+    /// one, otherwise it may lower `θ` before the exact run. The rounds share one core (with
+    /// extra bound tables) built for a cap above `θ`, rebuilt only when `θ` passes the cap.
     #[allow(clippy::too_many_arguments)]
     fn core_rounds(
         &mut self,
@@ -474,18 +503,33 @@ impl<'a> Solver<'a> {
         let tol = |v: f64| crate::core_dp::OBJ_RTOL * v.abs().max(1.0);
         // The other row's multiplier is tuned on the first core and reused after that.
         let hint: std::cell::RefCell<Option<Vec<f64>>> = std::cell::RefCell::new(None);
-        let core_of = |theta: f64| {
+        let core_of = |theta: f64, extras: bool| {
             let h = hint.borrow().clone();
-            let core = CoreDp::new(r, alive, lam, rc_of, gap(theta), CORE_CELLS, h.as_deref());
+            let core = CoreDp::new(
+                r,
+                alive,
+                lam,
+                rc_of,
+                gap(theta),
+                if extras {
+                    CORE_CELLS
+                } else {
+                    CORE_CELLS / BISECT_CELL_DIV
+                },
+                h.as_deref(),
+                extras,
+            );
             if h.is_none() && core.core_groups() > 0 {
                 *hint.borrow_mut() = Some(core.tuned());
             }
             core
         };
-        if !ub.is_finite() && core_of(f64::INFINITY).root_bound() == f64::INFINITY {
+        if !ub.is_finite() && core_of(f64::INFINITY, false).root_bound() == f64::INFINITY {
             // Even the whole problem's bound says no choice fits every row.
             return Err(Failure::Infeasible);
         }
+        // Bisection on θ with the cores' root bounds (main tables only): the largest θ ruled
+        // out is a proven lower bound.
         let mut proven = lb;
         let mut hi = if ub.is_finite() {
             ub
@@ -493,77 +537,94 @@ impl<'a> Solver<'a> {
             lb + 1e-3 * lb.abs().max(1.0)
         };
         if !ub.is_finite() {
-            while hi < 1e300 && core_of(hi).root_bound() >= hi {
+            while hi < 1e300 && core_of(hi, false).root_bound() >= hi {
                 proven = hi;
                 hi = lb + 2.0 * (hi - lb);
             }
         }
         for _ in 0..BISECT_STEPS {
-            if hi - proven <= tol(hi) {
+            // The rounds below start δ = (proven − LB) / 32 above the bound: finer is moot.
+            if hi - proven <= tol(hi).max((proven - lb) / 64.0) {
                 break;
             }
             let mid = 0.5 * (proven + hi);
-            if core_of(mid).root_bound() >= mid {
+            if core_of(mid, false).root_bound() >= mid {
                 proven = mid;
             } else {
                 hi = mid;
             }
         }
-        self.stats.root_lp = proven;
-        let finish = |stats: &mut Stats, states: u64| stats.nodes = states;
+        let finish = |stats: &mut Stats, states: u64, proven: f64| {
+            stats.nodes = states;
+            stats.root_lp = proven;
+        };
         if proven >= ub - tol(ub) {
-            finish(&mut self.stats, states);
+            finish(&mut self.stats, states, proven);
             return best_x.ok_or(Failure::Infeasible);
         }
         let mut delta = (proven - lb).max(tol(proven)) / 32.0;
         let mut theta = (proven + delta).min(ub);
         let left = |states: u64| limits.node_limit.saturating_sub(states);
+        // The round's core (with extra tables) is built for a cap above θ and reused while θ
+        // stays below it: a core for a larger θ holds every item a smaller θ needs.
+        let mut built: Option<(f64, CoreDp)> = None;
         loop {
-            let core = core_of(theta);
+            if built.as_ref().is_none_or(|(cap, _)| theta > *cap) {
+                let cap = (proven + CAP_FACTOR * (theta - proven)).min(ub).max(theta);
+                built = Some((cap, core_of(cap, true)));
+            }
+            let core = &built.as_ref().expect("built above").1;
             self.stats.core_groups = core.core_groups();
             let mut run_limits = CoreLimits {
                 deadline: limits.deadline,
                 states: left(states),
+                truncated: false,
             };
-            if let CoreOutcome::Done(Some((v, items))) =
-                core.search(theta, Some(BEAM), &mut run_limits)
-            {
-                if v < ub {
-                    ub = v;
-                    best_x = Some(items);
-                    self.stats.beam_incumbent = ub;
-                    theta = theta.min(ub);
+            let beam_out = core.search(theta, Some(BEAM), &mut run_limits);
+            states = limits.node_limit - run_limits.states.min(limits.node_limit);
+            let out = if run_limits.truncated || matches!(beam_out, CoreOutcome::Aborted) {
+                if let CoreOutcome::Done(Some((v, items))) = beam_out {
+                    if v < ub {
+                        ub = v;
+                        best_x = Some(items);
+                        self.stats.beam_incumbent = ub;
+                        theta = theta.min(ub);
+                    }
                 }
-            }
-            states = limits.node_limit - run_limits.states.min(limits.node_limit);
-            let mut run_limits = CoreLimits {
-                deadline: limits.deadline,
-                states: left(states),
+                let mut run_limits = CoreLimits {
+                    deadline: limits.deadline,
+                    states: left(states),
+                    truncated: false,
+                };
+                let out = core.search(theta, None, &mut run_limits);
+                states = limits.node_limit - run_limits.states.min(limits.node_limit);
+                out
+            } else {
+                // The beam dropped nothing: its answer is the exact one.
+                beam_out
             };
-            let out = core.search(theta, None, &mut run_limits);
-            states = limits.node_limit - run_limits.states.min(limits.node_limit);
             match out {
-                CoreOutcome::Done(Some((_, items))) => {
-                    finish(&mut self.stats, states);
+                CoreOutcome::Done(Some((v, items))) => {
+                    finish(&mut self.stats, states, v);
                     return Ok(items);
                 }
                 CoreOutcome::Done(None) => {
                     proven = proven.max(theta);
                     if theta >= ub {
-                        finish(&mut self.stats, states);
+                        finish(&mut self.stats, states, proven);
                         return best_x.ok_or(Failure::Infeasible);
                     }
                 }
                 CoreOutcome::Aborted => break,
             }
-            delta *= 1.25;
+            delta *= ROUND_GROWTH;
             theta = if delta > 1e6 * proven.abs().max(1.0) {
                 f64::INFINITY
             } else {
                 (theta + delta).min(ub)
             };
         }
-        finish(&mut self.stats, states);
+        finish(&mut self.stats, states, proven);
         Err(Failure::Limit {
             nodes: states,
             best: ub,
@@ -648,6 +709,23 @@ impl<'a> Solver<'a> {
             f64::INFINITY
         };
         let mut nodes = 0u64;
+        if m == 2 && ub.is_finite() {
+            let wide = self
+                .alive
+                .iter()
+                .filter(|items| {
+                    items
+                        .iter()
+                        .filter(|&&i| lb + rc_of[i] < ub - eps(ub))
+                        .count()
+                        > 1
+                })
+                .count();
+            if wide > limits.dfs_max_groups {
+                let best_x = if best.is_empty() { None } else { Some(best) };
+                return self.core_rounds(limits, &lam, &rc_of, lb, ub, best_x, 0);
+            }
+        }
         // With two rows the search over the core below (`core_rounds`) scales better; the
         // depth-first search gets a short first try, which settles small instances.
         let dfs_limits = Limits {
@@ -728,7 +806,16 @@ struct LpRow {
     suf_w0: Vec<f64>,
     suf_o0: Vec<f64>,
     segs: Vec<(usize, f64, f64)>,
+    /// When small enough: per level `t`, the segments of levels `t..` in slope order as
+    /// running sums `(Σ weight, Σ objective)`, `start[t]..start[t + 1]` (O(log) per bound).
+    prefix: Option<LpPrefix>,
 }
+
+/// Per-level start offsets and running `(Σ weight, Σ objective)` sums of an [`LpRow`].
+type LpPrefix = (Vec<usize>, Vec<(f64, f64)>);
+
+/// Largest `levels × segments` for which [`LpRow`] keeps per-level running sums.
+const LP_PREFIX_CELLS: usize = 1 << 20;
 
 impl LpRow {
     fn new(r: &Reduced, mu: Vec<f64>, levels: &[&[usize]]) -> Self {
@@ -764,12 +851,29 @@ impl LpRow {
             }
         }
         segs.sort_by(|a, b| (a.2 / a.1).total_cmp(&(b.2 / b.1)));
+        let prefix = (nb.saturating_mul(segs.len()) <= LP_PREFIX_CELLS).then(|| {
+            let mut start = vec![0usize; nb + 1];
+            let mut sums = Vec::new();
+            for t in 0..nb {
+                let (mut w, mut o) = (0.0, 0.0);
+                for &(lvl, dw, dobj) in &segs {
+                    if lvl >= t {
+                        w += dw;
+                        o += dobj;
+                        sums.push((w, o));
+                    }
+                }
+                start[t + 1] = sums.len();
+            }
+            (start, sums)
+        });
         Self {
             mu,
             cap,
             suf_w0,
             suf_o0,
             segs,
+            prefix,
         }
     }
 
@@ -780,6 +884,21 @@ impl LpRow {
             return f64::INFINITY;
         }
         let mut v = self.suf_o0[t];
+        if let Some((start, sums)) = &self.prefix {
+            if t >= start.len() - 1 {
+                return v;
+            }
+            let run = &sums[start[t]..start[t + 1]];
+            // Segments taken whole: the running weight stays within the capacity.
+            let j = run.partition_point(|&(w, _)| w <= cap);
+            let (w0, o0) = if j == 0 { (0.0, 0.0) } else { run[j - 1] };
+            v += o0;
+            if j < run.len() {
+                let (dw, dobj) = (run[j].0 - w0, run[j].1 - o0);
+                v += dobj * (cap - w0).max(0.0) / dw;
+            }
+            return v;
+        }
         for &(lvl, dw, dobj) in &self.segs {
             if lvl < t {
                 continue;
@@ -871,11 +990,10 @@ impl DpRow {
                 }
                 let w = w as usize;
                 let v = r.obj[i] + dot(&lam_other, r.c(i));
-                for c in w..width {
-                    let cand = v + next[c - w];
-                    if cand < cur[c] {
-                        cur[c] = cand;
-                    }
+                // Branch-free minima (select + store) so that the loop vectorises.
+                for (slot, &nv) in cur[w..].iter_mut().zip(next.iter()) {
+                    let cand = v + nv;
+                    *slot = if cand < *slot { cand } else { *slot };
                 }
             }
         }
@@ -896,7 +1014,8 @@ impl DpRow {
         if room < -1e-9 * caps[d].abs().max(1.0) {
             return f64::INFINITY;
         }
-        let c = ((room.max(0.0) / self.unit) + 1e-9).floor();
+        // Non-negative, so the truncating cast is the floor (no libm call).
+        let c = (room.max(0.0) / self.unit) + 1e-9;
         let c = if c >= self.cells as f64 {
             self.cells
         } else {
@@ -1011,12 +1130,12 @@ impl<'a> Dfs<'a> {
                                     .expect("same room")
                             };
                             // Tune on a coarse grid, then build the fine table once.
-                            let coarse = max_cells.min(1024);
+                            let coarse = max_cells.min(DFS_TUNE_CELLS);
                             let (mut a, mut b) = (0.0, 2.0 * lam[e]);
                             let mut best_x = lam[e];
                             let mut best_v = at(&build(best_x, coarse));
                             if b > 0.0 {
-                                for _ in 0..12 {
+                                for _ in 0..DFS_TUNE_STEPS {
                                     let x1 = a + (b - a) * 0.382;
                                     let x2 = a + (b - a) * 0.618;
                                     let v1 = at(&build(x1, coarse));
@@ -1357,6 +1476,49 @@ mod tests {
     }
 
     #[test]
+    fn three_budgets_match_brute_force() {
+        let bits = [(2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8)];
+        let (mut solved, mut infeasible) = (0, 0);
+        for seed in 0..60u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(7000 + seed);
+            let nl = rng.random_range(3..=7);
+            let no = rng.random_range(2..=6);
+            let budgets = [
+                (CostKind::ModelSize, rng.random_range(0.05..0.9)),
+                (CostKind::Bops, rng.random_range(0.05..0.9)),
+                (CostKind::ActivationMemory, rng.random_range(0.05..0.9)),
+            ];
+            let mut p = hawq_like(7000 + seed, nl, &bits[..no], &budgets);
+            if seed % 2 == 1 {
+                for l in 0..nl {
+                    for o in 0..no {
+                        p.sensitivity.set(l, o, rng.random_range(0.0..10.0));
+                    }
+                }
+            }
+            let Ok(r) = Reduced::new(&p) else {
+                infeasible += 1;
+                continue;
+            };
+            assert_eq!(r.m(), 3);
+            match (brute(&r), solve(&r, &Limits::default()).0) {
+                (Some(b), Ok(items)) => {
+                    assert!(r.feasible(&items), "seed {seed}");
+                    let v: f64 = items.iter().map(|&i| r.obj[i]).sum();
+                    assert!(
+                        (v - b).abs() <= 1e-9 * b.abs().max(1.0),
+                        "seed {seed}: got {v}, optimum {b}"
+                    );
+                    solved += 1;
+                }
+                (None, Err(Failure::Infeasible)) => infeasible += 1,
+                (e, o) => panic!("seed {seed}: brute {e:?} vs {o:?}"),
+            }
+        }
+        assert!(solved >= 30, "{solved} solved, {infeasible} infeasible");
+    }
+
+    #[test]
     fn core_programme_matches_depth_first_search_on_40_layers() {
         let bits = [(2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8)];
         for seed in 0..24u64 {
@@ -1374,6 +1536,7 @@ mod tests {
             let run = |first: u64| {
                 let limits = Limits {
                     dfs_first_nodes: first,
+                    dfs_max_groups: usize::MAX,
                     ..Limits::default()
                 };
                 match solve(&r, &limits).0 {
