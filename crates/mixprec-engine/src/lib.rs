@@ -6,8 +6,11 @@
 //! [`QuantModel`]: batch norm and constant bias adds folded into the layers, symmetric 2–8 bit
 //! packed weights, `u8` activations with per-tensor scale and zero point, `i32` accumulation,
 //! dyadic requantization, fused ReLU / Clip clamps, integer pooling and residual additions.
-//! [`QuantModel::run`] executes it on the packed kernels of [`kernels`] (AVX2 when the CPU has
-//! it); [`QuantModel::simulate`] is an independent `f64` reference that must agree bit for bit;
+//! [`QuantModel::run`] executes it: on AVX-512 VNNI CPUs with the fast executor ([`fast`]:
+//! channels-last `u8` codes, implicit-GEMM `vpdpbusd` convolutions with the requantization fused
+//! into the epilogue, buffers reused across runs), elsewhere step by step on the packed kernels
+//! of [`kernels`] (AVX2 when the CPU has it); [`QuantModel::simulate`] is an independent `f64`
+//! reference that all of them must agree with bit for bit;
 //! [`QuantModel::save`] / [`QuantModel::load`] store it in the mixprec model file
 //! ([`model_file`]).
 //!
@@ -31,6 +34,7 @@
 //! ```
 
 pub mod error;
+pub mod fast;
 pub mod kernels;
 pub mod lower;
 pub mod model;

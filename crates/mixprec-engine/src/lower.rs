@@ -1270,6 +1270,7 @@ impl Plan {
             weights,
             input: self.input,
             output: self.output,
+            fast: Default::default(),
         };
         model.validate()?;
         Ok(model)

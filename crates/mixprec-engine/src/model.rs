@@ -30,6 +30,10 @@
 //!   with different input quantizations), `Dequantize` (`(q - z)·s`) and a trailing `Softmax`,
 //!   the only step that computes in floating point besides the final dequantization.
 //!
+//! This module's executor (channels-first tensors, one allocation per step) is the reference;
+//! on AVX-512 VNNI CPUs [`QuantModel::run`] takes the fast executor of [`crate::fast`], which
+//! computes the same codes.
+//!
 //! Complexity: that of the kernels ([`crate::kernels`]); every other step is linear in its
 //! tensor (pooling: times the window).
 
@@ -469,6 +473,8 @@ pub struct LayerWeights {
     /// Dense storage at the layer's bit width.
     pub codes: PackedBits,
     pub(crate) kernel: KernelWeights,
+    /// The fast executor's packing (AVX-512 VNNI CPUs, ungrouped layers).
+    pub(crate) fast: Option<crate::fast::FastWeights>,
 }
 
 impl LayerWeights {
@@ -498,11 +504,13 @@ impl LayerWeights {
                 )))
             }
         };
+        let fast = crate::fast::FastWeights::new(&values, &shape, groups);
         Ok(Self {
             shape,
             groups,
             codes,
             kernel,
+            fast,
         })
     }
 
@@ -536,6 +544,8 @@ pub struct QuantModel {
     pub(crate) weights: Vec<LayerWeights>,
     pub(crate) input: usize,
     pub(crate) output: usize,
+    /// The fast executor's plan and reusable buffers (built on the first fast run).
+    pub(crate) fast: crate::fast::FastCache,
 }
 
 /// Every code tensor of one run (by tensor name) and the model output.
@@ -596,12 +606,28 @@ impl QuantModel {
 
     /// [`QuantModel::run`] on an explicit kernel backend (`Backend::Generic` forces the
     /// portable kernels).
+    ///
+    /// On [`Backend::Avx512Vnni`] this is the fast executor ([`crate::fast`]: channels-last
+    /// codes, fused im2col + GEMM + requantization, buffers reused across calls); the other
+    /// backends run the step-by-step reference executor. Both give the same result bit for bit.
     pub fn run_with(&self, backend: Backend, input: &[f32], batch: usize) -> Result<Vec<f32>> {
+        if self.uses_fast_path(backend) {
+            return Ok(self.execute_fast(input, batch, false)?.output);
+        }
         Ok(self.execute(backend, input, batch, false)?.output)
     }
 
     /// [`QuantModel::run_with`] keeping the codes of every quantized tensor.
     pub fn trace(&self, backend: Backend, input: &[f32], batch: usize) -> Result<Trace> {
+        if self.uses_fast_path(backend) {
+            return self.execute_fast(input, batch, true);
+        }
+        self.execute(backend, input, batch, true)
+    }
+
+    /// The step-by-step reference executor on `backend`'s kernels (channels-first tensors,
+    /// one allocation per step), whatever the backend.
+    pub fn trace_reference(&self, backend: Backend, input: &[f32], batch: usize) -> Result<Trace> {
         self.execute(backend, input, batch, true)
     }
 
@@ -644,13 +670,13 @@ impl QuantModel {
         Ok(Trace { codes, output })
     }
 
-    fn params(&self, t: usize) -> Result<ActParams> {
+    pub(crate) fn params(&self, t: usize) -> Result<ActParams> {
         self.tensors[t].params.ok_or_else(|| {
             EngineError::Invalid(format!("tensor '{}' holds no codes", self.tensors[t].name))
         })
     }
 
-    fn exec_step(
+    pub(crate) fn exec_step(
         &self,
         backend: Backend,
         step: &Step,

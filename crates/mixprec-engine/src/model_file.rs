@@ -282,6 +282,7 @@ impl QuantModel {
             weights,
             input: header.input,
             output: header.output,
+            fast: Default::default(),
         };
         model.validate().map_err(|e| fmt(e.to_string()))?;
         if version < model.format_version() {

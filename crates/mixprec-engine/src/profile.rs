@@ -17,8 +17,16 @@
 //! layer with `f32` im2col + the `gemm` crate's SGEMM (the one the float executor uses), or a
 //! direct depthwise loop, plus the bias.
 //!
-//! Kernel choice (what the engine does when it loads a layer's weights,
-//! `crate::model::LayerWeights::new`; see [`kernel_for`]):
+//! Kernel choice: what [`crate::QuantModel::run`] does with the layer.
+//! - On AVX-512 VNNI CPUs (unless [`ProfileConfig::generic`]) the engine runs its fast executor
+//!   ([`crate::fast`]), and so does the profiler: the same padded channels-last input, the
+//!   implicit-GEMM `vpdpbusd` kernel with the requantization fused into its epilogue, the same
+//!   thread split. Every weight width 2..=8, int4 included, runs that int8 kernel, so all
+//!   integer options of a layer cost the same and report [`KernelKind::Int8`]; grouped and
+//!   depthwise convolutions run the reference kernels below, as in the engine.
+//!
+//! Elsewhere (the reference executor; see [`kernel_for`], what
+//! `crate::model::LayerWeights::new` prepares):
 //! - 4-bit weights run the int4 kernel ([`PackedI4`], two weights per byte);
 //! - every other width 2..=8 (2, 3, 5, 6, 7, 8) is stored as int8 and runs the int8 kernel
 //!   ([`PackedI8`]) — the engine has no dedicated 2- or 3-bit kernel, so `w2a8` costs what
@@ -38,6 +46,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mixprec_graph::{infer, input_shapes_for_batch, Graph, GraphError, Layer, LayerKind, Op};
 use serde::{Deserialize, Serialize};
 
+use crate::fast::FusedLayer;
 use crate::kernels::gemm::{gemm_with, PARALLEL_THRESHOLD};
 use crate::kernels::{
     conv2d_with, requantize, Backend, Conv2dParams, ConvWeights, Dyadic, KernelError, OutputRange,
@@ -708,7 +717,14 @@ impl Bench {
         threads: usize,
         rng: &mut SplitMix,
     ) -> Result<Self> {
-        let kind = kernel_for(w_bits, a_bits)?;
+        let mut kind = kernel_for(w_bits, a_bits)?;
+        // On AVX-512 VNNI CPUs `QuantModel::run` takes the fast executor, whose fused int8
+        // kernel runs every weight width (int4 included).
+        let fast =
+            kind != KernelKind::Fp32 && backend == Backend::Avx512Vnni && backend.is_available();
+        if fast {
+            kind = KernelKind::Int8;
+        }
         let what = format!("{} kernel, {}", option_key(w_bits, a_bits), kind_name(kind));
         let kerr = |source| ProfileError::Kernel {
             layer: layer.to_string(),
@@ -734,10 +750,38 @@ impl Bench {
                     a_bits,
                     rng,
                 )?;
-                let cw = ConvWeights::new(&wq, weight, params.groups, w_bits).map_err(kerr)?;
                 let x: Vec<u8> = (0..input.iter().product::<usize>())
                     .map(|_| rng.int(0, amax) as u8)
                     .collect();
+                let fused = if fast {
+                    FusedLayer::conv(
+                        &wq,
+                        weight,
+                        &params,
+                        input,
+                        out_hw,
+                        x.clone(),
+                        0,
+                        bias.clone(),
+                        mults.clone(),
+                        range,
+                    )
+                } else {
+                    None
+                };
+                if let Some(mut fl) = fused {
+                    return Bench::checked(
+                        layer,
+                        kind,
+                        what,
+                        Box::new(move || fl.run().map_err(KernelError::InvalidConv)),
+                    );
+                }
+                if fast {
+                    // Grouped / depthwise layers: the engine runs the reference kernels.
+                    kind = kernel_for(w_bits, a_bits)?;
+                }
+                let cw = ConvWeights::new(&wq, weight, params.groups, w_bits).map_err(kerr)?;
                 let shape3 = [input[0], weight[0], out_hw[0] * out_hw[1]];
                 Box::new(move || {
                     let acc = conv2d_with(backend, &x, input, 0, &cw, &params)?;
@@ -750,6 +794,19 @@ impl Bench {
                 let (wq, amax, bias, mults, range) =
                     int_data(layer, n * k, n, w_bits, a_bits, rng)?;
                 let x: Vec<u8> = (0..m * k).map(|_| rng.int(0, amax) as u8).collect();
+                let fused = if fast {
+                    FusedLayer::gemm(&wq, n, k, m, x.clone(), bias.clone(), mults.clone(), range)
+                } else {
+                    None
+                };
+                if let Some(mut fl) = fused {
+                    return Bench::checked(
+                        layer,
+                        kind,
+                        what,
+                        Box::new(move || fl.run().map_err(KernelError::InvalidConv)),
+                    );
+                }
                 if kind == KernelKind::Int4 {
                     let pw = PackedI4::new(&wq, n, k).map_err(kerr)?;
                     Box::new(move || {
@@ -779,8 +836,12 @@ impl Bench {
                 }
             }
         };
+        Self::checked(layer, kind, what, run)
+    }
+
+    /// One checked run so that kernel errors (e.g. a too long reduction) name the layer.
+    fn checked(layer: &str, kind: KernelKind, what: String, run: RunFn) -> Result<Self> {
         let mut b = Bench { kind, what, run };
-        // One checked run so that kernel errors (e.g. a too long reduction) name the layer.
         (b.run)().map_err(|source| ProfileError::Kernel {
             layer: layer.to_string(),
             what: b.what.clone(),

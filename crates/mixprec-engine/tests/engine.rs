@@ -179,7 +179,7 @@ fn check_bit_exact(model: &str, inputs: &[f32], batch: usize) {
         let n_code_tensors = m.tensors().iter().filter(|t| t.params.is_some()).count();
         assert_eq!(sim.codes.len(), n_code_tensors);
         assert!(sim.codes.len() >= n_layers, "{model}: {}", sim.codes.len());
-        for backend in [Backend::Generic, Backend::Avx2] {
+        for backend in [Backend::Generic, Backend::Avx2, Backend::Avx512Vnni] {
             if !backend.is_available() {
                 eprintln!("{backend:?} not available on this CPU");
                 continue;

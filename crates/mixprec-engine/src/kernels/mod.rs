@@ -13,6 +13,9 @@
 //!   ([`PackedI8`]) or 4-bit ([`PackedI4`]) weights, generic, AVX2 and AVX-512 VNNI (selected
 //!   at run time).
 //! - [`conv`]: 2-D convolution through im2col + GEMM, and a direct depthwise kernel.
+//! - `avx512_fused` (crate-internal): the fast executor's implicit-GEMM `vpdpbusd` kernel with
+//!   the dyadic requantization in its epilogue, and the vector residual Add
+//!   (see [`crate::fast`]).
 //!
 //! Exactness: int8 weights are sign-extended to `i16` and multiplied with `vpmaddwd`
 //! (`_mm256_madd_epi16`) against `i16` activations minus zero point — never `vpmaddubsw`, whose
@@ -35,6 +38,8 @@ pub mod requant;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512_fused;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

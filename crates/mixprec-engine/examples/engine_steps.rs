@@ -1,0 +1,99 @@
+//! Where the time of the integer engine goes: median wall-clock time of every step of the fast
+//! executor ([`mixprec_engine::QuantModel::step_times`]) on resnet8-cifar10 and mnist-8 at W8A8
+//! (per-channel int8 weights, u8 activations; survey §3.3, HAWQ-V3 Eq. 24–25), batch 1 and 32,
+//! one thread, next to the whole `run` call.
+//!
+//! Run: `cargo run --release -p mixprec-engine --example engine_steps [-- --threads T]`
+
+use std::time::Instant;
+
+use mixprec_data::{calibration_subset, data_dir, Dataset, DatasetKind, Preprocess, Split};
+use mixprec_engine::kernels::set_max_threads;
+use mixprec_engine::{lower_with_data, Backend, Step};
+use mixprec_exec::{calibrate, Executor};
+use mixprec_graph::load_onnx;
+use mixprec_quant::{Granularity, Policy, QScheme, QuantKind};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> Res<()> {
+    let mut args = std::env::args().skip(1);
+    let mut threads = 1;
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.next()) {
+            ("--threads", Some(v)) => threads = v.parse()?,
+            _ => return Err(format!("unknown option {a} (only --threads T)").into()),
+        }
+    }
+    set_max_threads(threads);
+    if !Backend::Avx512Vnni.is_available() {
+        return Err("the fast executor needs an AVX-512 VNNI CPU".into());
+    }
+    for (file, kind, shape) in [
+        (
+            "resnet8-cifar10.onnx",
+            DatasetKind::Cifar10,
+            [3usize, 32, 32],
+        ),
+        ("mnist-8.onnx", DatasetKind::Mnist, [1, 28, 28]),
+    ] {
+        let g = load_onnx(data_dir().join("models").join(file))?;
+        let mut exec = Executor::new(g.clone())?;
+        exec.free_batch_dim();
+        let test = Dataset::load(kind, Split::Test, Preprocess::Raw255)?;
+        let calib = calibration_subset(&test, 64, 0)?;
+        let mut p = Policy::new();
+        for l in g.layers() {
+            p.set_weight(
+                &l.name,
+                QScheme::new(QuantKind::Uniform, 8, true, Granularity::Channel),
+            );
+            p.set_activation(
+                &l.name,
+                QScheme::new(QuantKind::Uniform, 8, false, Granularity::Tensor),
+            );
+        }
+        let ranges = calibrate(&exec, &calib, "min-max", &p)?;
+        let m = lower_with_data(&g, &p, &ranges, &calib.images, calib.n)?;
+        for batch in [1usize, 32] {
+            let (x, _) = test.batch(0, batch);
+            let reps = if batch == 1 { 400 } else { 40 };
+            let mut run = Vec::with_capacity(reps);
+            for _ in 0..reps {
+                let s = Instant::now();
+                std::hint::black_box(m.run(x, batch)?);
+                run.push(s.elapsed().as_secs_f64());
+            }
+            run.sort_by(f64::total_cmp);
+            let times = m.step_times(x, batch, reps)?;
+            let total: f64 = times.iter().map(|t| t.1).sum();
+            println!(
+                "\n{file} batch {batch} ({} per sample {:?}, threads {threads}): run {:.3} ms, \
+                 sum of steps {:.3} ms",
+                m.name(),
+                shape,
+                run[reps / 2] * 1e3,
+                total * 1e3
+            );
+            for ((name, t), st) in times.iter().zip(m.steps()) {
+                let kind = match st {
+                    Step::Layer(_) => "layer",
+                    Step::Add(_) => "add",
+                    Step::MaxPool(_) => "maxpool",
+                    Step::AvgPool(_) => "avgpool",
+                    Step::Quantize { .. } => "quantize",
+                    Step::Dequantize { .. } => "dequantize",
+                    Step::Softmax { .. } => "softmax",
+                    Step::Clamp { .. } => "clamp",
+                    Step::Requant { .. } => "requant",
+                };
+                println!(
+                    "  {:>8.1} us {:>5.1}%  {kind:<10} {name}",
+                    t * 1e6,
+                    100.0 * t / total
+                );
+            }
+        }
+    }
+    Ok(())
+}
