@@ -113,33 +113,209 @@ impl Executor {
         w: ValueId,
         vs: &[Tensor],
     ) -> Result<Vec<Tensor>> {
-        let var = self
-            .var(w)
-            .ok_or_else(|| ExecError::Invalid(format!("value {w} is not a weight")))?;
+        let graph = self.grad_graph(x, labels, &[w])?;
+        vs.iter()
+            .map(|v| {
+                let mut hv = graph.hvp(&[Some(v)])?;
+                Ok(hv.remove(0))
+            })
+            .collect()
+    }
+
+    /// The gradients of the batch loss with respect to `weights`, with their graph kept, so
+    /// that any number of Hessian-vector products can follow without another forward or
+    /// first backward pass (see [`GradGraph::hvp`]). Every other parameter stays on the tape;
+    /// [`Executor::second_order`] leaves the cheap ones off.
+    pub fn grad_graph(&self, x: &Tensor, labels: &[u32], weights: &[ValueId]) -> Result<GradGraph> {
         let (loss, _) = self.loss(x, labels, None, false)?;
+        self.grads_of(&loss, weights)
+    }
+
+    /// The gradients of `loss` with respect to `weights`, graph kept.
+    fn grads_of(&self, loss: &Tensor, weights: &[ValueId]) -> Result<GradGraph> {
+        let mut vars = Vec::with_capacity(weights.len());
+        for &w in weights {
+            let var = self
+                .var(w)
+                .ok_or_else(|| ExecError::Invalid(format!("value {w} is not a weight")))?;
+            vars.push(var.as_tensor().clone());
+        }
         let grads = loss.backward()?;
-        let g = grads.get(var.as_tensor()).ok_or_else(|| {
-            ExecError::Invalid(format!(
-                "the loss does not depend on '{}'",
-                self.graph().values[w].name
-            ))
-        })?;
-        let mut out = Vec::with_capacity(vs.len());
-        for v in vs {
+        let mut out = Vec::with_capacity(weights.len());
+        for (&w, var) in weights.iter().zip(&vars) {
+            out.push(grads.get(var).cloned().ok_or_else(|| {
+                ExecError::Invalid(format!(
+                    "the loss does not depend on '{}'",
+                    self.graph().values[w].name
+                ))
+            })?);
+        }
+        Ok(GradGraph {
+            names: weights
+                .iter()
+                .map(|&w| self.graph().values[w].name.clone())
+                .collect(),
+            vars,
+            grads: out,
+        })
+    }
+
+    /// A copy of the model for second-order derivatives with respect to `weights` only: the
+    /// other float parameters that feed BatchNormalization, layer biases or element-wise
+    /// Add / Sub / Mul / Div become fixed inputs, so no backward pass spends time on their
+    /// gradients (per-channel reductions over the whole batch in both the first and the
+    /// second backward pass). Derivatives with respect to `weights` are unchanged. Takes the
+    /// current weights.
+    pub fn second_order(&self, weights: &[ValueId]) -> Result<SecondOrder> {
+        let mut g = self.graph_with_weights()?;
+        let mut movable = vec![true; g.values.len()];
+        for &w in weights {
+            movable[w] = false;
+        }
+        for n in &g.nodes {
+            for (k, v) in n.inputs.iter().enumerate() {
+                let Some(v) = *v else { continue };
+                let ok = match n.op {
+                    Op::BatchNorm { .. } | Op::Add | Op::Sub | Op::Mul | Op::Div => true,
+                    Op::Conv { .. } | Op::Gemm { .. } => k == 2,
+                    _ => false,
+                };
+                if !ok {
+                    movable[v] = false;
+                }
+            }
+        }
+        for &o in &g.outputs {
+            movable[o] = false;
+        }
+        let fixed: Vec<ValueId> = g
+            .initializers
+            .iter()
+            .filter(|(v, t)| movable[**v] && t.is_float())
+            .map(|(v, _)| *v)
+            .collect();
+        let mut tensors = Vec::with_capacity(fixed.len());
+        for &v in &fixed {
+            let t = g
+                .initializers
+                .remove(&v)
+                .ok_or_else(|| ExecError::Invalid(format!("initializer {v} vanished")))?;
+            g.values[v].shape = Some(
+                t.shape
+                    .iter()
+                    .map(|&d| mixprec_graph::Dim::Fixed(d))
+                    .collect(),
+            );
+            tensors.push(crate::ops::from_host(&t, self.device())?);
+            g.inputs.push(v);
+        }
+        Ok(SecondOrder {
+            exec: Executor::new(g)?,
+            fixed: tensors,
+            weights: weights.to_vec(),
+        })
+    }
+}
+
+/// A model copy whose only tracked parameters are the chosen weights (see
+/// [`Executor::second_order`]).
+pub struct SecondOrder {
+    exec: Executor,
+    fixed: Vec<Tensor>,
+    weights: Vec<ValueId>,
+}
+
+impl SecondOrder {
+    /// The kept first-order graph of one batch (as [`Executor::grad_graph`]).
+    pub fn grad_graph(&self, x: &Tensor, labels: &[u32]) -> Result<GradGraph> {
+        let target = loss_target(&self.exec)?;
+        let mut inputs = Vec::with_capacity(1 + self.fixed.len());
+        inputs.push(x.clone());
+        inputs.extend(self.fixed.iter().cloned());
+        let r = self.exec.run(
+            &inputs,
+            &RunOptions {
+                track: true,
+                train_bn: false,
+                keep: vec![target.value],
+                hook: None,
+            },
+        )?;
+        let logits = r
+            .kept
+            .get(&target.value)
+            .ok_or_else(|| ExecError::Invalid("logits were not produced".into()))?;
+        let loss = cross_entropy(logits, labels)?;
+        self.exec.grads_of(&loss, &self.weights)
+    }
+}
+
+/// First-order gradients g_i = ∂L/∂w_i of one batch whose autodiff graph is kept: each
+/// [`GradGraph::hvp`] is then one double-backward pass.
+pub struct GradGraph {
+    names: Vec<String>,
+    vars: Vec<Tensor>,
+    grads: Vec<Tensor>,
+}
+
+impl GradGraph {
+    /// Number of weights.
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+
+    /// True when no weight is listed.
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+
+    /// The detached first-order gradient of weight `i`.
+    pub fn grad(&self, i: usize) -> Result<Tensor> {
+        self.grads
+            .get(i)
+            .map(Tensor::detach)
+            .ok_or_else(|| ExecError::Invalid(format!("weight index {i} out of range")))
+    }
+
+    /// Exact H·v for the block vector v = (v_1, …, v_k) over the listed weights (`None` = a zero
+    /// block): one pass computes ∂(Σ_i g_i·v_i)/∂w_j = Σ_i H_ji v_i for every weight j
+    /// (Pearlmutter's trick). Returns one tensor per weight, shaped like it.
+    pub fn hvp(&self, vs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        if vs.len() != self.vars.len() {
+            return Err(ExecError::Invalid(format!(
+                "{} probe blocks for {} weights",
+                vs.len(),
+                self.vars.len()
+            )));
+        }
+        let mut s: Option<Tensor> = None;
+        for ((v, g), name) in vs.iter().zip(&self.grads).zip(&self.names) {
+            let Some(v) = v else { continue };
             if v.dims() != g.dims() {
                 return Err(ExecError::Invalid(format!(
-                    "probe shape {:?} differs from the weight's {:?}",
+                    "probe shape {:?} differs from the shape {:?} of weight '{name}'",
                     v.dims(),
                     g.dims()
                 )));
             }
-            let s = (g * v.detach())?.sum_all()?;
-            let g2 = s.backward()?;
-            out.push(match g2.get(var.as_tensor()) {
-                Some(h) => h.detach(),
-                None => var.as_tensor().zeros_like()?,
+            let term = (g * v.detach())?.sum_all()?;
+            s = Some(match s {
+                Some(acc) => (acc + term)?,
+                None => term,
             });
         }
-        Ok(out)
+        let Some(s) = s else {
+            return self.vars.iter().map(|v| Ok(v.zeros_like()?)).collect();
+        };
+        let g2 = s.backward()?;
+        self.vars
+            .iter()
+            .map(|var| {
+                Ok(match g2.get(var) {
+                    Some(h) => h.detach(),
+                    None => var.zeros_like()?,
+                })
+            })
+            .collect()
     }
 }

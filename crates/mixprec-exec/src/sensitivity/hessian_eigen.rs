@@ -4,9 +4,11 @@
 //! Networks with Mixed-Precision") ranks layers by the top eigenvalue of their Hessian block;
 //! HAWQ-V2's ablation weights ‖Q(W_i) − W_i‖² with it instead of the average trace (Eq. 23 with
 //! Tr(H_i)/n_i replaced by λ_max(H_i)). λ_max by power iteration on exact Hessian-vector
-//! products of the loss averaged over the first `batches` sample batches.
+//! products of the loss averaged over the first `batches` sample batches; the first-order graph
+//! of each of those batches is built once and kept for every layer and iteration.
 //!
-//! Complexity: per layer, at most `max_iter` × `batches` × (one forward + two backward passes).
+//! Complexity: `batches` × (one forward + one backward pass), then per layer at most
+//! `max_iter` × `batches` double-backward passes; memory: `batches` kept graphs.
 
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
@@ -60,6 +62,22 @@ impl HessianEigen {
             ));
         }
         let batches = self.cfg.batches.min(ctx.batches.len());
+        // One first-order graph per batch serves every layer and iteration.
+        let weights: Vec<_> = ctx.layers.iter().map(|l| l.weight).collect();
+        let graphs = ctx
+            .exec
+            .second_order(&weights)
+            .and_then(|model| {
+                ctx.batches[..batches]
+                    .iter()
+                    .map(|(x, labels)| model.grad_graph(x, labels))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .map_err(|e| {
+                ExecError::Invalid(format!(
+                    "hessian-eigen: exact Hessian-vector products failed ({e}); the executor cannot take second-order gradients through this model, use output-mse, kl, sqnr or fisher"
+                ))
+            })?;
         let mut out = Vec::with_capacity(ctx.layers.len());
         for (i, layer) in ctx.layers.iter().enumerate() {
             let (_, dims) = ctx.weight(layer)?;
@@ -71,9 +89,16 @@ impl HessianEigen {
             for it in 0..self.cfg.max_iter {
                 let t = Tensor::from_slice(&v, dims.as_slice(), ctx.exec.device())?;
                 let mut hv = vec![0f32; n];
-                for b in 0..batches {
-                    let h = ctx.hvp(layer, b, std::slice::from_ref(&t))?;
-                    for (a, b) in hv.iter_mut().zip(to_vec_f32(&h[0])?) {
+                let mut blocks: Vec<Option<&Tensor>> = vec![None; weights.len()];
+                blocks[i] = Some(&t);
+                for g in &graphs {
+                    let h = g.hvp(&blocks).map_err(|e| {
+                        ExecError::Invalid(format!(
+                            "layer '{}': exact Hessian-vector product failed ({e})",
+                            layer.name
+                        ))
+                    })?;
+                    for (a, b) in hv.iter_mut().zip(to_vec_f32(&h[i])?) {
                         *a += b / batches as f32;
                     }
                 }

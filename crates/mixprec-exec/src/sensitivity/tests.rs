@@ -172,28 +172,54 @@ fn hutchinson_trace_matches_the_exact_trace_of_each_layer() {
     let exec = mlp(11);
     // One batch: every probe sees the same Hessian.
     let ctx = SensCtx::new(&exec, &data, options("w2,w4"), 24, 5).unwrap();
-    let cfg = hessian_trace::Config {
+    let exact: Vec<f64> = ctx.layers.iter().map(|l| exact_trace(&ctx, l)).collect();
+    let mut cfg = hessian_trace::Config {
         tol: 0.03,
         min_probes: 16,
         max_probes: 3000,
         probes_per_pass: 50,
+        joint: false,
     };
-    let metric = hessian_trace::HessianTrace::new(cfg.clone()).unwrap();
-    let est = metric.traces(&ctx).unwrap();
-    for (l, e) in ctx.layers.iter().zip(&est) {
-        let exact = exact_trace(&ctx, l);
-        let se = e.rel_stderr * e.trace.abs();
-        assert!(exact > 0.0, "{}: {exact}", l.name);
-        assert!(e.probes >= cfg.min_probes && e.probes <= cfg.max_probes);
-        assert!(e.rel_stderr < cfg.tol || e.probes == cfg.max_probes);
-        assert!(
-            (e.trace - exact).abs() <= 4.0 * se + 1e-6 * exact,
-            "{}: Hutchinson {} ± {se} vs exact {exact} ({} probes)",
-            l.name,
-            e.trace,
-            e.probes
-        );
+    // Layers probed alone, then jointly (one pass for all layers, cross terms averaging out).
+    let mut runs = Vec::new();
+    for joint in [false, true] {
+        cfg.joint = joint;
+        let metric = hessian_trace::HessianTrace::new(cfg.clone()).unwrap();
+        let est = metric.traces(&ctx).unwrap();
+        for ((l, e), &exact) in ctx.layers.iter().zip(&est).zip(&exact) {
+            let se = e.rel_stderr * e.trace.abs();
+            assert!(exact > 0.0, "{}: {exact}", l.name);
+            assert!(e.probes >= cfg.min_probes && e.probes <= cfg.max_probes);
+            assert!(e.rel_stderr < cfg.tol, "{}: {e:?}", l.name);
+            assert!(
+                (e.trace - exact).abs() <= 4.0 * se + 1e-6 * exact,
+                "{} (joint {joint}): Hutchinson {} ± {se} vs exact {exact} ({} probes)",
+                l.name,
+                e.trace,
+                e.probes
+            );
+            if !joint {
+                assert!(!e.joint && e.dropped == 0, "{e:?}");
+            }
+        }
+        // Deterministic for a seed.
+        assert_eq!(metric.traces(&ctx).unwrap(), est);
+        runs.push((metric, est));
     }
+    // The budget check sends a layer whose joint estimate cannot converge to single probes:
+    // with a budget of 20 probes at 3 %, at least one layer is probed alone.
+    let tight = hessian_trace::HessianTrace::new(hessian_trace::Config {
+        max_probes: 20,
+        joint: true,
+        ..cfg.clone()
+    })
+    .unwrap();
+    let est = tight.traces(&ctx).unwrap();
+    assert!(
+        est.iter().any(|e| !e.joint && e.dropped == cfg.min_probes),
+        "{est:?}"
+    );
+    let (metric, est) = runs.remove(1);
     // Ω = Tr(H)/n · ‖Q(W) − W‖² (Eq. 23) for every cell.
     let t = metric.compute(&ctx).unwrap();
     assert_eq!(t.details.len(), 3);
@@ -215,6 +241,68 @@ fn hutchinson_trace_matches_the_exact_trace_of_each_layer() {
             l.name,
             t.values[i]
         );
+    }
+}
+
+#[test]
+fn second_order_copy_gives_the_same_hessian_vector_products() {
+    // conv → BatchNorm → ReLU → conv (bias) → flatten → fc: BatchNorm parameters and biases
+    // leave the tape of the copy; the Hessian-vector products with respect to the weights stay.
+    let (mut b, x) = GraphBuilder::new("bn", 2, 5, 5, 4);
+    let x = b.normalize(x, &[0.5, 0.4], &[0.2, 0.3]);
+    let y = b.conv("conv1", x, 2, 3, 3, 1, 1, false);
+    let y = b.bn("bn1", y, 3);
+    let y = b.node("relu", Op::Relu, vec![y]);
+    let y = b.conv("conv2", y, 3, 2, 3, 2, 1, true);
+    let y = b.node("flatten", Op::Flatten { axis: 1 }, vec![y]);
+    let y = b.fc("fc", y, 18, 3);
+    let exec = Executor::new(b.finish(y)).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let n = 6;
+    let images: Vec<f32> = (0..n * 50).map(|_| rng.random_range(0.0..255.0)).collect();
+    let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+    let xt = Tensor::from_vec(images, (n, 2, 5, 5), &Device::Cpu).unwrap();
+    let weights: Vec<_> = exec.graph().layers().iter().map(|l| l.weight).collect();
+    let probes: Vec<Tensor> = weights
+        .iter()
+        .map(|w| {
+            let t = exec.var(*w).unwrap().as_tensor();
+            let v: Vec<f32> = (0..t.elem_count())
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
+        })
+        .collect();
+    let blocks: Vec<Option<&Tensor>> = probes.iter().map(Some).collect();
+    let full = exec.grad_graph(&xt, &labels, &weights).unwrap();
+    let model = exec.second_order(&weights).unwrap();
+    let lean = model.grad_graph(&xt, &labels).unwrap();
+    let (a, b) = (full.hvp(&blocks).unwrap(), lean.hvp(&blocks).unwrap());
+    for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+        let (a, b) = (to_vec_f32(a).unwrap(), to_vec_f32(b).unwrap());
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "layer {i}: zero product");
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5 * scale, "layer {i}: {x} vs {y}");
+        }
+        let (ga, gb) = (
+            to_vec_f32(&full.grad(i).unwrap()).unwrap(),
+            to_vec_f32(&lean.grad(i).unwrap()).unwrap(),
+        );
+        assert_eq!(ga, gb, "layer {i} gradient");
+    }
+    // One block only: the other blocks of H·v are H_ji v_i (not zero in general), the block of
+    // a single-layer product equals Executor::hvp.
+    let mut one: Vec<Option<&Tensor>> = vec![None; weights.len()];
+    one[1] = Some(&probes[1]);
+    let h = lean.hvp(&one).unwrap();
+    let want = exec
+        .hvp(&xt, &labels, weights[1], std::slice::from_ref(&probes[1]))
+        .unwrap();
+    let (h, want) = (to_vec_f32(&h[1]).unwrap(), to_vec_f32(&want[0]).unwrap());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (x, y) in h.iter().zip(&want) {
+        assert!((x - y).abs() <= 1e-5 * scale, "{x} vs {y}");
     }
 }
 

@@ -1,0 +1,189 @@
+"""PyTorch side of the Hutchinson benchmark: per-layer Hessian traces of an ONNX classifier.
+
+Runs the same estimator as mixprec's `hessian-trace` metric (survey §3.2.3, HAWQ-V2 Eq. 21-22)
+with PyTorch double backward: the ONNX graph is interpreted op by op with torch.nn.functional
+(BatchNormalization in inference mode), the loss is the mean cross-entropy of the logits (the
+input of a final Softmax), H·z comes from torch.autograd.grad(g·z) on the kept first-order graph.
+Prints one JSON object on stdout.
+"""
+
+import argparse
+import gzip
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+
+def attrs(node):
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def load_cifar(path, n):
+    raw = open(path, "rb").read()
+    if path.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    rec = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3073)[:n]
+    labels = rec[:, 0].astype(np.int64)
+    x = rec[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32)
+    return torch.from_numpy(x.copy()), torch.from_numpy(labels)
+
+
+class OnnxNet:
+    """A tiny interpreter for the operators of CIFAR ResNets exported to ONNX."""
+
+    def __init__(self, path):
+        m = onnx.load(path)
+        self.graph = m.graph
+        self.consts = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in m.graph.initializer}
+        for n in m.graph.node:
+            if n.op_type == "Constant":
+                self.consts[n.output[0]] = torch.from_numpy(numpy_helper.to_array(attrs(n)["value"]).copy())
+        nodes = [n for n in m.graph.node if n.op_type != "Constant"]
+        # The loss reads logits: drop a final Softmax.
+        out = m.graph.output[0].name
+        if nodes and nodes[-1].op_type in ("Softmax", "LogSoftmax") and nodes[-1].output[0] == out:
+            out = nodes[-1].input[0]
+            nodes = nodes[:-1]
+        self.nodes, self.out = nodes, out
+        self.layers = []  # (name, weight initializer name), ONNX node order
+        for n in nodes:
+            if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in self.consts:
+                self.layers.append((n.name, n.input[1]))
+        self.params = {w: self.consts[w].clone().requires_grad_(True) for _, w in self.layers}
+
+    def __call__(self, x):
+        env = dict(self.consts)
+        env.update(self.params)
+        env[self.graph.input[0].name] = x
+        for n in self.nodes:
+            a = attrs(n)
+            i = [env[k] if k else None for k in n.input]
+            t = n.op_type
+            if t == "Conv":
+                pads = list(a.get("pads", [0, 0, 0, 0]))
+                xx = i[0]
+                if pads[0] != pads[2] or pads[1] != pads[3]:
+                    xx = F.pad(xx, (pads[1], pads[3], pads[0], pads[2]))
+                    pads = [0, 0, 0, 0]
+                y = F.conv2d(xx, i[1], i[2] if len(i) > 2 else None, tuple(a.get("strides", [1, 1])),
+                             (pads[0], pads[1]), tuple(a.get("dilations", [1, 1])), a.get("group", 1))
+            elif t == "BatchNormalization":
+                y = F.batch_norm(i[0], i[3], i[4], i[1], i[2], False, 0.0, a.get("epsilon", 1e-5))
+            elif t == "Relu":
+                y = F.relu(i[0])
+            elif t == "Add":
+                y = i[0] + i[1]
+            elif t == "Sub":
+                y = i[0] - i[1]
+            elif t == "Mul":
+                y = i[0] * i[1]
+            elif t == "AveragePool":
+                k = a["kernel_shape"]
+                y = F.avg_pool2d(i[0], k, a.get("strides", k))
+            elif t == "GlobalAveragePool":
+                y = i[0].mean(dim=(2, 3), keepdim=True)
+            elif t == "Flatten":
+                y = i[0].flatten(a.get("axis", 1))
+            elif t == "Reshape":
+                y = i[0].reshape(i[0].shape[0], -1)
+            elif t == "Gemm":
+                w = i[1].t() if a.get("transB", 0) else i[1]
+                y = i[0] @ w
+                if len(i) > 2 and i[2] is not None:
+                    y = y + i[2]
+            elif t == "MatMul":
+                y = i[0] @ i[1]
+            else:
+                raise SystemExit(f"torch_hutchinson.py: ONNX operator {t} (node {n.name}) is not supported")
+            env[n.output[0]] = y
+        return env[self.out]
+
+
+def estimate(s):
+    s = np.asarray(s, dtype=np.float64)
+    m = len(s)
+    mean = s.mean()
+    var = s.var(ddof=1) if m > 1 else 0.0
+    se = (var / m) ** 0.5
+    rel = se / abs(mean) if mean != 0 else (0.0 if se == 0 else float("inf"))
+    return {"trace": float(mean), "probes": m, "rel_stderr": float(rel)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--cifar", required=True, help="CIFAR-10 binary (optionally .gz)")
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tol", type=float, default=0.05)
+    ap.add_argument("--min-probes", type=int, default=8)
+    ap.add_argument("--max-probes", type=int, default=256)
+    ap.add_argument("--mode", choices=["joint", "per-layer"], default="joint")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.set_num_interop_threads(1)
+    t0 = time.perf_counter()
+    net = OnnxNet(a.model)
+    x, y = load_cifar(a.cifar, a.samples)
+    gen = torch.Generator().manual_seed(a.seed)
+    ws = [net.params[w] for _, w in net.layers]
+    t1 = time.perf_counter()
+    loss = F.cross_entropy(net(x), y)
+    grads = torch.autograd.grad(loss, ws, create_graph=True)
+    # Same schedule as mixprec's hessian-trace: joint probes over the unfinished layers, a layer
+    # predicted to need more than max_probes joint probes restarts alone; per-layer stopping.
+    n = len(ws)
+    samples = [[] for _ in ws]
+    joint = [a.mode == "joint" and n > 1] * n
+    dropped = [0] * n
+    out = [None] * n
+    passes = 0
+    while any(o is None for o in out):
+        groups = []
+        j = [i for i in range(n) if out[i] is None and joint[i]]
+        if j:
+            groups.append(j)
+        groups += [[i] for i in range(n) if out[i] is None and not joint[i]]
+        for grp in groups:
+            zs = [torch.randint(0, 2, ws[i].shape, generator=gen, dtype=torch.float32) * 2 - 1 for i in grp]
+            s = sum((grads[i] * z).sum() for i, z in zip(grp, zs))
+            hz = torch.autograd.grad(s, [ws[i] for i in grp], retain_graph=True)
+            passes += 1
+            for i, z, h in zip(grp, zs, hz):
+                samples[i].append(float((z.double() * h.double()).sum()))
+        n_joint = sum(1 for i in range(n) if out[i] is None and joint[i])
+        for i in range(n):
+            if out[i] is not None:
+                continue
+            e = estimate(samples[i])
+            m = len(samples[i])
+            if m >= a.max_probes or (m >= a.min_probes and e["rel_stderr"] < a.tol):
+                out[i] = dict(e, joint=joint[i], dropped=dropped[i])
+            elif joint[i] and n_joint > 1 and m >= a.min_probes:
+                need = m * (e["rel_stderr"] / a.tol) ** 2
+                if not need <= a.max_probes:
+                    joint[i], dropped[i], samples[i] = False, m, []
+    t2 = time.perf_counter()
+    layers = [dict(name=n, **e) for (n, _), e in zip(net.layers, out)]
+    print(json.dumps({
+        "tool": "torch " + torch.__version__,
+        "threads": torch.get_num_threads(),
+        "setup_s": t1 - t0,
+        "estimate_s": t2 - t1,
+        "passes": passes,
+        "loss": float(loss.detach()),
+        "layers": layers,
+        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
