@@ -18,6 +18,14 @@ Each folder holds model.onnx (QDQ ONNX, per-channel int8 weights, u8 activations
                (QuantModel::run, f32 input in, f32 output out, same as ORT).
 Inputs are fixed pseudo-random raw pixels in 0..255, the models' input range.
 
+vww-mobilenetv1-96 (13 depthwise convolutions; input scaled to 0..1) has no data set here, so its
+rows are timing only, calibrated on random images: `examples/engine_steps.rs --save` lowers it at
+W8A8 (per-channel int8 weights, u8 activations, min-max ranges) on 64 seeded uniform random images
+in [0, 1) and writes them next to the engine file; ORT's quantize_static is calibrated on the same
+64 images. It has no mixprec QDQ ONNX and no mixed-precision allocation (both need a data set), so
+those columns read "-". Its timing input is the same 0..255 pixels as the engine example's, which
+saturate the input quantizer (timing is independent of the values).
+
 A float model whose batch dimension is fixed at 1 (mnist-8) is made batch-symbolic before timing:
 the input's first dimension becomes a symbol and every constant Reshape target whose first entry
 is 1 gets -1 there; the edited model is checked against batch-1 calls of the original on the
@@ -35,10 +43,11 @@ How to run (not part of CI; creates the venv /tmp/venv-ort with numpy, onnx and 
 the current interpreter lacks them, then re-runs itself inside it):
 
     python3 scripts/bench_engine_vs_ort.py [--threads 1,2] [--batch 1,32] [--rounds 3]
+        [--models resnet8,mnist-8,vww]
 
 It builds `cargo build --release --bin mixprec` and
-`cargo build --release -p mixprec-engine --example engine_vs_ort` (CARGO_TARGET_DIR is honoured;
---no-build skips both). The markdown table goes to stdout, progress to stderr; --json FILE also
+`cargo build --release -p mixprec-engine --example engine_vs_ort --example engine_steps`
+(CARGO_TARGET_DIR is honoured; --no-build skips both). The markdown table goes to stdout, progress to stderr; --json FILE also
 writes every median. Quantized folders go to --work DIR (default: a temporary folder).
 """
 import argparse
@@ -83,7 +92,9 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
-MODELS = [("resnet8", "resnet8-cifar10.onnx", "cifar10"), ("mnist-8", "mnist-8.onnx", "mnist")]
+# (short name, file, data set; None = no data set: timing only, random calibration)
+MODELS = [("resnet8", "resnet8-cifar10.onnx", "cifar10"), ("mnist-8", "mnist-8.onnx", "mnist"),
+          ("vww", "vww-mobilenetv1-96.onnx", None)]
 INT8_OPS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGemm",
             "DynamicQuantizeMatMul", "QLinearAdd", "QLinearAveragePool", "QLinearGlobalAveragePool"}
 
@@ -214,10 +225,23 @@ def quantize(mixprec, model_path, data, out, budget, options):
     return (bits[0] if bits else "") + ("; " + eng[0] if eng else "")
 
 
-def ort_quantized(src, work, tag):
+def random_calibration(example_steps, work, short, fname):
+    """The engine file of a model without a data set (W8A8, lowered by engine_steps --save on 64
+    seeded uniform random images in [0, 1)) and those images as [64, C, H, W] float32."""
+    out = os.path.join(work, f"{short}-random")
+    cmd = [example_steps, "--model", fname.removesuffix(".onnx"), "--save", out]
+    log("+ " + " ".join(cmd))
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
+    stem = fname.removesuffix(".onnx")
+    images = np.fromfile(os.path.join(out, f"{stem}-calib.f32"), dtype="<f4")
+    return os.path.join(out, f"{stem}-w8a8.mpqm"), images
+
+
+def ort_quantized(src, work, tag, calib=None):
     """ONNX Runtime's own static W8A8 (QDQ, u8 activations, s8 per-channel weights), the fast
     setting of shared/BENCHMARKING.md, calibrated on 16 pseudo-random pixel images (the range
-    values do not change the speed). Returns (path, how) or (None, why not)."""
+    values do not change the speed), or on `calib` (flat float32, whole samples) when given.
+    Returns (path, how) or (None, why not)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
     m = symbolic_batch(src) or onnx.load(src)
@@ -237,7 +261,11 @@ def ort_quantized(src, work, tag):
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter([{name: pixels([1] + shape, i)} for i in range(16)])
+            if calib is None:
+                xs = [pixels([1] + shape, i) for i in range(16)]
+            else:
+                xs = list(calib.reshape([-1, 1] + shape))
+            self.it = iter([{name: x} for x in xs])
 
         def get_next(self):
             return next(self.it, None)
@@ -272,53 +300,77 @@ def main():
     ap.add_argument("--work", default=None, help="folder for the quantized outputs")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--models", default=",".join(m[0] for m in MODELS),
+                    help="comma-separated short names: " + ", ".join(m[0] for m in MODELS))
     a = ap.parse_args()
     threads = [int(t) for t in a.threads.split(",")]
     batches = [int(b) for b in a.batch.split(",")]
     tgt = target_dir()
+    wanted = set(a.models.split(","))
+    unknown = wanted - {m[0] for m in MODELS}
+    if unknown:
+        sys.exit(f"error: unknown --models {sorted(unknown)}; known: {[m[0] for m in MODELS]}")
+    need_cli = any(d for s_, _, d in MODELS if s_ in wanted)
     if not a.no_build:
-        for args in (["--bin", "mixprec"], ["-p", "mixprec-engine", "--example", "engine_vs_ort"]):
+        builds = [["-p", "mixprec-engine", "--example", "engine_vs_ort", "--example", "engine_steps"]]
+        if need_cli:
+            builds.insert(0, ["--bin", "mixprec"])
+        for args in builds:
             subprocess.run(["cargo", "build", "--release", "-j", "2"] + args, check=True, cwd=REPO)
     mixprec = os.path.join(tgt, "release", "mixprec")
     example = os.path.join(tgt, "release", "examples", "engine_vs_ort")
-    for p in (mixprec, example):
+    example_steps = os.path.join(tgt, "release", "examples", "engine_steps")
+    for p in ([mixprec] if need_cli else []) + [example, example_steps]:
         if not os.path.exists(p):
             sys.exit(f"error: {p} is missing; run without --no-build or set CARGO_TARGET_DIR")
     work = a.work or tempfile.mkdtemp(prefix="mixprec-engine-vs-ort-")
     notes = set()
     rows, results = [], []
     for short, fname, data in MODELS:
+        if short not in wanted:
+            continue
         src = os.path.join(data_dir(), "models", fname)
-        w8 = os.path.join(work, f"{short}-w8a8")
-        mx = os.path.join(work, f"{short}-mixed")
-        info_w8 = quantize(mixprec, src, data, w8, "wbits=8", "w8")
-        info_mx = quantize(mixprec, src, data, mx, a.mixed_budget, "w4,w8")
-        notes.add(f"{short} W8A8: {info_w8}")
-        notes.add(f"{short} mixed ({a.mixed_budget}, w4/w8): {info_mx}")
-        qdq = os.path.join(w8, "model.onnx")
-        notes.add(f"{short} ORT QDQ (mixprec's model.onnx) optimised graph: {int8_nodes(qdq, 1, work)}")
-        oq, how_oq = ort_quantized(src, work, short)
+        calib = None
+        if data is None:
+            w8_mpqm, calib = random_calibration(example_steps, work, short, fname)
+            mx_mpqm, qdq = None, None
+            notes.add(f"{short}: timing only, random calibration (64 seeded uniform images in "
+                      f"[0, 1), the same for mixprec and ORT-quantized); no mixprec QDQ / mixed")
+        else:
+            w8 = os.path.join(work, f"{short}-w8a8")
+            mx = os.path.join(work, f"{short}-mixed")
+            info_w8 = quantize(mixprec, src, data, w8, "wbits=8", "w8")
+            info_mx = quantize(mixprec, src, data, mx, a.mixed_budget, "w4,w8")
+            notes.add(f"{short} W8A8: {info_w8}")
+            notes.add(f"{short} mixed ({a.mixed_budget}, w4/w8): {info_mx}")
+            w8_mpqm, mx_mpqm = os.path.join(w8, "model.mpqm"), os.path.join(mx, "model.mpqm")
+            qdq = os.path.join(w8, "model.onnx")
+            notes.add(f"{short} ORT QDQ (mixprec's model.onnx) optimised graph: "
+                      f"{int8_nodes(qdq, 1, work)}")
+        oq, how_oq = ort_quantized(src, work, short, calib)
         if oq:
             notes.add(f"{short} ORT-quantized int8 ({how_oq}) optimised graph: {int8_nodes(oq, 1, work)}")
         else:
             notes.add(f"{short} ORT-quantized int8: not available ({how_oq})")
         for t in threads:
-            qsess = session(qdq, t)
-            qname = qsess.get_inputs()[0].name
+            qsess = session(qdq, t) if qdq else None
+            fsess = qsess or session(src, t)
+            qname = fsess.get_inputs()[0].name
             osess = session(oq, t) if oq else None
-            sample = [int(d) for d in qsess.get_inputs()[0].shape[1:]]
+            sample = [int(d) for d in fsess.get_inputs()[0].shape[1:]]
             for b in batches:
                 fp32_fn, how = fp32_runner(src, t, b, notes)
                 xq = pixels([b] + sample, 1)
                 per = {k: [] for k in ("fp32", "qdq", "oq", "w8", "mx")}
                 for r in range(a.rounds):
                     per["fp32"].append(median_time(fp32_fn))
-                    per["qdq"].append(median_time(lambda: qsess.run(None, {qname: xq})))
+                    per["qdq"].append(median_time(lambda: qsess.run(None, {qname: xq})) if qsess
+                                      else float("nan"))
                     per["oq"].append(median_time(lambda: osess.run(None, {qname: xq})) if osess
                                      else float("nan"))
-                    s, backend = engine_ms(example, os.path.join(w8, "model.mpqm"), b, t)
+                    s, backend = engine_ms(example, w8_mpqm, b, t)
                     per["w8"].append(s)
-                    s, _ = engine_ms(example, os.path.join(mx, "model.mpqm"), b, t)
+                    s = engine_ms(example, mx_mpqm, b, t)[0] if mx_mpqm else float("nan")
                     per["mx"].append(s)
                 med = {k: statistics.median(v) * 1e3 for k, v in per.items()}
 
@@ -328,7 +380,8 @@ def main():
                 rat = {"qdq/w8": ratio("qdq", "w8"), "qdq/mx": ratio("qdq", "mx"), "oq/w8": ratio("oq", "w8"),
                        "fp32/w8": ratio("fp32", "w8"), "fp32/mx": ratio("fp32", "mx")}
                 log(f"{short} threads={t} batch={b}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in med.items()))
-                rows.append((short, t, b, med, rat, backend, how))
+                label = short if data else f"{short} (timing only, random calibration)"
+                rows.append((label, t, b, med, rat, backend, how))
                 results.append({"model": short, "threads": t, "batch": b, "backend": backend,
                                  "fp32_batching": how, "median_ms": med, "ratios": rat,
                                  "rounds": a.rounds})
@@ -336,10 +389,16 @@ def main():
           "| mixprec W8A8 ms | mixprec mixed ms | QDQ / W8A8 | QDQ / mixed | ORT-quantized / W8A8 "
           "| fp32 / W8A8 | fp32 / mixed |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    def ms(v):
+        return "-" if v != v else f"{v:.3f}"
+
+    def x(v):
+        return "-" if v != v else f"{v:.2f}x"
+
     for short, t, b, med, rat, backend, how in rows:
-        print(f"| {short} | {t} | {b} | {med['fp32']:.3f} | {med['qdq']:.3f} | {med['oq']:.3f} | "
-              f"{med['w8']:.3f} | {med['mx']:.3f} | {rat['qdq/w8']:.2f}x | {rat['qdq/mx']:.2f}x | "
-              f"{rat['oq/w8']:.2f}x | {rat['fp32/w8']:.2f}x | {rat['fp32/mx']:.2f}x |")
+        print(f"| {short} | {t} | {b} | {ms(med['fp32'])} | {ms(med['qdq'])} | {ms(med['oq'])} | "
+              f"{ms(med['w8'])} | {ms(med['mx'])} | {x(rat['qdq/w8'])} | {x(rat['qdq/mx'])} | "
+              f"{x(rat['oq/w8'])} | {x(rat['fp32/w8'])} | {x(rat['fp32/mx'])} |")
     print()
     print(f"mixprec backend: {rows[0][5] if rows else '?'}; onnxruntime {ort.__version__}; "
           f"{a.rounds} rounds; ratios > 1 mean mixprec is faster.")

@@ -23,15 +23,21 @@
 //! - residual Add (64-bit lanes), input quantization and pooling are vectorised / channels-last;
 //! - all buffers live in a workspace kept per batch size and reused by the next run;
 //! - large layers hand out blocks of output rows (pixels of every image of the batch) to the
-//!   calling thread and helpers.
+//!   calling thread and helpers;
+//! - depthwise convolutions (one filter per channel) run on their own channels-last kernel,
+//!   vectorised over channels (16 `i32` lanes per register, `vpdpwssd` on widened codes, up to
+//!   eight output pixels per weight load; `16/C` pixels per register when `C` divides 16) with
+//!   the same in-register requantization.
 //!
-//! Steps without a fast form here (depthwise and grouped convolutions, dilated convolutions over
-//! channels that are not a multiple of 4) convert their operands to channels-first and run the
-//! reference kernels.
+//! Steps without a fast form here (grouped convolutions with several channels per group or a
+//! channel multiplier above 1, depthwise layers whose sums could saturate or that write `f32`,
+//! dilated convolutions over channels that are not a multiple of 4) convert their operands to
+//! channels-first and run the reference kernels.
 //!
-//! Complexity: that of the kernels, `O(M·N·K)` per layer (`M` = batch·output pixels); every
-//! other step is linear in its tensor (pooling: times the window). Workspace memory: one buffer
-//! per tensor, one padded input, and per thread an `i32` tile of `240 × N`.
+//! Complexity: that of the kernels, `O(M·N·K)` per layer (`M` = batch·output pixels; a
+//! depthwise layer `O(M·C·kh·kw)`); every other step is linear in its tensor (pooling: times the
+//! window). Workspace memory: one buffer per tensor, one padded input, and per thread an `i32`
+//! tile of `240 × N`.
 
 use std::sync::{Mutex, OnceLock};
 
@@ -168,6 +174,8 @@ enum EpilogueKind {
 enum Plan {
     /// Fused layer (implicit-GEMM convolution or matrix product).
     Layer(Box<LayerPlan>),
+    /// Depthwise convolution with the fused epilogue.
+    Depthwise(Box<DwPlan>),
     /// Residual Add: `[z_a, z_b, m_a, m_b]`, shift, `[z_o, lo, hi]` for the vector kernel.
     Add([i32; 4], u32, [i64; 3]),
     /// Pooling on a channels-last tensor.
@@ -195,6 +203,199 @@ struct LayerPlan {
     dilations: [usize; 2],
     out_hw: [usize; 2],
     ep: Epilogue,
+}
+
+/// A depthwise convolution (`groups = C = Cout`, weights `[C, 1, kh, kw]`) on channels-last
+/// codes, vectorised over channels (`kernels/avx512_fused.rs`, `depthwise`).
+#[derive(Debug)]
+struct DwPlan {
+    /// Input `[H, W, C]`.
+    hwc: [usize; 3],
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    /// `[top, left, bottom, right]`.
+    pads: [usize; 4],
+    dilations: [usize; 2],
+    out_hw: [usize; 2],
+    /// `kh·kw` rows of `⌈C/16⌉·16` lanes, tap-major; each lane holds the `i16` weight code in
+    /// its low half (zero high half; lanes past `C` are zero, or repeat the channels with
+    /// period `C` when `C` divides 16).
+    w: Vec<i32>,
+    /// In-register epilogue constants, one panel per 16 channels (repeating like `w`).
+    ep: Vec<PanelEpilogue>,
+    /// Output `[z_o, lo, hi]`.
+    zlh: [i64; 3],
+}
+
+impl DwPlan {
+    /// The depthwise plan of layer `l` (weights `values` of `shape` `[C, 1, kh, kw]` over an
+    /// input `[C, H, W]` with zero point `zp`), or `None` when this CPU lacks AVX-512 VNNI, the
+    /// layer is not depthwise with one filter per channel, writes `f32`, or a sum could
+    /// saturate (those keep the reference kernels).
+    fn new(
+        l: &LayerStep,
+        values: &[i8],
+        shape: &[usize],
+        params: &crate::kernels::Conv2dParams,
+        input: [usize; 3],
+        out_hw: [usize; 2],
+        zp: i32,
+    ) -> Result<Option<Self>> {
+        let [c, h, w] = input;
+        let &[co, one, kh, kw] = shape else {
+            return Ok(None);
+        };
+        if !crate::kernels::vnni_available()
+            || c < 2
+            || co != c
+            || one != 1
+            || params.groups != c
+            || kh * kw == 0
+            || values.len() != c * kh * kw
+        {
+            return Ok(None);
+        }
+        let taps = kh * kw;
+        let cp = c.div_ceil(16) * 16;
+        let mut wl = vec![0i32; taps * cp];
+        let mut row_sums = vec![0i32; c];
+        for ch in 0..c {
+            for t in 0..taps {
+                let v = values[ch * taps + t];
+                wl[t * cp + ch] = (v as i16 as u16) as i32;
+                row_sums[ch] += v as i32;
+            }
+        }
+        let ep = epilogue(l, c, zp, &row_sums, taps)?;
+        let (Some(mut panels), EpilogueKind::Codes { range, .. }) = (ep.fused, &ep.kind) else {
+            return Ok(None);
+        };
+        if 16 % c == 0 && c < 16 {
+            // Repeat the channels over the 16 lanes: a register then holds `16/C` whole pixels.
+            for t in 0..taps {
+                for l in c..16 {
+                    wl[t * cp + l] = wl[t * cp + l % c];
+                }
+            }
+            let e = &mut panels[0];
+            for l in c..16 {
+                e.bz[l] = e.bz[l % c];
+                e.m[l] = e.m[l % c];
+                let (src, dst) = (l % c, l);
+                let (sh, half) = if src % 2 == 0 {
+                    (e.sh_even[src / 2], e.half_even[src / 2])
+                } else {
+                    (e.sh_odd[src / 2], e.half_odd[src / 2])
+                };
+                if dst % 2 == 0 {
+                    e.sh_even[dst / 2] = sh;
+                    e.half_even[dst / 2] = half;
+                } else {
+                    e.sh_odd[dst / 2] = sh;
+                    e.half_odd[dst / 2] = half;
+                }
+            }
+        }
+        Ok(Some(Self {
+            hwc: [h, w, c],
+            kernel: [kh, kw],
+            strides: params.strides,
+            pads: params.pads,
+            dilations: params.dilations,
+            out_hw,
+            w: wl,
+            ep: panels,
+            zlh: [
+                range.zero_point as i64,
+                range.qmin as i64,
+                range.qmax as i64,
+            ],
+        }))
+    }
+}
+
+/// Runs a depthwise plan over `batch` channels-last images `x` into `out` (`[batch·Ho·Wo, C]`),
+/// on up to `scratch.len()` threads.
+fn run_depthwise(
+    x: &[u8],
+    batch: usize,
+    dp: &DwPlan,
+    zp: u8,
+    padded: &mut Vec<u8>,
+    scratch: &mut [Scratch],
+    out: &mut [u8],
+) -> std::result::Result<(), String> {
+    let [h, w, c] = dp.hwc;
+    let [pt, pl, pb, pr] = dp.pads;
+    let [kh, kw] = dp.kernel;
+    let [ho, wo] = dp.out_hw;
+    if x.len() != batch * h * w * c {
+        return Err(format!(
+            "input holds {} codes, the layer reads {}",
+            x.len(),
+            batch * h * w * c
+        ));
+    }
+    let m = batch * ho * wo;
+    if out.len() != m * c {
+        return Err(format!(
+            "output holds {} codes, the layer writes {}",
+            out.len(),
+            m * c
+        ));
+    }
+    let (hp, wp) = (h + pt + pb, w + pl + pr);
+    let reach = |o: usize, s: usize, k: usize, d: usize| (o.max(1) - 1) * s + (k - 1) * d + 1;
+    if m > 0
+        && (reach(ho, dp.strides[0], kh, dp.dilations[0]) > hp
+            || reach(wo, dp.strides[1], kw, dp.dilations[1]) > wp)
+    {
+        return Err(format!(
+            "output {ho}x{wo} does not fit the padded input {hp}x{wp} with kernel {kh}x{kw}"
+        ));
+    }
+    let mut src = x;
+    if dp.pads != [0; 4] {
+        pad_hwc(x, batch, dp.hwc, dp.pads, zp, padded);
+        src = padded;
+    }
+    let g = crate::kernels::avx512_fused::DwGeom {
+        hwc: [hp, wp, c],
+        kernel: dp.kernel,
+        strides: dp.strides,
+        dilations: dp.dilations,
+        out_hw: dp.out_hw,
+    };
+    let run = |rows: std::ops::Range<usize>, o: &mut [u8]| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a plan exists only on AVX-512 VNNI CPUs (`DwPlan::new`); the windows of
+        // every output pixel lie inside the padded input (checked above), `o` holds the rows,
+        // the weights hold `kh·kw` rows of `⌈C/16⌉·16` lanes and `ep` one panel per 16 channels.
+        unsafe {
+            crate::kernels::avx512_fused::depthwise(
+                src,
+                &g,
+                &dp.w,
+                &dp.ep,
+                dp.zlh,
+                rows,
+                o.as_mut_ptr(),
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (rows, o, &g);
+    };
+    let threads = if m * c * kh * kw >= PARALLEL_MACS / 8 {
+        scratch.len().min(m.div_ceil(ROW_BLOCK)).max(1)
+    } else {
+        1
+    };
+    if threads <= 1 {
+        run(0..m, out);
+    } else {
+        run_dynamic(out, c, m, threads, scratch, |rows, _, o| run(rows, o));
+    }
+    Ok(())
 }
 
 /// The fast plan of a model (built on its first fast run) and its workspaces.
@@ -306,10 +507,35 @@ impl QuantModel {
         Ok(match step {
             Step::Layer(l) => {
                 let w = &self.weights[l.weights];
+                let zp = self.params(l.input)?.zero_point;
+                if let LayerGeometry::Conv {
+                    input: [c, h, wd],
+                    output: [co, ho, wo],
+                    params,
+                } = &l.geometry
+                {
+                    if w.fast.is_none()
+                        && params.groups > 1
+                        && self.shape(l.input) == [*c, *h, *wd]
+                        && self.shape(l.output) == [*co, *ho, *wo]
+                    {
+                        let dp = DwPlan::new(
+                            l,
+                            &w.values(),
+                            &w.shape,
+                            params,
+                            [*c, *h, *wd],
+                            [*ho, *wo],
+                            zp,
+                        )?;
+                        if let Some(dp) = dp {
+                            return Ok(Plan::Depthwise(Box::new(dp)));
+                        }
+                    }
+                }
                 let Some(fw) = &w.fast else {
                     return Ok(Plan::Reference);
                 };
-                let zp = self.params(l.input)?.zero_point;
                 match &l.geometry {
                     LayerGeometry::Conv {
                         input: [c, h, wd],
@@ -632,6 +858,23 @@ impl QuantModel {
             }
             (Step::Layer(l), Plan::Layer(lp)) => {
                 self.fast_layer(l, lp, ws, batch)?;
+            }
+            (Step::Layer(l), Plan::Depthwise(dp)) => {
+                let zp = self.params(l.input)?.zero_point as u8;
+                let mut out = std::mem::take(&mut ws.codes[out_t]);
+                let mut padded = std::mem::take(&mut ws.padded);
+                let r = run_depthwise(
+                    &ws.codes[l.input],
+                    batch,
+                    dp,
+                    zp,
+                    &mut padded,
+                    &mut ws.scratch,
+                    &mut out,
+                );
+                ws.codes[out_t] = out;
+                ws.padded = padded;
+                r.map_err(|e| EngineError::Invalid(format!("layer '{}': {e}", l.name)))?;
             }
             (Step::Add(a), Plan::Add(k, shift, zlh)) => {
                 let mut out = std::mem::take(&mut ws.codes[out_t]);
@@ -1718,6 +1961,97 @@ mod tests {
             fl.run().unwrap();
             let mut got = vec![0u8; fl.out.len()];
             to_chw(&fl.out, co, ho * wo, &mut got);
+            prop_assert_eq!(got, want);
+        }
+
+        /// The channels-last depthwise convolution with the fused epilogue equals the generic
+        /// grouped convolution + requantization code for code.
+        #[test]
+        fn depthwise_matches_generic(
+            (n, c, h, w) in (1usize..3, 2usize..40, 1usize..7, 1usize..24),
+            (kh, kw) in (1usize..4, 1usize..4),
+            (sh, sw) in (1usize..3, 1usize..3),
+            pads in proptest::array::uniform4(0usize..3),
+            dil in 1usize..3,
+            zp in 0u8..=255,
+            (zo, lo, hi) in (0i32..256, 0i32..60, 190i32..256),
+            bits in 2u32..9,
+            seed in any::<u64>(),
+        ) {
+            if !crate::kernels::vnni_available() {
+                return Ok(());
+            }
+            let p = Conv2dParams { strides: [sh, sw], pads, dilations: [dil, dil], groups: c };
+            let Ok([ho, wo]) = p.output_hw(h, w, kh, kw) else { return Ok(()) };
+            let mut s = seed | 1;
+            let mut next = move || {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s
+            };
+            let x: Vec<u8> = (0..n * c * h * w).map(|_| next() as u8).collect();
+            let q = 1i64 << (bits - 1);
+            let wt: Vec<i8> = (0..c * kh * kw)
+                .map(|_| ((next() % (2 * q as u64)) as i64 - q).max(1 - q) as i8)
+                .collect();
+            // Scales that spread the outputs over a few dozen codes around `z_o` (most of them
+            // unclamped, so that an off-by-one sum shows), and a few tiny / huge ones.
+            let span = (kh * kw * 128) as f64 * q as f64;
+            let bias: Vec<i32> = (0..c)
+                .map(|_| ((next() % 2001) as f64 - 1000.0) * span / 4000.0)
+                .map(|b| b as i32)
+                .collect();
+            let mults: Vec<Dyadic> = (0..c)
+                .map(|i| {
+                    let u = 0.2 + (next() % 1000) as f64 * 2e-3;
+                    let typical = ((kh * kw) as f64).sqrt() * 60.0 * q as f64;
+                    let r = match i % 9 {
+                        0 => 1e-7 * u,
+                        1 => 4.0 * u,
+                        _ => 20.0 * u / typical,
+                    };
+                    Dyadic::from_real(r).unwrap()
+                })
+                .collect();
+            let range = OutputRange { zero_point: zo.clamp(lo, hi), qmin: lo, qmax: hi };
+            let cw = ConvWeights::new(&wt, [c, 1, kh, kw], c, bits).unwrap();
+            let acc = conv2d_with(Backend::Generic, &x, [n, c, h, w], zp as i32, &cw, &p).unwrap();
+            let want: Vec<u8> =
+                requantize(&acc.data, [n, c, ho * wo], Some(&bias), &mults, range).unwrap();
+            let step = FusedLayer::step(bias, mults, range);
+            let dp = DwPlan::new(&step, &wt, &[c, 1, kh, kw], &p, [c, h, w], [ho, wo], zp as i32)
+                .unwrap()
+                .expect("a depthwise plan on an AVX-512 VNNI CPU");
+            let mut xh = vec![0u8; x.len()];
+            to_hwc(&x, c, h * w, &mut xh);
+            let mut out = vec![0u8; n * ho * wo * c];
+            let mut scratch = vec![Scratch::default()];
+            let mut padded = Vec::new();
+            run_depthwise(&xh, n, &dp, zp, &mut padded, &mut scratch, &mut out).unwrap();
+            let mut got = vec![0u8; out.len()];
+            to_chw(&out, c, ho * wo, &mut got);
+            prop_assert_eq!(&got, &want);
+            // The same in two blocks of output pixels split anywhere (as threads get them).
+            out.fill(0);
+            let m = n * ho * wo;
+            let split = (next() as usize) % (m + 1);
+            let g = crate::kernels::avx512_fused::DwGeom {
+                hwc: [h + pads[0] + pads[2], w + pads[1] + pads[3], c],
+                kernel: [kh, kw],
+                strides: [sh, sw],
+                dilations: [dil, dil],
+                out_hw: [ho, wo],
+            };
+            let src: &[u8] = if pads == [0; 4] { &xh } else { &padded };
+            let (o1, o2) = out.split_at_mut(split * c);
+            // SAFETY: as in `run_depthwise`, whose checks passed above.
+            unsafe {
+                let k = crate::kernels::avx512_fused::depthwise;
+                k(src, &g, &dp.w, &dp.ep, dp.zlh, 0..split, o1.as_mut_ptr());
+                k(src, &g, &dp.w, &dp.ep, dp.zlh, split..m, o2.as_mut_ptr());
+            }
+            to_chw(&out, c, ho * wo, &mut got);
             prop_assert_eq!(got, want);
         }
 

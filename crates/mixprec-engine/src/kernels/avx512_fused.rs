@@ -15,6 +15,12 @@
 //! epilogue adds one per-channel constant `bias - z_x·Σw` in `i32`, which the caller only allows
 //! when no sum can leave the `i32` range (so it equals the reference's saturating bias add); the
 //! multiply and rounding shift run in `i64` as in [`super::Dyadic::apply`].
+//!
+//! Depthwise convolutions (survey §3.3 as above; MobileNetV1's depthwise-separable layers, Howard
+//! et al., arXiv:1704.04861) have one filter per channel, so there is no reduction over channels
+//! to feed `vpdpbusd`: [`depthwise`] vectorises over channels instead (16 per register, `u8` codes
+//! widened to `i32`, one exact `vpdpwssd` product per lane and tap) with the same epilogue.
+//! Complexity `O(M·C·kh·kw)`.
 #![allow(clippy::incompatible_msrv)]
 
 use std::arch::x86_64::*;
@@ -210,4 +216,330 @@ fn add16(a: __m512i, b: __m512i, k: [i32; 4], shift: u32, zlh: [i64; 3]) -> __m1
         ve,
         _mm512_slli_epi64(vo, 32),
     ))
+}
+
+/// Geometry of a depthwise convolution on a channels-last `u8` input already padded with the
+/// zero point (`[Hp, Wp, C]` per image).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DwGeom {
+    /// `[Hp, Wp, C]` of the padded input.
+    pub hwc: [usize; 3],
+    /// `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// `[sh, sw]`.
+    pub strides: [usize; 2],
+    /// `[dh, dw]`.
+    pub dilations: [usize; 2],
+    /// `[Ho, Wo]`.
+    pub out_hw: [usize; 2],
+}
+
+/// Depthwise convolution (one filter per channel) of output pixels `rows` (numbered over the
+/// whole batch, `b·Ho·Wo + oy·Wo + ox`) with the fused requantization of [`micro`].
+///
+/// Vectorised over channels: 16 channels of one pixel per register, the `u8` codes widened to
+/// `i32` lanes and multiplied with `vpdpwssd` against weights stored as `i32` lanes that hold
+/// the `i16` code in their low half (the high halves are zero, so each lane gets exactly one
+/// product). Up to eight output pixels of a row share each weight load; for 3-wide undilated
+/// kernels with stride 1 or 2 each input column is also widened once per kernel row and shared
+/// by the pixels that read it. The accumulators are `Σ x·w` over the `kh·kw` taps; the
+/// epilogue's `bz` removes `z_x·Σw`.
+///
+/// `w` holds `kh·kw` rows of `cp = ⌈C/16⌉·16` lanes (zeros past `C`, except that when `C`
+/// divides 16 lane `l` holds channel `l mod C`); `ep` one panel per 16 channels (lanes repeating
+/// with period `C` likewise); pixel `r` is written at `out + (r - rows.start)·C`. With stride 1
+/// and `C` in {1, 2, 4, 8} a register holds `16/C` whole pixels.
+///
+/// # Safety
+/// CPU features as in the module docs; every window of `rows` inside `x` (`batch` padded
+/// images); `w`, `ep` and `out` as described.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub(crate) unsafe fn depthwise(
+    x: &[u8],
+    g: &DwGeom,
+    w: &[i32],
+    ep: &[PanelEpilogue],
+    zlh: [i64; 3],
+    rows: std::ops::Range<usize>,
+    out: *mut u8,
+) {
+    let [hp, wp, c] = g.hwc;
+    let [kh, kw] = g.kernel;
+    let [sh, sw] = g.strides;
+    let [dh, dw] = g.dilations;
+    let [ho, wo] = g.out_hw;
+    let cp = c.div_ceil(16) * 16;
+    let taps = kh * kw;
+    // Byte offset of every tap from a window's first byte.
+    let mut tap_off = [0usize; 64];
+    let many;
+    let offs: &[usize] = if taps <= 64 {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                tap_off[ky * kw + kx] = (ky * dh * wp + kx * dw) * c;
+            }
+        }
+        &tap_off[..taps]
+    } else {
+        many = (0..kh)
+            .flat_map(|ky| (0..kw).map(move |kx| (ky * dh * wp + kx * dw) * c))
+            .collect::<Vec<_>>();
+        &many
+    };
+    // Byte offset of every kernel row (3-wide kernels only).
+    let mut row_off = [0usize; 64];
+    if kw == 3 {
+        for (ky, o) in row_off.iter_mut().enumerate().take(kh.min(64)) {
+            *o = ky * dh * wp * c;
+        }
+    }
+    let z = _mm512_set1_epi64(zlh[0]);
+    let lo = _mm512_set1_epi64(zlh[1]);
+    let hi = _mm512_set1_epi64(zlh[2]);
+    let xp = x.as_ptr();
+    let per_img = ho * wo;
+    let packed = sw == 1 && c < 16 && 16 % c == 0;
+    let mut r = rows.start;
+    while r < rows.end {
+        let (b, pix) = (r / per_img, r % per_img);
+        let (oy, ox0) = (pix / wo, pix % wo);
+        let len = (wo - ox0).min(rows.end - r);
+        let row0 = (b * hp * wp + oy * sh * wp) * c;
+        if packed {
+            // Stride 1 and `C` dividing 16: the row's `len·C` output codes are contiguous and
+            // lane `l` of each 16-byte block reads the codes `l` bytes after the block's window
+            // start, so a register holds `16/C` whole pixels (weights and constants repeat with
+            // period `C`).
+            let lanes = len * c;
+            let (full, rem) = (lanes / 16, lanes % 16);
+            let x0 = xp.wrapping_add(row0 + ox0 * c);
+            let o0 = out.wrapping_add((r - rows.start) * c);
+            let mut k = DwEpilogue::new(&ep[0], [z, lo, hi], 0xFFFF);
+            let wb = w.as_ptr();
+            let mut j = 0;
+            while j < full {
+                let cnt = (full - j).min(8);
+                let (xj, oj) = (x0.wrapping_add(16 * j), o0.wrapping_add(16 * j));
+                // SAFETY: the blocks cover exactly this row's windows and outputs (caller
+                // contract).
+                unsafe {
+                    match cnt {
+                        8 => dw_pixels::<8>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        7 => dw_pixels::<7>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        6 => dw_pixels::<6>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        5 => dw_pixels::<5>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        4 => dw_pixels::<4>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        3 => dw_pixels::<3>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        2 => dw_pixels::<2>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        _ => dw_pixels::<1>(xj, 16, offs, wb, cp, &k, oj, 16),
+                    }
+                }
+                j += cnt;
+            }
+            if rem > 0 {
+                k.mask = ((1u32 << rem) - 1) as u16;
+                let (xj, oj) = (x0.wrapping_add(16 * full), o0.wrapping_add(16 * full));
+                // SAFETY: as above, the last `rem` lanes (masked loads and stores).
+                unsafe { dw_pixels::<1>(xj, 16, offs, wb, cp, &k, oj, 16) };
+            }
+            r += len;
+            continue;
+        }
+        for (cb, e) in ep.iter().enumerate().take(cp / 16) {
+            let left = c - cb * 16;
+            let mask: u16 = if left >= 16 {
+                0xFFFF
+            } else {
+                ((1u32 << left) - 1) as u16
+            };
+            let k = DwEpilogue::new(e, [z, lo, hi], mask);
+            let wb = w.as_ptr().wrapping_add(cb * 16);
+            let mut j = 0;
+            // 3-wide undilated kernels (MobileNet's): each input column widened once per kernel
+            // row and shared by the output pixels that read it.
+            if kw == 3 && kh <= 64 && dw == 1 && (sw == 1 || sw == 2) {
+                let group = if sw == 1 { 8 } else { 6 };
+                while len - j >= group {
+                    let x0 = xp.wrapping_add(row0 + (ox0 + j) * sw * c + cb * 16);
+                    let o0 = out.wrapping_add((r + j - rows.start) * c + cb * 16);
+                    // SAFETY: the columns of these pixels' windows are those the general path
+                    // reads (caller contract).
+                    unsafe {
+                        if sw == 1 {
+                            dw_cols3::<8, 1, 10>(x0, c, &row_off[..kh], wb, cp, &k, o0);
+                        } else {
+                            dw_cols3::<6, 2, 13>(x0, c, &row_off[..kh], wb, cp, &k, o0);
+                        }
+                    }
+                    j += group;
+                }
+            }
+            while j < len {
+                let cnt = (len - j).min(8);
+                let x0 = xp.wrapping_add(row0 + (ox0 + j) * sw * c + cb * 16);
+                let o0 = out.wrapping_add((r + j - rows.start) * c + cb * 16);
+                let (xs, os) = (sw * c, c);
+                // SAFETY: forwarded (caller contract).
+                unsafe {
+                    match cnt {
+                        8 => dw_pixels::<8>(x0, xs, offs, wb, cp, &k, o0, os),
+                        7 => dw_pixels::<7>(x0, xs, offs, wb, cp, &k, o0, os),
+                        6 => dw_pixels::<6>(x0, xs, offs, wb, cp, &k, o0, os),
+                        5 => dw_pixels::<5>(x0, xs, offs, wb, cp, &k, o0, os),
+                        4 => dw_pixels::<4>(x0, xs, offs, wb, cp, &k, o0, os),
+                        3 => dw_pixels::<3>(x0, xs, offs, wb, cp, &k, o0, os),
+                        2 => dw_pixels::<2>(x0, xs, offs, wb, cp, &k, o0, os),
+                        _ => dw_pixels::<1>(x0, xs, offs, wb, cp, &k, o0, os),
+                    }
+                }
+                j += cnt;
+            }
+        }
+        r += len;
+    }
+}
+
+impl DwEpilogue {
+    /// The constants of panel `e`, output `[z, lo, hi]` and the valid-lane mask.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn new(e: &PanelEpilogue, zlh: [__m512i; 3], mask: u16) -> Self {
+        // SAFETY: the aligned constant rows of one panel.
+        unsafe {
+            let m = _mm512_load_si512(e.m.as_ptr() as *const __m512i);
+            Self {
+                bz: _mm512_load_si512(e.bz.as_ptr() as *const __m512i),
+                m,
+                m_odd: _mm512_srli_epi64(m, 32),
+                se: _mm512_load_si512(e.sh_even.as_ptr() as *const __m512i),
+                so: _mm512_load_si512(e.sh_odd.as_ptr() as *const __m512i),
+                he: _mm512_load_si512(e.half_even.as_ptr() as *const __m512i),
+                ho: _mm512_load_si512(e.half_odd.as_ptr() as *const __m512i),
+                z: zlh[0],
+                lo: zlh[1],
+                hi: zlh[2],
+                mask,
+            }
+        }
+    }
+}
+
+/// The epilogue constants of one panel of 16 channels, in registers.
+struct DwEpilogue {
+    bz: __m512i,
+    m: __m512i,
+    m_odd: __m512i,
+    se: __m512i,
+    so: __m512i,
+    he: __m512i,
+    ho: __m512i,
+    z: __m512i,
+    lo: __m512i,
+    hi: __m512i,
+    /// Valid channels of the panel.
+    mask: u16,
+}
+
+/// `P` consecutive output pixels of one row, one panel of 16 channels: pixel `i`'s window
+/// starts at `x0 + i·xs`, its codes go to `o0 + i·os`.
+///
+/// # Safety
+/// As [`depthwise`].
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_pixels<const P: usize>(
+    x0: *const u8,
+    xs: usize,
+    offs: &[usize],
+    wb: *const i32,
+    cp: usize,
+    k: &DwEpilogue,
+    o0: *mut u8,
+    os: usize,
+) {
+    let mut acc = [_mm512_setzero_si512(); P];
+    for (t, &off) in offs.iter().enumerate() {
+        // SAFETY: tap `t`'s weights (`cp` lanes per tap) and the windows' codes lie inside
+        // the buffers (caller contract); the code loads are masked to the valid channels.
+        unsafe {
+            let wv = _mm512_loadu_si512(wb.add(t * cp) as *const __m512i);
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
+                    k.mask,
+                    x0.wrapping_add(i * xs + off) as *const i8,
+                ));
+                *a = _mm512_dpwssd_epi32(*a, xv, wv);
+            }
+        }
+    }
+    for (i, &a) in acc.iter().enumerate() {
+        // SAFETY: pixel `i`'s output holds this panel's valid channels.
+        unsafe { dw_store(a, k, o0.wrapping_add(i * os)) };
+    }
+}
+
+/// `P` consecutive output pixels of one row of a 3-wide, undilated kernel with stride `SW`:
+/// per kernel row, the `N = (P - 1)·SW + 3` input columns the pixels read are widened once
+/// and shared. Pixel `i`'s window starts at `x0 + i·SW·c`; kernel row `ky` is `rows[ky]` bytes
+/// further; its codes go to `o0 + i·c`.
+///
+/// # Safety
+/// As [`depthwise`]; `N = (P - 1)·SW + 3`.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_cols3<const P: usize, const SW: usize, const N: usize>(
+    x0: *const u8,
+    c: usize,
+    rows: &[usize],
+    wb: *const i32,
+    cp: usize,
+    k: &DwEpilogue,
+    o0: *mut u8,
+) {
+    debug_assert_eq!(N, (P - 1) * SW + 3);
+    let mut acc = [_mm512_setzero_si512(); P];
+    for (ky, &off) in rows.iter().enumerate() {
+        let mut col = [_mm512_setzero_si512(); N];
+        for (j, v) in col.iter_mut().enumerate() {
+            // SAFETY: column `j` of this kernel row lies inside the input (caller contract);
+            // the load is masked to the valid channels.
+            *v = unsafe {
+                _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
+                    k.mask,
+                    x0.wrapping_add(off + j * c) as *const i8,
+                ))
+            };
+        }
+        for kx in 0..3 {
+            // SAFETY: tap `(ky, kx)`'s `cp` weight lanes lie inside the weights.
+            let wv = unsafe { _mm512_loadu_si512(wb.add((ky * 3 + kx) * cp) as *const __m512i) };
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_dpwssd_epi32(*a, col[i * SW + kx], wv);
+            }
+        }
+    }
+    for (i, &a) in acc.iter().enumerate() {
+        // SAFETY: pixel `i`'s output holds this panel's valid channels.
+        unsafe { dw_store(a, k, o0.wrapping_add(i * c)) };
+    }
+}
+
+/// The fused requantization of one accumulator register (16 channels of one pixel), stored as
+/// the panel's valid codes at `o`.
+///
+/// # Safety
+/// CPU features as in the module docs; `o` holds the panel's valid channels.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+#[inline]
+unsafe fn dw_store(acc: __m512i, k: &DwEpilogue, o: *mut u8) {
+    let x = _mm512_add_epi32(acc, k.bz);
+    let pe = _mm512_mul_epi32(x, k.m);
+    let po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), k.m_odd);
+    let ve = clamp(round(pe, k.he, k.se), k.z, k.lo, k.hi);
+    let vo = clamp(round(po, k.ho, k.so), k.z, k.lo, k.hi);
+    let v = _mm512_mask_blend_epi32(0xAAAA, ve, _mm512_slli_epi64(vo, 32));
+    // SAFETY: caller contract.
+    unsafe { _mm_mask_storeu_epi8(o as *mut i8, k.mask, _mm512_cvtepi32_epi8(v)) };
 }
