@@ -316,6 +316,19 @@ pub fn parse_weight_options(list: &str) -> Result<Vec<u32>> {
     Ok(bits)
 }
 
+/// FNV-1a hash of the running mixprec executable (0 when it cannot be read), computed once: part
+/// of every sensitivity cache key, so a table computed by another build of the metrics is never
+/// reused.
+pub fn build_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        std::env::current_exe()
+            .and_then(std::fs::read)
+            .map(|b| fnv1a(&b, 0xcbf2_9ce4_8422_2325))
+            .unwrap_or(0)
+    })
+}
+
 /// FNV-1a, 64-bit.
 pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
     for &b in bytes {
@@ -361,7 +374,7 @@ pub struct SensitivityRun {
 
 /// The weight-option sensitivity table of `metric` on `samples` class-balanced calibration
 /// images, read from / written to `cache` (keyed by a hash of the model bytes, metric, config,
-/// data, options, granularity, samples and seed).
+/// data, options, granularity, samples, seed and the mixprec build).
 pub fn sensitivity(
     s: &Session,
     metric: &str,
@@ -379,12 +392,13 @@ pub fn sensitivity(
     let key = {
         let mut h = fnv1a(&model_bytes(&s.model)?, 0xcbf2_9ce4_8422_2325);
         let desc = format!(
-            "{metric}|{config}|{}|{}|{:?}|{samples}|{}|{:?}",
+            "{metric}|{config}|{}|{}|{:?}|{samples}|{}|{:?}|{:016x}",
             s.data,
             labels.join(","),
             s.granularity,
             s.seed,
-            s.scale
+            s.scale,
+            build_id()
         );
         h = fnv1a(desc.as_bytes(), h);
         format!("{metric}-{h:016x}.json")

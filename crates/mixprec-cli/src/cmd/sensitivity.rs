@@ -73,7 +73,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     pub validate_images: usize,
     /// Cache tables in this folder, keyed by a hash of the model file, metric, config, data,
-    /// samples, seed, options and granularity; a hit skips the computation.
+    /// samples, seed, options, granularity and the mixprec build; a hit skips the computation.
     #[arg(long, value_name = "DIR")]
     pub cache: Option<std::path::PathBuf>,
     /// List the metrics and exit.
@@ -348,7 +348,7 @@ fn additivity(ctx: &SensCtx, table: &SensitivityTable, seed: u64) -> Result<Vec<
 fn cache_key(a: &Args, model: &str, data: &str) -> Result<String> {
     let bytes = crate::pipeline::model_bytes(model)?;
     let args = format!(
-        "{}|{}|{data}|{:?}|{}|{}|{}|{}|{}|{}",
+        "{}|{}|{data}|{:?}|{}|{}|{}|{}|{}|{}|{:016x}",
         a.metric,
         a.config.as_deref().unwrap_or(""),
         a.scale,
@@ -361,7 +361,8 @@ fn cache_key(a: &Args, model: &str, data: &str) -> Result<String> {
             a.distill_steps
         } else {
             0
-        }
+        },
+        crate::pipeline::build_id()
     );
     let h = [&bytes[..], &[0u8], args.as_bytes()]
         .iter()
