@@ -281,124 +281,26 @@ pub fn qdq_model(
         let mut inserted = Vec::new();
         let mut new_x = None;
         let mut new_w = None;
-        if let Some(scheme) = lp.activation {
-            check_representable(&layer.name, "activation", &scheme)?;
-            if scheme.granularity != Granularity::Tensor {
-                return Err(ExecError::Invalid(format!(
-                    "layer '{}' activation: only per-tensor activation ranges are supported",
-                    layer.name
-                )));
-            }
-            let range = *ranges.get(&layer.name).ok_or_else(|| {
-                ExecError::Invalid(format!(
-                    "no calibrated range for the input of layer '{}'; run calibration with this policy first",
-                    layer.name
-                ))
-            })?;
-            let p =
-                UniformParams::from_values(&[range.0, range.1], &TensorLayout::flat(2), &scheme)
-                    .map_err(|e| {
-                        ExecError::Invalid(format!("layer '{}' activation: {e}", layer.name))
-                    })?;
+        if lp.activation.is_some() {
+            let (p, bits) = layer_input_params(policy, ranges, &layer.name)?;
             let x = node
                 .input(0)
                 .map(|v| graph.values[v].name.clone())
                 .ok_or_else(|| {
                     ExecError::Invalid(format!("layer '{}' has no input activation", layer.name))
                 })?;
-            let dt = container(p.qmin, scheme.bits, false);
-            let base = format!("{}::input", layer.name);
-            let (s, z) = (p.scale[0], p.zero_point[0]);
-            gp.initializer
-                .push(f32_tensor(&format!("{base}_scale"), vec![], &[s]));
-            gp.initializer
-                .push(int_tensor(&format!("{base}_zero_point"), vec![], dt, &[z]));
-            let mut q_in = x;
-            if container_range(dt) != (p.qmin, p.qmax) {
-                let lo = (p.qmin - z) as f32 * s;
-                let hi = (p.qmax - z) as f32 * s;
-                gp.initializer
-                    .push(f32_tensor(&format!("{base}_clip_min"), vec![], &[lo]));
-                gp.initializer
-                    .push(f32_tensor(&format!("{base}_clip_max"), vec![], &[hi]));
-                inserted.push(pb::NodeProto {
-                    input: vec![q_in, format!("{base}_clip_min"), format!("{base}_clip_max")],
-                    output: vec![format!("{base}_clipped")],
-                    name: format!("{base}_clip"),
-                    op_type: "Clip".into(),
-                    ..Default::default()
-                });
-                q_in = format!("{base}_clipped");
-            }
-            inserted.push(pb::NodeProto {
-                input: vec![q_in, format!("{base}_scale"), format!("{base}_zero_point")],
-                output: vec![format!("{base}_quantized")],
-                name: format!("{base}_quantize"),
-                op_type: "QuantizeLinear".into(),
-                ..Default::default()
-            });
-            inserted.push(pb::NodeProto {
-                input: vec![
-                    format!("{base}_quantized"),
-                    format!("{base}_scale"),
-                    format!("{base}_zero_point"),
-                ],
-                output: vec![format!("{base}_dequantized")],
-                name: format!("{base}_dequantize"),
-                op_type: "DequantizeLinear".into(),
-                ..Default::default()
-            });
-            new_x = Some(format!("{base}_dequantized"));
+            let (nodes, dq) = act_qdq(gp, &format!("{}::input", layer.name), &x, &p, bits);
+            inserted.extend(nodes);
+            new_x = Some(dq);
         }
         if let Some(scheme) = lp.weight {
-            let qw = quantize_weight(graph, &layer, &scheme)?;
-            let wname = graph.values[layer.weight].name.clone();
-            let base = format!("{}::weight", layer.name);
-            let dt = container(qw.params.qmin, scheme.bits, opts.int4);
-            int4_used |= matches!(dt, INT4 | UINT4);
-            let dims: Vec<i64> = qw.shape.iter().map(|&d| d as i64).collect();
-            let pdims = if qw.axis.is_some() {
-                vec![qw.params.scale.len() as i64]
-            } else {
-                vec![]
-            };
-            gp.initializer.push(int_tensor(
-                &format!("{base}_quantized"),
-                dims,
-                dt,
-                &qw.codes,
-            ));
-            gp.initializer.push(f32_tensor(
-                &format!("{base}_scale"),
-                pdims.clone(),
-                &qw.params.scale,
-            ));
-            gp.initializer.push(int_tensor(
-                &format!("{base}_zero_point"),
-                pdims,
-                dt,
-                &qw.params.zero_point,
-            ));
-            inserted.push(pb::NodeProto {
-                input: vec![
-                    format!("{base}_quantized"),
-                    format!("{base}_scale"),
-                    format!("{base}_zero_point"),
-                ],
-                output: vec![format!("{base}_dequantized")],
-                name: format!("{base}_dequantize"),
-                op_type: "DequantizeLinear".into(),
-                attribute: qw
-                    .axis
-                    .map(|a| attr_i("axis", a as i64))
-                    .into_iter()
-                    .collect(),
-                ..Default::default()
-            });
+            let (_, dq, int4) = weight_dq(gp, graph, &layer, &scheme, opts.int4)?;
+            int4_used |= int4;
+            new_w = Some(dq.output[0].clone());
+            inserted.push(dq);
             if uses[layer.weight] <= 1 {
-                drop_inits.push(wname);
+                drop_inits.push(graph.values[layer.weight].name.clone());
             }
-            new_w = Some(format!("{base}_dequantized"));
         }
         if !inserted.is_empty() {
             before.insert(node.name.clone(), inserted);
@@ -933,6 +835,61 @@ fn act_qdq(
     (nodes, format!("{base}_dequantized"))
 }
 
+/// Adds `layer`'s quantized weight (codes, scales, zero points, in an int8 / int4 container) to
+/// `gp`; returns the quantized weight, its DequantizeLinear node (per-channel `axis` when the
+/// scheme has one) and whether an int4 type was used.
+fn weight_dq(
+    gp: &mut pb::GraphProto,
+    graph: &Graph,
+    layer: &Layer,
+    scheme: &QScheme,
+    int4: bool,
+) -> Result<(QuantizedWeight, pb::NodeProto, bool)> {
+    let qw = quantize_weight(graph, layer, scheme)?;
+    let base = format!("{}::weight", layer.name);
+    let dt = container(qw.params.qmin, scheme.bits, int4);
+    let dims: Vec<i64> = qw.shape.iter().map(|&d| d as i64).collect();
+    let pdims = if qw.axis.is_some() {
+        vec![qw.params.scale.len() as i64]
+    } else {
+        vec![]
+    };
+    gp.initializer.push(int_tensor(
+        &format!("{base}_quantized"),
+        dims,
+        dt,
+        &qw.codes,
+    ));
+    gp.initializer.push(f32_tensor(
+        &format!("{base}_scale"),
+        pdims.clone(),
+        &qw.params.scale,
+    ));
+    gp.initializer.push(int_tensor(
+        &format!("{base}_zero_point"),
+        pdims,
+        dt,
+        &qw.params.zero_point,
+    ));
+    let dq = pb::NodeProto {
+        input: vec![
+            format!("{base}_quantized"),
+            format!("{base}_scale"),
+            format!("{base}_zero_point"),
+        ],
+        output: vec![format!("{base}_dequantized")],
+        name: format!("{base}_dequantize"),
+        op_type: "DequantizeLinear".into(),
+        attribute: qw
+            .axis
+            .map(|a| attr_i("axis", a as i64))
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    Ok((qw, dq, matches!(dt, INT4 | UINT4)))
+}
+
 /// The input quantization of an integer layer: policy scheme and calibrated range.
 fn layer_input_params(
     policy: &Policy,
@@ -1069,54 +1026,13 @@ pub fn qdq_model_full(
             sx = Some(p.scale[0]);
         }
         if let Some(scheme) = lp.weight {
-            let qw = quantize_weight(g, &layer, &scheme)?;
-            let wname = g.values[layer.weight].name.clone();
-            let base = format!("{}::weight", layer.name);
-            let dt = container(qw.params.qmin, scheme.bits, opts.int4);
-            int4_used |= matches!(dt, INT4 | UINT4);
-            let dims: Vec<i64> = qw.shape.iter().map(|&d| d as i64).collect();
-            let pdims = if qw.axis.is_some() {
-                vec![qw.params.scale.len() as i64]
-            } else {
-                vec![]
-            };
-            gp.initializer.push(int_tensor(
-                &format!("{base}_quantized"),
-                dims,
-                dt,
-                &qw.codes,
-            ));
-            gp.initializer.push(f32_tensor(
-                &format!("{base}_scale"),
-                pdims.clone(),
-                &qw.params.scale,
-            ));
-            gp.initializer.push(int_tensor(
-                &format!("{base}_zero_point"),
-                pdims,
-                dt,
-                &qw.params.zero_point,
-            ));
-            inserted.push(pb::NodeProto {
-                input: vec![
-                    format!("{base}_quantized"),
-                    format!("{base}_scale"),
-                    format!("{base}_zero_point"),
-                ],
-                output: vec![format!("{base}_dequantized")],
-                name: format!("{base}_dequantize"),
-                op_type: "DequantizeLinear".into(),
-                attribute: qw
-                    .axis
-                    .map(|a| attr_i("axis", a as i64))
-                    .into_iter()
-                    .collect(),
-                ..Default::default()
-            });
+            let (qw, dq, int4) = weight_dq(gp, g, &layer, &scheme, opts.int4)?;
+            int4_used |= int4;
+            new_w = Some(dq.output[0].clone());
+            inserted.push(dq);
             if uses[layer.weight] <= 1 {
-                drop_inits.push(wname);
+                drop_inits.push(g.values[layer.weight].name.clone());
             }
-            new_w = Some(format!("{base}_dequantized"));
             // int32 bias at S_x · S_w per output channel.
             let bias = layer
                 .bias
