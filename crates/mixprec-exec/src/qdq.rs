@@ -328,14 +328,19 @@ pub fn qdq_model(
         )));
     }
     if int4_used {
-        for o in &mut model.opset_import {
-            if o.domain.is_empty() {
-                o.version = o.version.max(21);
-            }
-        }
-        model.ir_version = model.ir_version.max(10);
+        require_int4_opset(&mut model);
     }
     Ok(model)
+}
+
+/// Raises the model to opset 21 / IR 10, the first with INT4 / UINT4 tensors.
+fn require_int4_opset(model: &mut pb::ModelProto) {
+    for o in &mut model.opset_import {
+        if o.domain.is_empty() {
+            o.version = o.version.max(21);
+        }
+    }
+    model.ir_version = model.ir_version.max(10);
 }
 
 /// Writes the QDQ model of [`qdq_model`] to `path` (atomically).
@@ -1130,12 +1135,7 @@ pub fn qdq_model_full(
     let mut k = keep.iter();
     gp.initializer.retain(|_| *k.next().unwrap_or(&true));
     if int4_used {
-        for o in &mut model.opset_import {
-            if o.domain.is_empty() {
-                o.version = o.version.max(21);
-            }
-        }
-        model.ir_version = model.ir_version.max(10);
+        require_int4_opset(&mut model);
     }
     Ok(model)
 }
