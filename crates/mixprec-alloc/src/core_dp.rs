@@ -17,6 +17,10 @@
 //!   maximisation of its own partial Lagrangian dual. On the 560 × 6 benchmark instance of
 //!   `bench/alloc/pulp_compare.py` the solve explores ≈ 0.25 M states instead of ≈ 4.5 M.
 //!
+//! Table rows are computed in f64 and stored rounded down to f32 (half the memory traffic; a
+//! stored value never exceeds the exact one, so every bound stays valid); the rows need no
+//! prefix-minimum pass, since each item's contribution to a row is already non-increasing.
+//!
 //! Items whose reduced cost reaches the threshold cannot be in a solution below it and are left
 //! out. With threshold `θ`, the programme finds the best solution of objective `< θ` or proves
 //! that none exists; the caller widens `θ` until the best solution lies below it.
@@ -77,7 +81,8 @@ struct SufTable {
     win_lo: Vec<i64>,
     start: Vec<usize>,
     width: Vec<usize>,
-    h: Vec<f64>,
+    /// Stored rounded down to `f32` (half the memory; never above the f64 value).
+    h: Vec<f32>,
 }
 
 /// Grid unit of row `d` for a table of about `budget` cells over `levels` (the exact common
@@ -195,19 +200,22 @@ impl SufTable {
             win_lo,
             start,
             width,
-            h: vec![f64::INFINITY; total],
+            // Zeroed memory comes from fresh pages cheaply; every row is filled below.
+            h: vec![0.0; total],
         };
-        for q in 0..tb.width[k] {
-            tb.h[tb.start[k] + q] = 0.0;
-        }
+        // Rows are computed exactly in f64 (two scratch rows) and stored rounded down to f32:
+        // half the memory traffic, and a stored value never exceeds the true one.
+        let max_w = tb.width.iter().copied().max().unwrap_or(0);
+        // The last level's row is all zero (so is its stored copy).
+        let mut next_buf = vec![0.0f64; max_w];
+        let mut row_buf = vec![0.0f64; max_w];
         for t in (0..k).rev() {
             let wt = tb.width[t];
             let lo_t = tb.win_lo[t];
-            let (nlo, nw, ns) = (tb.win_lo[t + 1], tb.width[t + 1], tb.start[t + 1]);
+            let (nlo, nw) = (tb.win_lo[t + 1], tb.width[t + 1]);
             let (next_lo, next_umin) = (tb.suf_lo[t + 1], tb.umin[t + 1]);
-            let (head, tail) = tb.h.split_at_mut(ns);
-            let row = &mut head[tb.start[t]..tb.start[t] + wt];
-            let next = &tail[..nw];
+            let row = &mut row_buf[..wt];
+            let next = &next_buf[..nw];
             row.fill(f64::INFINITY);
             for it in &levels[t] {
                 let w = cell(it.2[d]);
@@ -235,11 +243,15 @@ impl SufTable {
                     *slot = if above < *slot { above } else { *slot };
                 }
             }
-            for q in 1..row.len() {
-                if row[q - 1] < row[q] {
-                    row[q] = row[q - 1];
-                }
+            // Each item's contribution is non-increasing in q (the next row is, its value
+            // below the window is its first cell and above it the least value), so their
+            // minimum already is: no prefix-minimum pass is needed.
+            debug_assert!(row.windows(2).all(|w| w[1] <= w[0]));
+            let st = tb.start[t];
+            for (slot, &v) in tb.h[st..st + wt].iter_mut().zip(row.iter()) {
+                *slot = down_f32(v);
             }
+            std::mem::swap(&mut next_buf, &mut row_buf);
         }
         tb
     }
@@ -255,12 +267,12 @@ impl SufTable {
         }
         let i = q - self.win_lo[t];
         if i < 0 {
-            return self.h[self.start[t]];
+            return self.h[self.start[t]] as f64;
         }
         if i as usize >= self.width[t] {
             return self.umin[t];
         }
-        self.h[self.start[t] + i as usize]
+        self.h[self.start[t] + i as usize] as f64
     }
 
     /// Least value of the groups `t..` when at most `room` is left in row `d` (inf if none).
@@ -278,6 +290,21 @@ impl SufTable {
         let q = if (i as f64) > x { i - 1 } else { i };
         self.get(t, q)
     }
+}
+
+/// `v` as an `f32` that is never above it: lowered by 2⁻²² relative (more than the f32
+/// rounding error) and 1e-30 absolute (for tiny values) before rounding; infinities stay.
+/// Branch-free so that the storing loop vectorises.
+#[inline]
+fn down_f32(v: f64) -> f32 {
+    let z = v - v.abs() * (1.0 / 4_194_304.0) - 1e-30;
+    // Finite values beyond the f32 range would round to +inf: cap them.
+    let z = if v.is_finite() {
+        z.min(f32::MAX as f64)
+    } else {
+        v
+    };
+    z as f32
 }
 
 #[derive(Clone, Copy)]

@@ -23,7 +23,8 @@
 //!    - a dynamic programme per budget row keeping that row integral (costs rounded *down* to a
 //!      grid, exact when the costs share an integer unit that fits the grid) and the other rows
 //!      Lagrangian-relaxed, tabulated per suffix of groups — O(m) per node; with two rows the
-//!      other row's multiplier is tuned for the best root bound,
+//!      other row's multiplier is tuned for the best root bound, and small extra tables at
+//!      multiples of it (0.7×, 1.4×) tighten the bound of nodes far from the root,
 //!    - the LP relaxation of each row alone and of the λ-weighted surrogate row (segments of the
 //!      groups' convex hulls merged by slope; per-level running sums read by binary search
 //!      when they fit), and a cheapest-completion feasibility test;
@@ -34,7 +35,9 @@
 //!    solution, one group at a time, dominated states and states whose suffix bound reaches a
 //!    threshold `θ` dropped. A bisection over `θ` gives a proven lower bound; rounds of growing
 //!    `θ` (each a beam search over one shared core, repeated exactly only when the beam dropped
-//!    states) then prove that no solution lies below `θ` or return the best one below it. The
+//!    states) then prove that no solution lies below `θ` or return the best one below it; the
+//!    shared core is built for a cap at least `(proven − LB) / 4` above the bound, so that
+//!    small late steps do not rebuild it. The
 //!    rounds' suffix bounds use several multipliers for the relaxed row (the partial
 //!    Lagrangian dual of a state is not maximised by the root's multiplier).
 //!
@@ -45,10 +48,10 @@
 //! DP tables `O(K · C · k)` for K undecided groups and C ≤ 16384 cells, branch and bound and
 //! the core programme exponential in the worst case. Measured (random HAWQ-like instances of
 //! `bench/alloc/pulp_compare.py`, `examples/solve_bench.rs`, 2 cores under a load average of
-//! ≈ 8): one budget, 2000 layers × 6 options in ~30 ms; size + BOPs budgets: 54 × 4 in
-//! ~1.5–2.5 ms (depth-first search, ≈ 13 k nodes), 560 × 6 in ~75–110 ms (≈ 0.25 M states)
-//! and 2000 × 6 in ~120–140 ms (≈ 0.9 M states) in the core programme, where building the
-//! bound tables takes about two thirds of the time. Some other random instances of 560 and
+//! 4–8): one budget, 2000 layers × 6 options in ~30 ms; size + BOPs budgets: 54 × 4 in
+//! ~1.2–1.4 ms (depth-first search, ≈ 11.6 k nodes), 560 × 6 in ~60–100 ms (≈ 0.13 M
+//! states) and 2000 × 6 in ~85–120 ms (≈ 0.33 M states) in the core programme, where building
+//! the bound tables takes about half of the time. Some other random instances of 560 and
 //! 2000 layers with a large integrality gap still run into the state limit (and report a
 //! proven bound).
 
@@ -64,6 +67,10 @@ const DFS_TABLE_CELLS: usize = 100_000;
 const DFS_TUNE_CELLS: usize = 256;
 /// Golden-section steps of that tuning.
 const DFS_TUNE_STEPS: usize = 4;
+/// Multiples of the tuned multiplier of the relaxed row for extra depth-first bound tables.
+const DFS_EXTRA_FACTORS: &[f64] = &[0.7, 1.4];
+/// Most cells per group of an extra depth-first bound table.
+const DFS_EXTRA_CELLS: usize = 256;
 /// Default of [`Limits::dfs_max_groups`].
 const DFS_MAX_GROUPS: usize = 120;
 /// Width of the beam search that seeds the incumbent.
@@ -73,9 +80,14 @@ const BISECT_STEPS: usize = 10;
 /// Growth of the threshold step between rounds of the core programme: a round far above the
 /// optimum explores many states before it meets a solution, so the steps grow slowly.
 const ROUND_GROWTH: f64 = 1.05;
-/// A round's core is built for the threshold `proven + CAP_FACTOR · (θ − proven)` and reused
-/// by the following rounds up to it.
+/// The first round's step is `(proven − LB) / ROUND_START_DIV` (the cost of a round grows
+/// steeply with how far its threshold lies above the optimum).
+const ROUND_START_DIV: f64 = 32.0;
+/// A round's core is built for the threshold `proven + CAP_FACTOR · (θ − proven)` (at least
+/// `proven + CAP_FLOOR · (proven − LB)`) and reused by the following rounds up to it.
 const CAP_FACTOR: f64 = 8.0;
+/// See [`CAP_FACTOR`].
+const CAP_FLOOR: f64 = 0.25;
 /// The bisection's cores get this fraction of [`CORE_CELLS`] (a slightly weaker bound).
 const BISECT_CELL_DIV: usize = 4;
 use crate::core_dp::CoreLimits;
@@ -543,8 +555,9 @@ impl<'a> Solver<'a> {
             }
         }
         for _ in 0..BISECT_STEPS {
-            // The rounds below start δ = (proven − LB) / 32 above the bound: finer is moot.
-            if hi - proven <= tol(hi).max((proven - lb) / 64.0) {
+            // The rounds below start δ = (proven − LB) / ROUND_START_DIV above the bound:
+            // finer is moot.
+            if hi - proven <= tol(hi).max((proven - lb) / ROUND_START_DIV) {
                 break;
             }
             let mid = 0.5 * (proven + hi);
@@ -562,7 +575,8 @@ impl<'a> Solver<'a> {
             finish(&mut self.stats, states, proven);
             return best_x.ok_or(Failure::Infeasible);
         }
-        let mut delta = (proven - lb).max(tol(proven)) / 32.0;
+        let mut delta = (proven - lb).max(tol(proven)) / ROUND_START_DIV;
+        let cap_floor = (proven - lb).max(tol(proven)) * CAP_FLOOR;
         let mut theta = (proven + delta).min(ub);
         let left = |states: u64| limits.node_limit.saturating_sub(states);
         // The round's core (with extra tables) is built for a cap above θ and reused while θ
@@ -570,7 +584,8 @@ impl<'a> Solver<'a> {
         let mut built: Option<(f64, CoreDp)> = None;
         loop {
             if built.as_ref().is_none_or(|(cap, _)| theta > *cap) {
-                let cap = (proven + CAP_FACTOR * (theta - proven)).min(ub).max(theta);
+                let reach = (CAP_FACTOR * (theta - proven)).max(cap_floor);
+                let cap = (proven + reach).min(ub).max(theta);
                 built = Some((cap, core_of(cap, true)));
             }
             let core = &built.as_ref().expect("built above").1;
@@ -1168,6 +1183,30 @@ impl<'a> Dfs<'a> {
                     None => infeasible = true,
                 }
             }
+            if m == 2 && !infeasible {
+                // The best multiplier of the relaxed row differs from node to node: tables at
+                // multiples of the tuned one (each a valid bound) strengthen deep nodes' bounds.
+                let tuned: Vec<(usize, Vec<f64>)> = dp
+                    .iter()
+                    .map(|row| (row.d, row.lam_other.clone()))
+                    .collect();
+                let extra_cells = max_cells.min(DFS_EXTRA_CELLS);
+                for &f in DFS_EXTRA_FACTORS {
+                    for (d, l) in &tuned {
+                        let e = 1 - d;
+                        if l[e] <= 0.0 {
+                            continue;
+                        }
+                        let mut l = l.clone();
+                        l[e] *= f;
+                        if let Some(row) =
+                            DpRow::new(r, *d, &l, &levels, base_used[*d], extra_cells)
+                        {
+                            dp.push(row);
+                        }
+                    }
+                }
+            }
         }
         Self {
             r,
@@ -1274,7 +1313,7 @@ impl<'a> Dfs<'a> {
                 next[t] = 0;
                 let mut c = std::mem::take(&mut cand[t]);
                 c.clear();
-                let parent = used_stack[t * m..(t + 1) * m].to_vec();
+                let parent = &used_stack[t * m..(t + 1) * m];
                 for &i in &self.lists[self.order[t]] {
                     self.nodes += 1;
                     let rcsum = rc_stack[t] + self.rc_of[i];
@@ -1473,6 +1512,101 @@ mod tests {
             }
         }
         assert!(solved >= 160, "{solved} solved, {infeasible} infeasible");
+    }
+
+    /// The depth-first search's bound (tuned and extra dynamic-programming tables, LP rows)
+    /// never exceeds the objective of a feasible completion of a prefix.
+    #[test]
+    fn depth_first_bounds_never_exceed_feasible_completions() {
+        let mut checked = 0usize;
+        let mut with_extras = 0usize;
+        for seed in 0..60u64 {
+            let p = two_budget(500 + seed);
+            let Ok(r) = Reduced::new(&p) else { continue };
+            let mut rng = ChaCha8Rng::seed_from_u64(500 + seed);
+            let spread = |f: &dyn Fn(usize) -> f64| {
+                let (lo, hi) = (0..r.obj.len()).fold((f64::INFINITY, 0.0f64), |(a, b), i| {
+                    (a.min(f(i)), b.max(f(i)))
+                });
+                (hi - lo).max(1e-12)
+            };
+            let so = spread(&|i| r.obj[i]);
+            let lam: Vec<f64> = (0..2)
+                .map(|d| rng.random_range(0.05..2.0) * so / spread(&|i| r.c(i)[d]))
+                .collect();
+            let val = |i: usize| r.obj[i] + dot(&lam, r.c(i));
+            let mut rc_of = vec![0.0; r.obj.len()];
+            let lists: Vec<Vec<usize>> = (0..r.n_groups())
+                .map(|g| {
+                    let mn = r.items(g).map(val).fold(f64::INFINITY, f64::min);
+                    let mut v: Vec<usize> = r.items(g).collect();
+                    for &i in &v {
+                        rc_of[i] = val(i) - mn;
+                    }
+                    v.sort_by(|&a, &b| rc_of[a].total_cmp(&rc_of[b]).then(a.cmp(&b)));
+                    v
+                })
+                .collect();
+            let limits = Limits::default();
+            let d = Dfs::new(
+                &r,
+                &lists,
+                f64::NEG_INFINITY,
+                &lam,
+                &rc_of,
+                f64::INFINITY,
+                &limits,
+            );
+            if d.infeasible {
+                continue;
+            }
+            if d.dp.len() > 2 {
+                with_extras += 1;
+            }
+            let nb = d.order.len();
+            let mut pick = vec![0usize; nb];
+            loop {
+                // Prefix states of this choice, then its objective if feasible.
+                let mut o = d.base_obj;
+                let mut used = d.base_used.clone();
+                let mut prefix = vec![(o, used.clone())];
+                for (t, &g) in d.order.iter().enumerate() {
+                    let i = lists[g][pick[t]];
+                    o += r.obj[i];
+                    for (u, c) in used.iter_mut().zip(r.c(i)) {
+                        *u += c;
+                    }
+                    prefix.push((o, used.clone()));
+                }
+                if used.iter().zip(&r.caps).all(|(u, c)| fits(*u, *c)) {
+                    for (t, (po, pu)) in prefix.iter().enumerate() {
+                        let b = d.bound(t, *po, pu);
+                        assert!(
+                            b <= o + 1e-9 * o.abs().max(1.0),
+                            "seed {seed} level {t}: bound {b} above completion {o}"
+                        );
+                        checked += 1;
+                    }
+                }
+                let mut t = 0;
+                while t < nb {
+                    pick[t] += 1;
+                    if pick[t] < lists[d.order[t]].len() {
+                        break;
+                    }
+                    pick[t] = 0;
+                    t += 1;
+                }
+                if t == nb {
+                    break;
+                }
+            }
+        }
+        assert!(checked > 1000, "only {checked} bounds checked");
+        assert!(
+            with_extras > 10,
+            "extra tables built on {with_extras} instances only"
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //! (Lagrangian), `nodes`, `core_groups`, `first_incumbent`, `beam_incumbent`.
 //! Complexity: `O(N log N)` bounding per multiplier update (N = layers × options), worst-case
 //! exponential search. Measured (`bench/alloc/pulp_compare.py`, loaded 2-core machine): one
-//! budget, 2000 × 6 in ~30 ms; two budgets (size + BOPs), 54 × 4 in ~1.5–2.5 ms, 560 × 6 in
-//! ~75–110 ms and 2000 × 6 in ~120–140 ms (PuLP + CBC: 62 ms, 1.16 s, 28 s in the same run).
+//! budget, 2000 × 6 in ~30 ms; two budgets (size + BOPs), 54 × 4 in ~1.2–1.5 ms, 560 × 6 in
+//! ~60–105 ms and 2000 × 6 in ~85–135 ms (PuLP + CBC: 74 ms, 1.8 s, 52 s in the same run).
 
 use std::time::{Duration, Instant};
 
