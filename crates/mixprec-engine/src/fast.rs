@@ -1189,11 +1189,19 @@ fn run_layer(
     run_rows(src, fw, &addr, &lp.ep, m, threads, scratch, out)
 }
 
+/// The kernel a [`FusedLayer`] runs: the plan the executor builds for that layer.
+enum FusedPlan {
+    /// Implicit-GEMM convolution or matrix product (`Plan::Layer`).
+    Layer { fw: FastWeights, lp: LayerPlan },
+    /// Depthwise convolution (`Plan::Depthwise`).
+    Depthwise(DwPlan),
+}
+
 /// One layer on the fast executor's kernels, exactly as [`QuantModel::run`] runs it (padding,
-/// implicit-GEMM VNNI kernel, fused requantization), for the latency profiler.
+/// implicit-GEMM VNNI kernel or channels-last depthwise kernel, fused requantization), for the
+/// latency profiler.
 pub(crate) struct FusedLayer {
-    fw: FastWeights,
-    lp: LayerPlan,
+    plan: FusedPlan,
     x: Vec<u8>,
     out: Vec<u8>,
     padded: Vec<u8>,
@@ -1238,7 +1246,40 @@ impl FusedLayer {
             out_hw,
             ep,
         };
-        Self::with(fw, lp, x, zp, n, n * out_hw[0] * out_hw[1] * shape[0])
+        let plan = FusedPlan::Layer { fw, lp };
+        Self::with(plan, x, zp, n, n * out_hw[0] * out_hw[1] * shape[0])
+    }
+
+    /// A depthwise convolution (`weights` `[C, 1, kh, kw]`, `groups = C`) over `input`
+    /// `[N, C, H, W]` whose random channels-last codes are `x`, on the plan the executor builds
+    /// for it ([`DwPlan::new`]); `None` when the executor would keep the reference kernels
+    /// (no AVX-512 VNNI, not one filter per channel, fewer than 2 channels, or a sum that could
+    /// saturate `i32`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn depthwise(
+        weights: &[i8],
+        shape: [usize; 4],
+        params: &crate::kernels::Conv2dParams,
+        input: [usize; 4],
+        out_hw: [usize; 2],
+        x: Vec<u8>,
+        zp: u8,
+        bias: Vec<i32>,
+        multipliers: Vec<crate::kernels::Dyadic>,
+        range: OutputRange,
+    ) -> Option<Self> {
+        let [n, c, h, w] = input;
+        let step = Self::step(bias, multipliers, range);
+        let dp = DwPlan::new(&step, weights, &shape, params, [c, h, w], out_hw, zp as i32)
+            .ok()
+            .flatten()?;
+        Self::with(
+            FusedPlan::Depthwise(dp),
+            x,
+            zp,
+            n,
+            n * out_hw[0] * out_hw[1] * c,
+        )
     }
 
     /// A matrix product `[m, k]·[n, k]ᵀ` over random codes `x`; `None` without AVX-512 VNNI.
@@ -1266,7 +1307,7 @@ impl FusedLayer {
             out_hw: [1, m],
             ep,
         };
-        Self::with(fw, lp, x, 0, 1, m * n)
+        Self::with(FusedPlan::Layer { fw, lp }, x, 0, 1, m * n)
     }
 
     fn step(
@@ -1289,18 +1330,10 @@ impl FusedLayer {
         }
     }
 
-    fn with(
-        fw: FastWeights,
-        lp: LayerPlan,
-        x: Vec<u8>,
-        zp: u8,
-        batch: usize,
-        out: usize,
-    ) -> Option<Self> {
+    fn with(plan: FusedPlan, x: Vec<u8>, zp: u8, batch: usize, out: usize) -> Option<Self> {
         let threads = crate::kernels::max_threads().max(1);
         Some(Self {
-            fw,
-            lp,
+            plan,
             x,
             out: vec![0; out],
             padded: Vec::new(),
@@ -1312,16 +1345,27 @@ impl FusedLayer {
 
     /// One execution of the layer.
     pub(crate) fn run(&mut self) -> std::result::Result<(), String> {
-        run_layer(
-            &self.x,
-            self.batch,
-            &self.lp,
-            &self.fw,
-            self.zp,
-            &mut self.padded,
-            &mut self.scratch,
-            Out::Codes(&mut self.out),
-        )
+        match &self.plan {
+            FusedPlan::Layer { fw, lp } => run_layer(
+                &self.x,
+                self.batch,
+                lp,
+                fw,
+                self.zp,
+                &mut self.padded,
+                &mut self.scratch,
+                Out::Codes(&mut self.out),
+            ),
+            FusedPlan::Depthwise(dp) => run_depthwise(
+                &self.x,
+                self.batch,
+                dp,
+                self.zp,
+                &mut self.padded,
+                &mut self.scratch,
+                &mut self.out,
+            ),
+        }
     }
 }
 
@@ -1957,7 +2001,10 @@ mod tests {
                 prop_assert!(dil > 1 && c % 4 != 0 && kw > 1);
                 return Ok(());
             };
-            prop_assert_eq!(fl.lp.ep.fused.is_some(), !big_bias);
+            let FusedPlan::Layer { lp, .. } = &fl.plan else {
+                return Err(TestCaseError::fail("a convolution with one group ran the depthwise plan"));
+            };
+            prop_assert_eq!(lp.ep.fused.is_some(), !big_bias);
             fl.run().unwrap();
             let mut got = vec![0u8; fl.out.len()];
             to_chw(&fl.out, co, ho * wo, &mut got);
@@ -2019,6 +2066,18 @@ mod tests {
             let acc = conv2d_with(Backend::Generic, &x, [n, c, h, w], zp as i32, &cw, &p).unwrap();
             let want: Vec<u8> =
                 requantize(&acc.data, [n, c, ho * wo], Some(&bias), &mults, range).unwrap();
+            // The profiler's timed entry runs the same plan and produces the same codes.
+            let mut xh = vec![0u8; x.len()];
+            to_hwc(&x, c, h * w, &mut xh);
+            let mut fl = FusedLayer::depthwise(
+                &wt, [c, 1, kh, kw], &p, [n, c, h, w], [ho, wo], xh, zp, bias.clone(), mults.clone(), range,
+            )
+            .expect("a fused depthwise layer on an AVX-512 VNNI CPU");
+            prop_assert!(matches!(fl.plan, FusedPlan::Depthwise(_)));
+            fl.run().unwrap();
+            let mut got = vec![0u8; fl.out.len()];
+            to_chw(&fl.out, c, ho * wo, &mut got);
+            prop_assert_eq!(&got, &want);
             let step = FusedLayer::step(bias, mults, range);
             let dp = DwPlan::new(&step, &wt, &[c, 1, kh, kw], &p, [c, h, w], [ho, wo], zp as i32)
                 .unwrap()

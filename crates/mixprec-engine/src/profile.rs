@@ -22,8 +22,13 @@
 //!   ([`crate::fast`]), and so does the profiler: the same padded channels-last input, the
 //!   implicit-GEMM `vpdpbusd` kernel with the requantization fused into its epilogue, the same
 //!   thread split. Every weight width 2..=8, int4 included, runs that int8 kernel, so all
-//!   integer options of a layer cost the same and report [`KernelKind::Int8`]; grouped and
-//!   depthwise convolutions run the reference kernels below, as in the engine.
+//!   integer options of a layer cost the same and report [`KernelKind::Int8`].
+//!   Depthwise convolutions (one filter per channel) run the executor's depthwise plan: the
+//!   channels-last AVX-512 kernel vectorised over channels (`kernels/avx512_fused.rs`,
+//!   `depthwise`) with the same fused requantization, zero-point padding and thread split, and
+//!   report [`KernelKind::Int8`] too. As in the engine, a depthwise layer whose sums could
+//!   saturate `i32` (so no fused epilogue), and any other grouped convolution, run the
+//!   reference kernels below.
 //!
 //! Elsewhere (the reference executor; see [`kernel_for`], what
 //! `crate::model::LayerWeights::new` prepares):
@@ -753,8 +758,11 @@ impl Bench {
                 let x: Vec<u8> = (0..input.iter().product::<usize>())
                     .map(|_| rng.int(0, amax) as u8)
                     .collect();
-                let fused = if fast {
-                    FusedLayer::conv(
+                // The executor's choice: the implicit-GEMM kernel for one group, the
+                // channels-last depthwise kernel for one filter per channel.
+                let fused = match (fast, params.groups) {
+                    (false, _) => None,
+                    (true, 1) => FusedLayer::conv(
                         &wq,
                         weight,
                         &params,
@@ -765,9 +773,19 @@ impl Bench {
                         bias.clone(),
                         mults.clone(),
                         range,
-                    )
-                } else {
-                    None
+                    ),
+                    (true, _) => FusedLayer::depthwise(
+                        &wq,
+                        weight,
+                        &params,
+                        input,
+                        out_hw,
+                        x.clone(),
+                        0,
+                        bias.clone(),
+                        mults.clone(),
+                        range,
+                    ),
                 };
                 if let Some(mut fl) = fused {
                     return Bench::checked(
@@ -778,7 +796,8 @@ impl Bench {
                     );
                 }
                 if fast {
-                    // Grouped / depthwise layers: the engine runs the reference kernels.
+                    // Grouped layers (and depthwise ones the fused epilogue cannot take): the
+                    // engine runs the reference kernels.
                     kind = kernel_for(w_bits, a_bits)?;
                 }
                 let cw = ConvWeights::new(&wq, weight, params.groups, w_bits).map_err(kerr)?;
