@@ -11,13 +11,23 @@ use std::sync::{Arc, Mutex, Once};
 
 static INIT: Once = Once::new();
 
-/// Enable exact second-order gradients in candle. Must run before candle is used on a thread;
-/// [`Executor::new`] calls it, and so should any program before it spawns threads.
+/// Enable exact second-order gradients in candle and run candle's element-wise kernels on the
+/// calling thread. Must run before candle is used on a thread; [`Executor::new`] calls it, and
+/// so should any program before it spawns threads.
+///
+/// `CANDLE_NUM_THREADS` defaults to 1 here (a value set by the user is kept): candle splits
+/// element-wise ops of ≥ 64 Ki elements over a pool whose caller waits for its workers by
+/// spinning, which collapses when the cores are shared (a `hessian-trace` run on ResNet-8 at
+/// load average ≈ 4.5 on 2 cores: 135 s with 2 pool threads, 38 s with 1). The compute-bound
+/// kernels (convolution, GEMM) still use every thread of rayon / `RAYON_NUM_THREADS`.
 pub fn init() {
     INIT.call_once(|| {
+        // SAFETY-free in edition 2021: set once, before worker threads read them.
         if std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none() {
-            // SAFETY-free in edition 2021: set once, before worker threads read it.
             std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+        }
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
         }
     });
 }

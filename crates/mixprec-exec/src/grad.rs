@@ -161,33 +161,15 @@ impl Executor {
     }
 
     /// A copy of the model for second-order derivatives with respect to `weights` only: the
-    /// other float parameters that feed BatchNormalization, layer biases or element-wise
-    /// Add / Sub / Mul / Div become fixed inputs, so no backward pass spends time on their
-    /// gradients (per-channel reductions over the whole batch in both the first and the
-    /// second backward pass). Derivatives with respect to `weights` are unchanged. Takes the
-    /// current weights.
+    /// other float parameters that feed BatchNormalization, layer weights and biases
+    /// (Conv / Gemm / MatMul) or element-wise Add / Sub / Mul / Div become fixed inputs, so no
+    /// backward pass spends time on their gradients (per-channel reductions over the whole
+    /// batch in both the first and the second backward pass), and a copy for one layer's weight
+    /// runs its backward passes only through the layers from that one on. Derivatives with
+    /// respect to `weights` are unchanged. Takes the current weights.
     pub fn second_order(&self, weights: &[ValueId]) -> Result<SecondOrder> {
         let mut g = self.graph_with_weights()?;
-        let mut movable = vec![true; g.values.len()];
-        for &w in weights {
-            movable[w] = false;
-        }
-        for n in &g.nodes {
-            for (k, v) in n.inputs.iter().enumerate() {
-                let Some(v) = *v else { continue };
-                let ok = match n.op {
-                    Op::BatchNorm { .. } | Op::Add | Op::Sub | Op::Mul | Op::Div => true,
-                    Op::Conv { .. } | Op::Gemm { .. } => k == 2,
-                    _ => false,
-                };
-                if !ok {
-                    movable[v] = false;
-                }
-            }
-        }
-        for &o in &g.outputs {
-            movable[o] = false;
-        }
+        let movable = movable_parameters(&g, weights);
         let fixed: Vec<ValueId> = g
             .initializers
             .iter()
@@ -196,18 +178,8 @@ impl Executor {
             .collect();
         let mut tensors = Vec::with_capacity(fixed.len());
         for &v in &fixed {
-            let t = g
-                .initializers
-                .remove(&v)
-                .ok_or_else(|| ExecError::Invalid(format!("initializer {v} vanished")))?;
-            g.values[v].shape = Some(
-                t.shape
-                    .iter()
-                    .map(|&d| mixprec_graph::Dim::Fixed(d))
-                    .collect(),
-            );
+            let t = take_initializer(&mut g, v)?;
             tensors.push(crate::ops::from_host(&t, self.device())?);
-            g.inputs.push(v);
         }
         Ok(SecondOrder {
             exec: Executor::new(g)?,
@@ -215,6 +187,54 @@ impl Executor {
             weights: weights.to_vec(),
         })
     }
+}
+
+/// Which values may become fixed inputs of a second-order copy for `weights`: float
+/// parameters read only by BatchNormalization, element-wise Add / Sub / Mul / Div or as the
+/// weight / bias of Conv / Gemm / MatMul (ops that take any run-time tensor there), never a
+/// listed weight or a graph output.
+fn movable_parameters(g: &mixprec_graph::Graph, weights: &[ValueId]) -> Vec<bool> {
+    let mut movable = vec![true; g.values.len()];
+    for &w in weights {
+        movable[w] = false;
+    }
+    for n in &g.nodes {
+        for (k, v) in n.inputs.iter().enumerate() {
+            let Some(v) = *v else { continue };
+            let ok = match n.op {
+                Op::BatchNorm { .. } | Op::Add | Op::Sub | Op::Mul | Op::Div => true,
+                // The weight (k = 1) of a layer not listed is fixed as well: candle's
+                // backward then skips the layers before the first listed one and the
+                // weight gradients of the others.
+                Op::Conv { .. } | Op::Gemm { .. } => k == 1 || k == 2,
+                Op::MatMul => k == 1,
+                _ => false,
+            };
+            if !ok {
+                movable[v] = false;
+            }
+        }
+    }
+    for &o in &g.outputs {
+        movable[o] = false;
+    }
+    movable
+}
+
+/// Removes initializer `v` from `g` and makes it a graph input of the same fixed shape.
+fn take_initializer(g: &mut mixprec_graph::Graph, v: ValueId) -> Result<mixprec_graph::Tensor> {
+    let t = g
+        .initializers
+        .remove(&v)
+        .ok_or_else(|| ExecError::Invalid(format!("initializer {v} vanished")))?;
+    g.values[v].shape = Some(
+        t.shape
+            .iter()
+            .map(|&d| mixprec_graph::Dim::Fixed(d))
+            .collect(),
+    );
+    g.inputs.push(v);
+    Ok(t)
 }
 
 /// A model copy whose only tracked parameters are the chosen weights (see
@@ -226,6 +246,47 @@ pub struct SecondOrder {
 }
 
 impl SecondOrder {
+    /// Number of parameters left on the tape (the listed weights).
+    pub fn tracked_count(&self) -> usize {
+        self.exec.vars().len()
+    }
+
+    /// The listed weights, in the order of [`GradGraph`]'s blocks.
+    pub fn weights(&self) -> &[ValueId] {
+        &self.weights
+    }
+
+    /// A copy for a subset of this copy's weights (e.g. one layer probed alone): the others
+    /// become fixed inputs as in [`Executor::second_order`], sharing this copy's tensors (no
+    /// parameter is copied on the device). Derivatives with respect to `weights` are unchanged.
+    pub fn restrict(&self, weights: &[ValueId]) -> Result<SecondOrder> {
+        if let Some(w) = weights.iter().find(|w| !self.weights.contains(w)) {
+            return Err(ExecError::Invalid(format!(
+                "weight '{}' is not tracked by this second-order copy",
+                self.exec.graph().values[*w].name
+            )));
+        }
+        let mut g = self.exec.graph().clone();
+        let movable = movable_parameters(&g, weights);
+        let mut fixed = self.fixed.clone();
+        for &v in &self.weights {
+            if !movable[v] {
+                continue;
+            }
+            let var = self.exec.var(v).ok_or_else(|| {
+                ExecError::Invalid(format!("value {v} is not a weight of the copy"))
+            })?;
+            // The copy's variables are never changed, so sharing their storage is safe.
+            fixed.push(var.as_tensor().detach());
+            take_initializer(&mut g, v)?;
+        }
+        Ok(SecondOrder {
+            exec: Executor::new(g)?,
+            fixed,
+            weights: weights.to_vec(),
+        })
+    }
+
     /// The kept first-order graph of one batch (as [`Executor::grad_graph`]).
     pub fn grad_graph(&self, x: &Tensor, labels: &[u32]) -> Result<GradGraph> {
         let target = loss_target(&self.exec)?;

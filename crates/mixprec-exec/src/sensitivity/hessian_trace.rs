@@ -8,11 +8,14 @@
 //! * Eq. 23: Ω_i = Tr(H_i)/n_i · ‖Q(W_i) − W_i‖², n_i = number of weights of layer i.
 //!
 //! H·z is exact: double backward ([`crate::grad::GradGraph::hvp`]) on a first-order graph kept
-//! per sample batch, of a model copy whose only tracked parameters are the layer weights
-//! ([`crate::Executor::second_order`]: BatchNorm parameters and biases cost no gradients). Probes are drawn until the relative standard error of a
-//! layer's estimate drops below `tol` (after at least `min_probes`) or `max_probes` is reached;
-//! a finished layer leaves the probe. The trace may be negative away from a minimum; Ω keeps
-//! its sign.
+//! per sample batch, of a model copy whose only tracked parameters are the weights probed
+//! ([`crate::Executor::second_order`], [`crate::grad::SecondOrder::restrict`]: BatchNorm
+//! parameters, biases and the other layers' weights cost no gradients). A layer probed alone
+//! has a copy of its own in which only its weight is tracked, so its passes run backward only
+//! through the layers from it to the loss. Probes are drawn until the relative standard error
+//! of a layer's estimate drops below `tol` (after at least `min_probes`) or `max_probes` is
+//! reached; a finished layer leaves the probe. The trace may be negative away from a minimum;
+//! Ω keeps its sign.
 //!
 //! Joint probes (`joint`): one Rademacher vector z = (z_1, …, z_L) over all layers' weights and
 //! one double-backward pass give (Hz)_i = Σ_j H_ij z_j for every
@@ -22,9 +25,11 @@
 //! is predicted to need more than `max_probes` probes (m·(rel. error/tol)², checked from
 //! `min_probes` on), its joint samples are dropped and it is probed alone (z_j = 0 for j ≠ i).
 //!
-//! Complexity: one forward + backward pass per sample batch visited, then per round one
-//! double-backward pass for the joint layers plus one per layer probed alone; the quantization
-//! error is O(n_i) per option.
+//! Complexity: per block of `probes_per_pass` rounds on one sample batch, one forward + backward
+//! pass and up to `probes_per_pass` double-backward passes for the joint layers, and the same
+//! for each layer probed alone over the part of the network from that layer on; one
+//! first-order graph is alive at a time, and the copies share the parameter tensors (extra
+//! memory O(n_i) for layer i's copy). The quantization error is O(n_i) per option.
 
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
@@ -130,84 +135,81 @@ impl HessianTrace {
             .exec
             .second_order(&weights)
             .map_err(|e| second_order_error(ctx, e))?;
-        let mut graph: Option<(usize, GradGraph)> = None;
-        let mut round = 0usize;
+        // The copy over the layers still probed jointly (rebuilt when one leaves) and one copy
+        // per layer probed alone, whose backward passes skip the layers before it.
+        // (layers, copy); no copy: `model` itself, while every layer is still joint.
+        let mut joint_model: Option<(Vec<usize>, Option<crate::grad::SecondOrder>)> = None;
+        let mut alone_model: Vec<Option<crate::grad::SecondOrder>> =
+            (0..st.len()).map(|_| None).collect();
+        let restrict = |layers: &[usize]| {
+            let w: Vec<_> = layers.iter().map(|&i| weights[i]).collect();
+            model.restrict(&w).map_err(|e| second_order_error(ctx, e))
+        };
+        let mut block = 0usize;
         while st.iter().any(|s| s.done.is_none()) {
-            // Round r reads batch (r / probes_per_pass) mod #batches (Eq. 22); the first-order
-            // graph of a batch serves every probe on it.
-            let b = (round / cfg.probes_per_pass) % ctx.batches.len();
-            let g = match graph.take() {
-                Some((gb, g)) if gb == b => g,
-                old => {
-                    drop(old); // free the previous batch's graph first
-                    let (x, labels) = &ctx.batches[b];
-                    model
-                        .grad_graph(x, labels)
-                        .map_err(|e| second_order_error(ctx, e))?
-                }
-            };
-            // One pass for the layers probed jointly, one per layer probed alone.
-            let active = |s: &LayerState, joint: bool| s.done.is_none() && s.joint == joint;
-            let mut groups: Vec<Vec<usize>> = Vec::new();
-            let joint: Vec<usize> = (0..st.len()).filter(|&i| active(&st[i], true)).collect();
+            // Block k reads batch k mod #batches (Eq. 22): `probes_per_pass` rounds share the
+            // first-order graph of a batch, one graph alive at a time.
+            let (x, labels) = &ctx.batches[block % ctx.batches.len()];
+            block += 1;
+            let joint: Vec<usize> = (0..st.len()).filter(|&i| st[i].active(true)).collect();
             if !joint.is_empty() {
-                groups.push(joint);
-            }
-            groups.extend(
-                (0..st.len())
-                    .filter(|&i| active(&st[i], false))
-                    .map(|i| vec![i]),
-            );
-            for group in groups {
-                let mut probes: Vec<Option<Tensor>> = vec![None; st.len()];
-                let mut signs: Vec<(usize, Vec<f32>)> = Vec::with_capacity(group.len());
-                for &i in &group {
-                    let z = st[i].draw();
-                    probes[i] = Some(Tensor::from_slice(
-                        &z,
-                        st[i].dims.as_slice(),
-                        ctx.exec.device(),
-                    )?);
-                    signs.push((i, z));
+                if joint_model.as_ref().is_none_or(|(set, _)| *set != joint) {
+                    drop(joint_model.take()); // free the previous copy first
+                    let copy = if joint.len() == st.len() {
+                        None
+                    } else {
+                        Some(restrict(&joint)?)
+                    };
+                    joint_model = Some((joint.clone(), copy));
                 }
-                let blocks: Vec<Option<&Tensor>> = probes.iter().map(Option::as_ref).collect();
-                let hz = g.hvp(&blocks).map_err(|e| second_order_error(ctx, e))?;
-                for (i, z) in signs {
-                    let h = to_vec_f32(&hz[i])?;
-                    let sample = z.iter().zip(&h).map(|(a, b)| (a * b) as f64).sum();
-                    st[i].samples.push(sample);
+                let (set, copy) = joint_model.as_ref().ok_or_else(|| {
+                    ExecError::Invalid("hessian-trace: no joint model copy".into())
+                })?;
+                let g = copy
+                    .as_ref()
+                    .unwrap_or(&model)
+                    .grad_graph(x, labels)
+                    .map_err(|e| second_order_error(ctx, e))?;
+                for _ in 0..cfg.probes_per_pass {
+                    // (block of the copy, layer) for every layer still probed jointly.
+                    let members: Vec<(usize, usize)> = set
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &i)| st[i].active(true))
+                        .map(|(k, &i)| (k, i))
+                        .collect();
+                    if members.is_empty() {
+                        break;
+                    }
+                    probe(ctx, &mut st, &g, set.len(), &members)?;
+                    let n_joint = members.len();
+                    for &(_, i) in &members {
+                        st[i].update(cfg, &ctx.layers[i].name, n_joint)?;
+                    }
                 }
             }
-            graph = Some((b, g));
-            round += 1;
-            let n_joint = st.iter().filter(|s| active(s, true)).count();
-            for (s, layer) in st.iter_mut().zip(&ctx.layers) {
-                if s.done.is_some() {
+            for i in 0..st.len() {
+                if !st[i].active(false) {
                     continue;
                 }
-                let est = estimate(&s.samples);
-                let m = s.samples.len();
-                if m >= cfg.max_probes || (m >= cfg.min_probes && est.rel_stderr < cfg.tol) {
-                    if !est.trace.is_finite() {
-                        return Err(ExecError::Invalid(format!(
-                            "layer '{}': the Hessian trace estimate is not finite",
-                            layer.name
-                        )));
+                if alone_model[i].is_none() {
+                    alone_model[i] = Some(restrict(&[i])?);
+                }
+                let copy = alone_model[i].as_ref().ok_or_else(|| {
+                    ExecError::Invalid("hessian-trace: no single-layer model copy".into())
+                })?;
+                let g = copy
+                    .grad_graph(x, labels)
+                    .map_err(|e| second_order_error(ctx, e))?;
+                for _ in 0..cfg.probes_per_pass {
+                    if !st[i].active(false) {
+                        break;
                     }
-                    s.done = Some(TraceEstimate {
-                        joint: s.joint,
-                        dropped: s.dropped,
-                        ..est
-                    });
-                } else if s.joint && n_joint > 1 && m >= cfg.min_probes {
-                    // Probes still needed at this variance: m·(rel/tol)². Beyond the budget,
-                    // the cross terms of the other layers dominate: probe this layer alone.
-                    let need = m as f64 * (est.rel_stderr / cfg.tol).powi(2);
-                    if need.is_nan() || need > cfg.max_probes as f64 {
-                        s.joint = false;
-                        s.dropped = m;
-                        s.samples.clear();
-                    }
+                    probe(ctx, &mut st, &g, 1, &[(0, i)])?;
+                    st[i].update(cfg, &ctx.layers[i].name, 0)?;
+                }
+                if st[i].done.is_some() {
+                    alone_model[i] = None;
                 }
             }
         }
@@ -226,6 +228,44 @@ struct LayerState {
 }
 
 impl LayerState {
+    /// Still probed, jointly (`joint`) or alone.
+    fn active(&self, joint: bool) -> bool {
+        self.done.is_none() && self.joint == joint
+    }
+
+    /// After a new sample: finish the layer once its estimate is accurate enough or the
+    /// budget is spent; or, probed jointly with `n_joint` − 1 other layers, leave the joint
+    /// probe once it is predicted to need more than `max_probes` probes.
+    fn update(&mut self, cfg: &Config, name: &str, n_joint: usize) -> Result<()> {
+        if self.done.is_some() {
+            return Ok(());
+        }
+        let est = estimate(&self.samples);
+        let m = self.samples.len();
+        if m >= cfg.max_probes || (m >= cfg.min_probes && est.rel_stderr < cfg.tol) {
+            if !est.trace.is_finite() {
+                return Err(ExecError::Invalid(format!(
+                    "layer '{name}': the Hessian trace estimate is not finite"
+                )));
+            }
+            self.done = Some(TraceEstimate {
+                joint: self.joint,
+                dropped: self.dropped,
+                ..est
+            });
+        } else if self.joint && n_joint > 1 && m >= cfg.min_probes {
+            // Probes still needed at this variance: m·(rel/tol)². Beyond the budget, the
+            // cross terms of the other layers dominate: probe this layer alone.
+            let need = m as f64 * (est.rel_stderr / cfg.tol).powi(2);
+            if need.is_nan() || need > cfg.max_probes as f64 {
+                self.joint = false;
+                self.dropped = m;
+                self.samples.clear();
+            }
+        }
+        Ok(())
+    }
+
     /// A Rademacher probe shaped like the layer's weight.
     fn draw(&mut self) -> Vec<f32> {
         let n: usize = self.dims.iter().product();
@@ -233,6 +273,37 @@ impl LayerState {
             .map(|_| if self.rng.random::<bool>() { 1.0 } else { -1.0 })
             .collect()
     }
+}
+
+/// One double-backward pass on `g` (over `blocks` weights) with a fresh Rademacher probe for
+/// each `(block, layer)` of `members` (zero elsewhere): adds z_iᵀ(Hz)_i to each layer's samples.
+fn probe(
+    ctx: &SensCtx,
+    st: &mut [LayerState],
+    g: &GradGraph,
+    blocks: usize,
+    members: &[(usize, usize)],
+) -> Result<()> {
+    let mut probes: Vec<Option<Tensor>> = vec![None; blocks];
+    let mut signs = Vec::with_capacity(members.len());
+    for &(k, i) in members {
+        let z = st[i].draw();
+        probes[k] = Some(Tensor::from_slice(
+            &z,
+            st[i].dims.as_slice(),
+            ctx.exec.device(),
+        )?);
+        signs.push((k, i, z));
+    }
+    let refs: Vec<Option<&Tensor>> = probes.iter().map(Option::as_ref).collect();
+    let hz = g.hvp(&refs).map_err(|e| second_order_error(ctx, e))?;
+    for (k, i, z) in signs {
+        let h = to_vec_f32(&hz[k])?;
+        st[i]
+            .samples
+            .push(z.iter().zip(&h).map(|(a, b)| (a * b) as f64).sum());
+    }
+    Ok(())
 }
 
 /// Names the failing step and the metrics that need no second-order gradients.

@@ -304,6 +304,46 @@ fn second_order_copy_gives_the_same_hessian_vector_products() {
     for (x, y) in h.iter().zip(&want) {
         assert!((x - y).abs() <= 1e-5 * scale, "{x} vs {y}");
     }
+    // A copy for one weight (made from the model or restricted from the copy for all weights)
+    // keeps only that weight on the tape (the other layers' weights are fixed inputs) and gives
+    // the same gradient and diagonal block H_ii·v_i.
+    let singles = weights.iter().enumerate().flat_map(|(i, w)| {
+        let w = std::slice::from_ref(w);
+        [
+            (i, exec.second_order(w).unwrap()),
+            (i, model.restrict(w).unwrap()),
+        ]
+    });
+    for (i, single) in singles {
+        assert_eq!(single.tracked_count(), 1, "layer {i}");
+        let g = single.grad_graph(&xt, &labels).unwrap();
+        let mut one: Vec<Option<&Tensor>> = vec![None; weights.len()];
+        one[i] = Some(&probes[i]);
+        let want = to_vec_f32(&lean.hvp(&one).unwrap()[i]).unwrap();
+        let got = to_vec_f32(&g.hvp(&[Some(&probes[i])]).unwrap()[0]).unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "layer {i}: zero product");
+        for (x, y) in got.iter().zip(&want) {
+            assert!((x - y).abs() <= 1e-5 * scale, "layer {i}: {x} vs {y}");
+        }
+        let (ga, gb) = (
+            to_vec_f32(&lean.grad(i).unwrap()).unwrap(),
+            to_vec_f32(&g.grad(0).unwrap()).unwrap(),
+        );
+        let scale = ga.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (x, y) in ga.iter().zip(&gb) {
+            assert!(
+                (x - y).abs() <= 1e-6 * scale,
+                "layer {i} gradient: {x} vs {y}"
+            );
+        }
+    }
+    let e = model
+        .restrict(&[weights[0]])
+        .unwrap()
+        .restrict(&[weights[1]]);
+    let e = e.err().expect("weight not in the copy").to_string();
+    assert!(e.contains("not tracked"), "{e}");
 }
 
 #[test]
