@@ -22,8 +22,10 @@
 //!   `f32` outputs, go through an `i32` tile and the scalar epilogue instead;
 //! - residual Add (64-bit lanes), input quantization and pooling are vectorised / channels-last;
 //! - all buffers live in a workspace kept per batch size and reused by the next run;
-//! - large layers hand out blocks of output rows (pixels of every image of the batch) to the
-//!   calling thread and helpers;
+//! - a batch of at least two images per thread is cut into chunks of whole images handed out
+//!   to the threads, each running the whole network on a chunk in its own workspace (no step
+//!   waits for another thread); in smaller batches, large layers hand out blocks of output rows (pixels of every
+//!   image of the batch) to the calling thread and helpers;
 //! - depthwise convolutions (one filter per channel) run on their own channels-last kernel,
 //!   vectorised over channels (16 `i32` lanes per register, `vpdpwssd` on widened codes, up to
 //!   eight output pixels per weight load; `16/C` pixels per register when `C` divides 16) with
@@ -398,6 +400,9 @@ fn run_depthwise(
     Ok(())
 }
 
+/// Chunks of samples per thread when a batch is split over threads.
+const CHUNKS_PER_THREAD: usize = 4;
+
 /// The fast plan of a model (built on its first fast run) and its workspaces.
 #[derive(Default)]
 pub(crate) struct FastCache {
@@ -641,13 +646,17 @@ impl QuantModel {
         })
     }
 
-    fn workspace(&self, batch: usize) -> Workspace {
+    /// A workspace for `batch` samples whose layers split their rows over `threads` threads.
+    fn workspace(&self, batch: usize, threads: usize) -> Workspace {
+        let threads = threads.max(1);
         let mut spare = self.fast.spare.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = spare.iter().position(|w| w.batch == batch) {
+        if let Some(i) = spare
+            .iter()
+            .position(|w| w.batch == batch && w.scratch.len() == threads)
+        {
             return spare.swap_remove(i);
         }
         drop(spare);
-        let threads = crate::kernels::max_threads().max(1);
         Workspace {
             batch,
             codes: self
@@ -682,8 +691,8 @@ impl QuantModel {
 
     fn give_back(&self, ws: Workspace) {
         let mut spare = self.fast.spare.lock().unwrap_or_else(|e| e.into_inner());
-        // Keep the few most recent batch sizes.
-        if spare.len() >= 4 {
+        // Keep the few most recent batch sizes (one workspace per thread of a split batch).
+        if spare.len() >= 8 {
             spare.remove(0);
         }
         spare.push(ws);
@@ -691,10 +700,88 @@ impl QuantModel {
 
     /// Runs `batch` samples on the fast executor; with `keep`, the codes of every tensor (in
     /// the reference's channels-first order) come back too.
+    ///
+    /// A batch of at least two samples per thread is cut into chunks of whole samples handed
+    /// out to the threads, each running the whole network on its own workspace (samples are independent,
+    /// so no step waits for another thread); smaller batches split each large layer's rows over
+    /// the threads instead. Both give the same codes: every sample goes through the same kernels.
     pub(crate) fn execute_fast(&self, input: &[f32], batch: usize, keep: bool) -> Result<Trace> {
         self.check_input(input, batch)?;
         let plan = self.fast_plan()?;
-        let mut ws = self.workspace(batch);
+        let threads = crate::kernels::max_threads().max(1);
+        if threads > 1 && batch >= 2 * threads {
+            return self.execute_split(plan, input, batch, threads, keep);
+        }
+        self.execute_slice(plan, input, batch, threads, keep)
+    }
+
+    /// [`QuantModel::execute_fast`] on chunks of the batch handed out to `threads` threads,
+    /// joined in batch order.
+    fn execute_split(
+        &self,
+        plan: &[Plan],
+        input: &[f32],
+        batch: usize,
+        threads: usize,
+        keep: bool,
+    ) -> Result<Trace> {
+        let per = input.len() / batch;
+        // Chunks of whole samples, handed out one at a time, so that a core slowed down by
+        // other work delays the end by one chunk only.
+        let chunk = (batch / (threads * CHUNKS_PER_THREAD)).max(1);
+        let queue = Mutex::new(input.chunks(chunk * per).enumerate());
+        let worker = || {
+            let mut done = Vec::new();
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some((i, x)) = next else { break };
+                done.push((i, self.execute_slice(plan, x, x.len() / per, 1, keep)));
+            }
+            done
+        };
+        let mut results: Vec<(usize, Result<Trace>)> = std::thread::scope(|s| {
+            let worker = &worker;
+            let handles: Vec<_> = (1..threads).map(|_| s.spawn(worker)).collect();
+            let mut results = worker();
+            for h in handles {
+                match h.join() {
+                    Ok(r) => results.extend(r),
+                    Err(_) => results.push((
+                        usize::MAX,
+                        Err(EngineError::Invalid(
+                            "a thread of the fast executor panicked".into(),
+                        )),
+                    )),
+                }
+            }
+            results
+        });
+        results.sort_by_key(|(i, _)| *i);
+        let mut joined = Trace {
+            codes: std::collections::BTreeMap::new(),
+            output: Vec::new(),
+        };
+        for (_, r) in results {
+            let t = r?;
+            joined.output.extend_from_slice(&t.output);
+            for (name, c) in t.codes {
+                joined.codes.entry(name).or_default().extend_from_slice(&c);
+            }
+        }
+        Ok(joined)
+    }
+
+    /// [`QuantModel::execute_fast`] on `batch` samples with the layers' rows split over
+    /// `threads` threads.
+    fn execute_slice(
+        &self,
+        plan: &[Plan],
+        input: &[f32],
+        batch: usize,
+        threads: usize,
+        keep: bool,
+    ) -> Result<Trace> {
+        let mut ws = self.workspace(batch, threads);
         let mut result = Ok(());
         for (step, p) in self.steps.iter().zip(plan) {
             result = self.fast_step(step, p, &mut ws, batch, input);
@@ -739,7 +826,7 @@ impl QuantModel {
         }
         self.check_input(input, batch)?;
         let plan = self.fast_plan()?;
-        let mut ws = self.workspace(batch);
+        let mut ws = self.workspace(batch, crate::kernels::max_threads());
         let reps = reps.max(1);
         let mut times = vec![Vec::with_capacity(reps); self.steps.len()];
         let mut result = Ok(());
@@ -2147,6 +2234,37 @@ mod tests {
             let mut got = vec![0u8; a.len()];
             add_vec(&a, &b, &mut got, k, shift, zlh);
             prop_assert_eq!(got, want);
+        }
+    }
+
+    /// The vector Add on every pair of codes equals the scalar formula, with multipliers that
+    /// make exact halves (ties) and negative sums common, and shifts on both sides of the
+    /// range where the output zero point is folded into the constant.
+    #[test]
+    fn vector_add_matches_scalar_on_all_pairs() {
+        let a: Vec<u8> = (0..65536u32).map(|i| (i >> 8) as u8).collect();
+        let b: Vec<u8> = (0..65536u32).map(|i| i as u8).collect();
+        let cases: [([i32; 4], u32, i64); 8] = [
+            ([128, 128, 1, 1], 1, 128),
+            ([100, 37, 3, 5], 2, 0),
+            ([0, 255, 1 << 20, 3 << 19], 21, 77),
+            ([17, 200, 1_518_500_250, 1_073_741_824], 31, 128),
+            ([5, 9, 7, 11], 0, 100),
+            ([128, 128, 3 << 29, 5 << 27], 33, 255),
+            ([128, 128, i32::MAX, i32::MAX], 56, 200),
+            ([0, 0, i32::MAX, 1 << 30], 62, 3),
+        ];
+        for (k, shift, zo) in cases {
+            for zlh in [[zo, 0, 255], [zo, 3, 251]] {
+                let mut want = vec![0u8; a.len()];
+                add_generic(&a, &b, &mut want, k, shift, zlh);
+                // Odd lengths and offsets exercise the tails.
+                for (lo, hi) in [(0, a.len()), (3, a.len() - 5)] {
+                    let mut got = vec![0u8; hi - lo];
+                    add_vec(&a[lo..hi], &b[lo..hi], &mut got, k, shift, zlh);
+                    assert_eq!(got, want[lo..hi], "k {k:?} shift {shift} zlh {zlh:?}");
+                }
+            }
         }
     }
 

@@ -154,6 +154,12 @@ fn clamp(v: __m512i, z: __m512i, lo: __m512i, hi: __m512i) -> __m512i {
 /// Residual Add of two code vectors: `clamp(z_o + round_half_away((m_a·(a - z_a) + m_b·(b -
 /// z_b)) / 2^s))`, `m_a`, `m_b` in `[0, 2^31)`; `k = [z_a, z_b, m_a, m_b]`, `zlh = [z_o, lo, hi]`.
 ///
+/// With `s = m_a·(a - z_a) + m_b·(b - z_b)` and `h = 2^(shift-1)`, rounding half away from zero
+/// is `floor((s + h - [s < 0]) / 2^shift)` (`shift > 0`), so every lane is two `i64` products
+/// plus one constant (`h`, the zero points and, when it fits, `z_o·2^shift` folded in), a
+/// compare-and-decrement and one arithmetic shift: 8 codes per register, read and written as
+/// bytes.
+///
 /// # Safety
 /// CPU features as in the module docs; `a`, `b`, `out` of equal length.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
@@ -166,6 +172,130 @@ pub(crate) unsafe fn add_codes(
     zlh: [i64; 3],
 ) {
     let n = out.len().min(a.len()).min(b.len());
+    if shift > 62 {
+        // Outside the Add plans' range (`shift <= 62`): the 16-lane form.
+        // SAFETY: as for this function.
+        unsafe { add_codes16(&a[..n], &b[..n], &mut out[..n], k, shift, zlh) };
+        return;
+    }
+    let (ma, mb) = (k[2] as i64, k[3] as i64);
+    let half = if shift == 0 { 0 } else { 1i64 << (shift - 1) };
+    // `z_o·2^shift` folded into the constant while it stays far from overflow (|s| < 2^41).
+    let fold = shift <= 54 && (0..256).contains(&zlh[0]);
+    // The full `u8` range: clamp by a signed saturating narrowing of `v - 128`.
+    let sat = fold && zlh[1] == 0 && zlh[2] == 255;
+    let zf = match (fold, sat) {
+        (true, true) => (zlh[0] - 128) << shift,
+        (true, false) => zlh[0] << shift,
+        _ => 0,
+    };
+    let konst = half + zf - ma * k[0] as i64 - mb * k[1] as i64;
+    // `s < 0` exactly when `p = s + half + zf < half + zf`; no lane is below `i64::MIN`.
+    let thr = if shift == 0 { i64::MIN } else { half + zf };
+    let post = if fold { 0 } else { zlh[0] };
+    let c = Add8 {
+        ma: _mm512_set1_epi64(ma),
+        mb: _mm512_set1_epi64(mb),
+        konst: _mm512_set1_epi64(konst),
+        thr: _mm512_set1_epi64(thr),
+        one: _mm512_set1_epi64(1),
+        s: _mm_set1_epi64x(shift as i64),
+        post: _mm512_set1_epi64(post),
+        lo: _mm512_set1_epi64(zlh[1]),
+        hi: _mm512_set1_epi64(zlh[2]),
+    };
+    // SAFETY: as for this function.
+    unsafe {
+        match (fold, sat) {
+            (true, true) => add_codes8::<true, true>(a, b, out, n, &c),
+            (true, false) => add_codes8::<true, false>(a, b, out, n, &c),
+            _ => add_codes8::<false, false>(a, b, out, n, &c),
+        }
+    }
+}
+
+/// The loop of [`add_codes`] over the first `n` codes (`FOLD`: `z_o` is in the constant; `SAT`:
+/// so is `-128`, and the output range is all of `0..=255`).
+///
+/// # Safety
+/// As [`add_codes`]; `n` no longer than any of the three slices.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn add_codes8<const FOLD: bool, const SAT: bool>(
+    a: &[u8],
+    b: &[u8],
+    out: &mut [u8],
+    n: usize,
+    c: &Add8,
+) {
+    let (pa, pb, po) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: 32 bytes exist from `i` in all three slices.
+        unsafe {
+            for j in [0, 8, 16, 24] {
+                let x = _mm512_cvtepu8_epi64(_mm_loadl_epi64(pa.add(i + j) as *const _));
+                let y = _mm512_cvtepu8_epi64(_mm_loadl_epi64(pb.add(i + j) as *const _));
+                _mm_storel_epi64(po.add(i + j) as *mut _, add8::<FOLD, SAT>(x, y, c));
+            }
+        }
+        i += 32;
+    }
+    while i < n {
+        let len = (n - i).min(8);
+        let mask = ((1u32 << len) - 1) as u8;
+        // SAFETY: `len` bytes exist from `i` in all three slices.
+        unsafe {
+            let x = _mm512_cvtepu8_epi64(_mm_maskz_loadu_epi8(mask as u16, pa.add(i) as *const i8));
+            let y = _mm512_cvtepu8_epi64(_mm_maskz_loadu_epi8(mask as u16, pb.add(i) as *const i8));
+            _mm_mask_storeu_epi8(
+                po.add(i) as *mut i8,
+                mask as u16,
+                add8::<FOLD, SAT>(x, y, c),
+            );
+        }
+        i += len;
+    }
+}
+
+/// Broadcast constants of the 8-lane Add.
+struct Add8 {
+    ma: __m512i,
+    mb: __m512i,
+    konst: __m512i,
+    thr: __m512i,
+    one: __m512i,
+    s: __m128i,
+    post: __m512i,
+    lo: __m512i,
+    hi: __m512i,
+}
+
+/// 8 codes of each operand (as `i64` lanes) → 8 result codes (low 8 bytes).
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+#[inline]
+fn add8<const FOLD: bool, const SAT: bool>(x: __m512i, y: __m512i, c: &Add8) -> __m128i {
+    let p = _mm512_add_epi64(
+        _mm512_add_epi64(_mm512_mul_epi32(x, c.ma), _mm512_mul_epi32(y, c.mb)),
+        c.konst,
+    );
+    let neg = _mm512_cmplt_epi64_mask(p, c.thr);
+    let q = _mm512_sra_epi64(_mm512_mask_sub_epi64(p, neg, p, c.one), c.s);
+    if SAT {
+        return _mm_xor_si128(_mm512_cvtsepi64_epi8(q), _mm_set1_epi8(-128));
+    }
+    let v = if FOLD { q } else { _mm512_add_epi64(q, c.post) };
+    _mm512_cvtepi64_epi8(_mm512_min_epi64(_mm512_max_epi64(v, c.lo), c.hi))
+}
+
+/// The 16-lane form of [`add_codes`] (any `shift` below 64).
+///
+/// # Safety
+/// As [`add_codes`].
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn add_codes16(a: &[u8], b: &[u8], out: &mut [u8], k: [i32; 4], shift: u32, zlh: [i64; 3]) {
+    let n = out.len().min(a.len()).min(b.len());
+    let c = AddConsts::new(k, shift, zlh);
+    let (pa, pb, po) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
     let mut i = 0;
     while i < n {
         let len = (n - i).min(16);
@@ -176,41 +306,58 @@ pub(crate) unsafe fn add_codes(
         };
         // SAFETY: `len` bytes exist from `i` in all three slices.
         unsafe {
-            let x =
-                _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, a.as_ptr().add(i) as *const i8));
-            let y =
-                _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, b.as_ptr().add(i) as *const i8));
-            let v = add16(x, y, k, shift, zlh);
-            _mm_mask_storeu_epi8(out.as_mut_ptr().add(i) as *mut i8, mask, v);
+            let x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, pa.add(i) as *const i8));
+            let y = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, pb.add(i) as *const i8));
+            let v = add16(x, y, &c);
+            _mm_mask_storeu_epi8(po.add(i) as *mut i8, mask, v);
         }
         i += len;
+    }
+}
+
+/// Broadcast constants of [`add_codes`].
+struct AddConsts {
+    za: __m512i,
+    zb: __m512i,
+    ma: __m512i,
+    mb: __m512i,
+    half: __m512i,
+    s: __m512i,
+    z: __m512i,
+    lo: __m512i,
+    hi: __m512i,
+}
+
+impl AddConsts {
+    #[target_feature(enable = "avx512f")]
+    fn new(k: [i32; 4], shift: u32, zlh: [i64; 3]) -> Self {
+        Self {
+            za: _mm512_set1_epi32(k[0]),
+            zb: _mm512_set1_epi32(k[1]),
+            ma: _mm512_set1_epi64(k[2] as i64),
+            mb: _mm512_set1_epi64(k[3] as i64),
+            half: _mm512_set1_epi64(if shift == 0 { 0 } else { 1i64 << (shift - 1) }),
+            s: _mm512_set1_epi64(shift as i64),
+            z: _mm512_set1_epi64(zlh[0]),
+            lo: _mm512_set1_epi64(zlh[1]),
+            hi: _mm512_set1_epi64(zlh[2]),
+        }
     }
 }
 
 /// The Add of [`add_codes`] on 16 codes of each operand (as `i32` lanes); 16 result codes.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 #[inline]
-fn add16(a: __m512i, b: __m512i, k: [i32; 4], shift: u32, zlh: [i64; 3]) -> __m128i {
-    let x = _mm512_sub_epi32(a, _mm512_set1_epi32(k[0]));
-    let y = _mm512_sub_epi32(b, _mm512_set1_epi32(k[1]));
-    let (ma, mb) = (
-        _mm512_set1_epi64(k[2] as i64),
-        _mm512_set1_epi64(k[3] as i64),
-    );
-    let half = _mm512_set1_epi64(if shift == 0 { 0 } else { 1i64 << (shift - 1) });
-    let s = _mm512_set1_epi64(shift as i64);
-    let (z, lo, hi) = (
-        _mm512_set1_epi64(zlh[0]),
-        _mm512_set1_epi64(zlh[1]),
-        _mm512_set1_epi64(zlh[2]),
-    );
-    let se = _mm512_add_epi64(_mm512_mul_epi32(x, ma), _mm512_mul_epi32(y, mb));
+fn add16(a: __m512i, b: __m512i, c: &AddConsts) -> __m128i {
+    let x = _mm512_sub_epi32(a, c.za);
+    let y = _mm512_sub_epi32(b, c.zb);
+    let se = _mm512_add_epi64(_mm512_mul_epi32(x, c.ma), _mm512_mul_epi32(y, c.mb));
     let so = _mm512_add_epi64(
-        _mm512_mul_epi32(_mm512_srli_epi64(x, 32), ma),
-        _mm512_mul_epi32(_mm512_srli_epi64(y, 32), mb),
+        _mm512_mul_epi32(_mm512_srli_epi64(x, 32), c.ma),
+        _mm512_mul_epi32(_mm512_srli_epi64(y, 32), c.mb),
     );
-    let ve = clamp(round(se, half, s), z, lo, hi);
-    let vo = clamp(round(so, half, s), z, lo, hi);
+    let ve = clamp(round(se, c.half, c.s), c.z, c.lo, c.hi);
+    let vo = clamp(round(so, c.half, c.s), c.z, c.lo, c.hi);
     _mm512_cvtepi32_epi8(_mm512_mask_blend_epi32(
         0xAAAA,
         ve,
