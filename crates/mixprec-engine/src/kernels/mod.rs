@@ -209,9 +209,13 @@ pub fn set_max_threads(n: usize) {
 
 /// Number of threads the kernels will use for large problems.
 pub fn max_threads() -> usize {
-    let hw = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    // `available_parallelism` reads cgroup files on Linux (tens of µs): ask once.
+    static HW: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let hw = *HW.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     match MAX_THREADS.load(Ordering::Relaxed) {
         0 => hw,
         n => n.min(hw),
