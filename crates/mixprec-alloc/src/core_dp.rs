@@ -447,28 +447,7 @@ impl<'a> CoreDp<'a> {
                     continue;
                 }
                 let (cu, _) = grid_unit(&levels, d, share / 16);
-                let (mut a, mut b) = (0.0, 2.0 * lam[e]);
-                let mut best_x = lam[e];
-                let mut best_v = root_of(&with(best_x, cu));
-                if b > 0.0 {
-                    for _ in 0..TUNE_STEPS {
-                        let x1 = a + (b - a) * 0.382;
-                        let x2 = a + (b - a) * 0.618;
-                        let v1 = root_of(&with(x1, cu));
-                        let v2 = root_of(&with(x2, cu));
-                        if v1 > best_v {
-                            (best_v, best_x) = (v1, x1);
-                        }
-                        if v2 > best_v {
-                            (best_v, best_x) = (v2, x2);
-                        }
-                        if v1 < v2 {
-                            a = x1;
-                        } else {
-                            b = x2;
-                        }
-                    }
-                }
+                let best_x = tune_multiplier(lam[e], TUNE_STEPS, |x| root_of(&with(x, cu)));
                 tables.push(with(best_x, unit));
             }
             if m == 2 && extras {
@@ -723,6 +702,34 @@ impl<'a> CoreDp<'a> {
         }
         CoreOutcome::Done(Some((v, out)))
     }
+}
+
+/// Golden-section search over a relaxed row's multiplier in `[0, 2·start]` for the largest
+/// bound `bound(x)`, `steps` rounds, starting from `start`; returns the best multiplier seen.
+pub(crate) fn tune_multiplier(start: f64, steps: usize, mut bound: impl FnMut(f64) -> f64) -> f64 {
+    let (mut a, mut b) = (0.0, 2.0 * start);
+    let mut best_x = start;
+    let mut best_v = bound(best_x);
+    if b > 0.0 {
+        for _ in 0..steps {
+            let x1 = a + (b - a) * 0.382;
+            let x2 = a + (b - a) * 0.618;
+            let v1 = bound(x1);
+            let v2 = bound(x2);
+            if v1 > best_v {
+                (best_v, best_x) = (v1, x1);
+            }
+            if v2 > best_v {
+                (best_v, best_x) = (v2, x2);
+            }
+            if v1 < v2 {
+                a = x1;
+            } else {
+                b = x2;
+            }
+        }
+    }
+    best_x
 }
 
 #[cfg(test)]

@@ -1146,30 +1146,10 @@ impl<'a> Dfs<'a> {
                             };
                             // Tune on a coarse grid, then build the fine table once.
                             let coarse = max_cells.min(DFS_TUNE_CELLS);
-                            let (mut a, mut b) = (0.0, 2.0 * lam[e]);
-                            let mut best_x = lam[e];
-                            let mut best_v = at(&build(best_x, coarse));
-                            if b > 0.0 {
-                                for _ in 0..DFS_TUNE_STEPS {
-                                    let x1 = a + (b - a) * 0.382;
-                                    let x2 = a + (b - a) * 0.618;
-                                    let v1 = at(&build(x1, coarse));
-                                    let v2 = at(&build(x2, coarse));
-                                    if v1 > best_v {
-                                        best_v = v1;
-                                        best_x = x1;
-                                    }
-                                    if v2 > best_v {
-                                        best_v = v2;
-                                        best_x = x2;
-                                    }
-                                    if v1 < v2 {
-                                        a = x1;
-                                    } else {
-                                        b = x2;
-                                    }
-                                }
-                            }
+                            let best_x =
+                                crate::core_dp::tune_multiplier(lam[e], DFS_TUNE_STEPS, |x| {
+                                    at(&build(x, coarse))
+                                });
                             if best_x == lam[e] {
                                 row
                             } else {
