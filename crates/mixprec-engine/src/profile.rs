@@ -52,7 +52,7 @@ use mixprec_graph::{infer, input_shapes_for_batch, Graph, GraphError, Layer, Lay
 use serde::{Deserialize, Serialize};
 
 use crate::fast::FusedLayer;
-use crate::kernels::gemm::{gemm_with, PARALLEL_THRESHOLD};
+use crate::kernels::gemm::{gemm_with, PackedWeights, PARALLEL_THRESHOLD};
 use crate::kernels::{
     conv2d_with, requantize, Backend, Conv2dParams, ConvWeights, Dyadic, KernelError, OutputRange,
     PackedI4, PackedI8,
@@ -826,33 +826,22 @@ impl Bench {
                         Box::new(move || fl.run().map_err(KernelError::InvalidConv)),
                     );
                 }
-                if kind == KernelKind::Int4 {
-                    let pw = PackedI4::new(&wq, n, k).map_err(kerr)?;
-                    Box::new(move || {
-                        let acc = gemm_with(backend, &x, m, 0, &pw)?;
-                        black_box(requantize::<u8>(
-                            &acc,
-                            [m, n, 1],
-                            Some(&bias),
-                            &mults,
-                            range,
-                        )?);
-                        Ok(())
-                    })
+                let pw: Box<dyn PackedWeights> = if kind == KernelKind::Int4 {
+                    Box::new(PackedI4::new(&wq, n, k).map_err(kerr)?)
                 } else {
-                    let pw = PackedI8::new(&wq, n, k).map_err(kerr)?;
-                    Box::new(move || {
-                        let acc = gemm_with(backend, &x, m, 0, &pw)?;
-                        black_box(requantize::<u8>(
-                            &acc,
-                            [m, n, 1],
-                            Some(&bias),
-                            &mults,
-                            range,
-                        )?);
-                        Ok(())
-                    })
-                }
+                    Box::new(PackedI8::new(&wq, n, k).map_err(kerr)?)
+                };
+                Box::new(move || {
+                    let acc = gemm_with(backend, &x, m, 0, pw.as_ref())?;
+                    black_box(requantize::<u8>(
+                        &acc,
+                        [m, n, 1],
+                        Some(&bias),
+                        &mults,
+                        range,
+                    )?);
+                    Ok(())
+                })
             }
         };
         Self::checked(layer, kind, what, run)

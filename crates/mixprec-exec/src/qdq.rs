@@ -283,12 +283,7 @@ pub fn qdq_model(
         let mut new_w = None;
         if lp.activation.is_some() {
             let (p, bits) = layer_input_params(policy, ranges, &layer.name)?;
-            let x = node
-                .input(0)
-                .map(|v| graph.values[v].name.clone())
-                .ok_or_else(|| {
-                    ExecError::Invalid(format!("layer '{}' has no input activation", layer.name))
-                })?;
+            let x = input_name(graph, node, &layer.name)?;
             let (nodes, dq) = act_qdq(gp, &format!("{}::input", layer.name), &x, &p, bits);
             inserted.extend(nodes);
             new_x = Some(dq);
@@ -895,6 +890,13 @@ fn weight_dq(
     Ok((qw, dq, matches!(dt, INT4 | UINT4)))
 }
 
+/// Name of the input activation of `layer`'s node.
+fn input_name(graph: &Graph, node: &Node, layer: &str) -> Result<String> {
+    node.input(0)
+        .map(|v| graph.values[v].name.clone())
+        .ok_or_else(|| ExecError::Invalid(format!("layer '{layer}' has no input activation")))
+}
+
 /// The input quantization of an integer layer: policy scheme and calibrated range.
 fn layer_input_params(
     policy: &Policy,
@@ -1013,12 +1015,7 @@ pub fn qdq_model_full(
         let mut sx = None;
         if lp.activation.is_some() {
             let (p, bits) = layer_input_params(policy, ranges, &layer.name)?;
-            let x = node
-                .input(0)
-                .map(|v| g.values[v].name.clone())
-                .ok_or_else(|| {
-                    ExecError::Invalid(format!("layer '{}' has no input activation", layer.name))
-                })?;
+            let x = input_name(g, node, &layer.name)?;
             let shared = tensor_group
                 .get(&x)
                 .is_some_and(|&gi| group_params[gi].0 == p);
