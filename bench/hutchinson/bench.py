@@ -83,6 +83,9 @@ def main():
     ap.add_argument("--probes-per-pass", type=int, default=4)
     ap.add_argument("--mode", choices=["joint", "per-layer"], default="joint")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--estimator", choices=["auto", "exact", "hutchinson"], default="hutchinson",
+                    help="mixprec's estimator (auto/exact: exact traces of piecewise-linear "
+                         "networks, no probes; PyTorch always runs Hutchinson)")
     ap.add_argument("--resnet20-steps", type=int, default=60)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     a = ap.parse_args()
@@ -122,7 +125,8 @@ def main():
             raise SystemExit(f"unknown model {name} (resnet8, resnet20)")
 
     config = {"tol": a.tol, "min_probes": a.min_probes, "max_probes": a.max_probes,
-              "probes_per_pass": a.probes_per_pass, "joint": a.mode == "joint"}
+              "probes_per_pass": a.probes_per_pass, "joint": a.mode == "joint",
+              "estimator": a.estimator}
     results = []
     for name, path in models.items():
         menv = dict(env, MIXPREC_DATA=str(batch_dir))
@@ -163,7 +167,8 @@ def main():
         print("| layer | mixprec trace ± se (probes, alone?) | torch trace ± se (probes, alone?) | |diff|/se |")
         print("|---|---|---|---|")
         for l in layers:
-            f = lambda d: (f"{d['trace']:.4g} ± {d['rel_stderr'] * abs(d['trace']):.2g} "
+            f = lambda d: ("{:.4g} (exact)".format(d["trace"]) if d.get("exact") else
+                           f"{d['trace']:.4g} ± {d['rel_stderr'] * abs(d['trace']):.2g} "
                            f"({int(d['probes'])}{', alone' if not d['joint'] else ''})")
             print(f"| {l['layer']} | {f(l['mixprec'])} | {f(l['torch'])} | {l['z']:.2f} |")
         sys.stdout.flush()

@@ -1131,6 +1131,51 @@ pub fn conv2d(
     )
 }
 
+/// ‖∂⟨Conv(x_n, W), g_n⟩/∂W‖² for every sample n: the squared norm of each sample's own
+/// weight gradient (one weight-gradient pass per sample, samples in parallel). `x` is the
+/// [N, C, H, W] input, `gy` the [N, M, OH, OW] output gradient, `khw` the kernel size; other
+/// arguments as in [`conv2d`].
+pub fn sample_weight_gradient_sq_norms(
+    x: &Tensor,
+    gy: &Tensor,
+    khw: (usize, usize),
+    stride: (usize, usize),
+    pads: [usize; 4],
+    dilation: (usize, usize),
+    groups: usize,
+) -> Result<Vec<f64>> {
+    let (n, c, h, w) = x.dims4()?;
+    let (ng, m, oh, ow) = gy.dims4()?;
+    let p = Params {
+        stride,
+        pads,
+        dilation,
+        groups,
+    };
+    let g1 = Geom::new(p, 1, c, h, w, m, khw.0, khw.1)?;
+    if ng != n || (g1.oh, g1.ow) != (oh, ow) || c % groups.max(1) != 0 || m % groups.max(1) != 0 {
+        bail!(
+            "per-sample weight gradient: input {:?} and output gradient {:?} do not fit a {}x{} kernel in {groups} groups",
+            x.dims(),
+            gy.dims(),
+            khw.0,
+            khw.1
+        )
+    }
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let gs = gy.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let (xn, gn) = (c * h * w, m * oh * ow);
+    Ok((0..n)
+        .into_par_iter()
+        .map(|i| {
+            cbw_fwd(&g1, &xs[i * xn..][..xn], &gs[i * gn..][..gn])
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum()
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,11 @@ pub trait LayerHook {
         let _ = layer;
         Ok(x)
     }
+    /// The output of `layer` (before any following node sees it).
+    fn output(&self, layer: &Layer, y: Tensor) -> Result<Tensor> {
+        let _ = layer;
+        Ok(y)
+    }
 }
 
 /// How to run a forward pass.
@@ -317,7 +322,10 @@ impl Executor {
                     ins[1] = Some(hook.weight(l, w)?);
                 }
             }
-            let outs = self.eval_node(node, &ins, &inf, opts, &mut bn_stats)?;
+            let mut outs = self.eval_node(node, &ins, &inf, opts, &mut bn_stats)?;
+            if let (Some(l), Some(hook), Some(y)) = (layer, opts.hook, outs.first_mut()) {
+                *y = hook.output(l, y.clone())?;
+            }
             for (o, t) in node.outputs.iter().zip(outs) {
                 vals[*o] = Some(t);
                 taped[*o] = on_tape;

@@ -8,6 +8,7 @@ pub mod error;
 pub mod eval;
 pub mod executor;
 pub mod fakequant;
+pub mod ggn;
 pub mod grad;
 #[cfg(test)]
 mod gradcheck;

@@ -165,35 +165,68 @@ pub fn conv(
     window: &Window,
     group: usize,
 ) -> OpResult<Tensor> {
-    let mut win = window.clone();
-    if win.kernel.is_empty() {
-        win.kernel = w.dims()[2..].to_vec();
-    }
-    let spatial = &x.dims()[2..];
-    let (win2, sp2) = window_2d(&win, spatial)?;
-    let (x4, squeezed) = to_4d(x)?;
-    let w4 = if squeezed {
-        c(w.unsqueeze(2))?
-    } else {
-        w.clone()
-    };
-    let (begin, end, _) = win2
-        .resolve(&sp2)
-        .ok_or("the window does not fit the input")?;
-    let get = |v: &Vec<usize>, i| v.get(i).copied().unwrap_or(1);
-    let stride = (get(&win2.strides, 0), get(&win2.strides, 1));
-    let dilation = (get(&win2.dilations, 0), get(&win2.dilations, 1));
-    let pads = [begin[0], begin[1], end[0], end[1]];
+    let cv = Conv2d::new(x, w, window)?;
     let mut y = c(crate::conv2d::conv2d(
-        &x4, &w4, stride, pads, dilation, group,
+        &cv.x,
+        &cv.w,
+        cv.stride,
+        cv.pads,
+        cv.dilation,
+        group,
     ))?;
     if let Some(b) = b {
         y = c(y.broadcast_add(&c(b.reshape((1, b.elem_count(), 1, 1)))?))?;
     }
-    if squeezed {
+    if cv.squeezed {
         y = c(y.squeeze(2))?;
     }
     Ok(y)
+}
+
+/// An ONNX convolution (1-D or 2-D) as a 2-D one: 4-D operands and resolved geometry.
+pub struct Conv2d {
+    /// Input, [N, C, H, W].
+    pub x: Tensor,
+    /// Weight, [M, C/groups, KH, KW].
+    pub w: Tensor,
+    /// (height, width).
+    pub stride: (usize, usize),
+    /// [top, left, bottom, right].
+    pub pads: [usize; 4],
+    /// (height, width).
+    pub dilation: (usize, usize),
+    /// A 1-D convolution was given (its output needs `squeeze(2)`).
+    pub squeezed: bool,
+}
+
+impl Conv2d {
+    /// Resolves `window` (kernel from the weight when absent, `auto_pad`) for input `x`.
+    pub fn new(x: &Tensor, w: &Tensor, window: &Window) -> OpResult<Self> {
+        let mut win = window.clone();
+        if win.kernel.is_empty() {
+            win.kernel = w.dims()[2..].to_vec();
+        }
+        let spatial = &x.dims()[2..];
+        let (win2, sp2) = window_2d(&win, spatial)?;
+        let (x4, squeezed) = to_4d(x)?;
+        let w4 = if squeezed {
+            c(w.unsqueeze(2))?
+        } else {
+            w.clone()
+        };
+        let (begin, end, _) = win2
+            .resolve(&sp2)
+            .ok_or("the window does not fit the input")?;
+        let get = |v: &Vec<usize>, i| v.get(i).copied().unwrap_or(1);
+        Ok(Conv2d {
+            x: x4,
+            w: w4,
+            stride: (get(&win2.strides, 0), get(&win2.strides, 1)),
+            pads: [begin[0], begin[1], end[0], end[1]],
+            dilation: (get(&win2.dilations, 0), get(&win2.dilations, 1)),
+            squeezed,
+        })
+    }
 }
 
 /// Max or average pooling (1-D, 2-D or 3-D) with ONNX padding, dilations, ceil mode and

@@ -7,7 +7,17 @@
 //!   batch of samples per pass, cycling through the samples);
 //! * Eq. 23: Ω_i = Tr(H_i)/n_i · ‖Q(W_i) − W_i‖², n_i = number of weights of layer i.
 //!
-//! H·z is exact: double backward ([`crate::grad::GradGraph::hvp`]) on a first-order graph kept
+//! Estimators (`estimator`):
+//! * `exact` ([`crate::ggn`]): when every operator between a layer and the logits is piecewise
+//!   linear, the layer's Hessian block is its Gauss–Newton block, and Tr(H_i) is a sum of
+//!   squared per-(sample, class) gradient norms: one forward and backward pass per class, no
+//!   probes and no estimator error. It also gives the traces for input activations (Eq. 22),
+//!   so activation options (`a4`, `a8`) are scored with Ω = Tr(H_x)/n_x · E‖Q(x) − x‖².
+//! * `hutchinson`: the estimator below, for any twice-differentiable model (weights only).
+//! * `auto` (default): `exact` when it applies and its passes (≈ 3 per class) cost less than
+//!   the Hutchinson budget (≈ 5 per probe, `max_probes` probes), else `hutchinson`.
+//!
+//! Hutchinson: H·z is exact: double backward ([`crate::grad::GradGraph::hvp`]) on a first-order graph kept
 //! per sample batch, of a model copy whose only tracked parameters are the weights probed
 //! ([`crate::Executor::second_order`], [`crate::grad::SecondOrder::restrict`]: BatchNorm
 //! parameters, biases and the other layers' weights cost no gradients). A layer probed alone
@@ -36,10 +46,17 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use mixprec_graph::Layer;
+
 use super::{
-    layer_seed, parse_config, sq_norm, MetricEntry, SensCtx, SensitivityMetric, SensitivityTable,
+    layer_seed, parse_config, sq_norm, MetricEntry, OptionTarget, SensCtx, SensitivityMetric,
+    SensitivityTable,
 };
 use crate::error::{ExecError, Result};
+use crate::executor::LayerHook;
 use crate::grad::GradGraph;
 use crate::ops::to_vec_f32;
 
@@ -58,6 +75,24 @@ pub struct Config {
     /// Probe all layers jointly (one double-backward pass per probe for every layer) until a
     /// layer's estimate is predicted to need more than `max_probes`; `false`: every layer alone.
     pub joint: bool,
+    /// How the traces are computed.
+    pub estimator: Estimator,
+    /// (sample, class) rows per pass of the exact computation (bounds its memory).
+    pub exact_rows: usize,
+}
+
+/// How `hessian-trace` computes Tr(H_i).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Estimator {
+    /// Exact when every layer's Hessian block is its Gauss–Newton block (a piecewise-linear
+    /// network after each layer, [`crate::ggn`]) and the exact passes (≈ 3 per class) cost less
+    /// than the Hutchinson budget (≈ 5 per probe, `max_probes` probes); Hutchinson otherwise.
+    Auto,
+    /// Exact traces through the Gauss–Newton factorisation; an error for other networks.
+    Exact,
+    /// Hutchinson's estimator (Eq. 21–22) with Rademacher probes.
+    Hutchinson,
 }
 
 impl Default for Config {
@@ -68,6 +103,8 @@ impl Default for Config {
             max_probes: 64,
             probes_per_pass: 4,
             joint: true,
+            estimator: Estimator::Auto,
+            exact_rows: 64,
         }
     }
 }
@@ -85,6 +122,11 @@ pub struct TraceEstimate {
     pub joint: bool,
     /// Joint probes drawn before the layer was probed alone (not in the estimate).
     pub dropped: usize,
+    /// Computed exactly (no probes, no estimator error).
+    pub exact: bool,
+    /// Exact per-sample trace of the Hessian with respect to the layer's input activation,
+    /// averaged over the samples (exact traces only).
+    pub input_trace: Option<f64>,
 }
 
 /// The HAWQ-V2 metric.
@@ -106,6 +148,11 @@ impl HessianTrace {
                 cfg.tol, cfg.min_probes, cfg.max_probes
             )));
         }
+        if cfg.exact_rows == 0 {
+            return Err(ExecError::Invalid(
+                "hessian-trace: exact_rows must be at least 1".into(),
+            ));
+        }
         if cfg.probes_per_pass == 0 {
             return Err(ExecError::Invalid(
                 "hessian-trace: probes_per_pass must be at least 1".into(),
@@ -118,6 +165,86 @@ impl HessianTrace {
     /// all layers first, layers whose estimate cannot converge that way probed alone (see the
     /// module doc).
     pub fn traces(&self, ctx: &SensCtx) -> Result<Vec<TraceEstimate>> {
+        if self.use_exact(ctx)? {
+            return self.exact_traces(ctx);
+        }
+        self.hutchinson(ctx)
+    }
+
+    /// Whether the configured estimator resolves to the exact computation on `ctx`.
+    pub fn use_exact(&self, ctx: &SensCtx) -> Result<bool> {
+        let exact = match self.cfg.estimator {
+            Estimator::Hutchinson => return Ok(false),
+            Estimator::Exact => return Ok(true),
+            Estimator::Auto => true,
+        };
+        let g = ctx.exec.graph();
+        let target = crate::grad::loss_target(ctx.exec)?;
+        if ctx
+            .layers
+            .iter()
+            .any(|l| crate::ggn::non_linear_tail(g, l, target.value).is_some())
+        {
+            return Ok(false);
+        }
+        let classes = match ctx.batches.first() {
+            Some((x, _)) => {
+                let x1 = x.narrow(0, 0, 1)?;
+                let opts = crate::RunOptions {
+                    keep: vec![target.value],
+                    ..crate::RunOptions::default()
+                };
+                let r = ctx.exec.run(std::slice::from_ref(&x1), &opts)?;
+                r.kept
+                    .get(&target.value)
+                    .map_or(usize::MAX, |z| z.elem_count())
+            }
+            None => usize::MAX,
+        };
+        Ok(exact && 3 * classes <= 5 * self.cfg.max_probes)
+    }
+
+    /// Exact traces ([`crate::ggn`]), averaged over the samples of every batch.
+    fn exact_traces(&self, ctx: &SensCtx) -> Result<Vec<TraceEstimate>> {
+        let mut sums = vec![(0f64, 0f64); ctx.layers.len()];
+        let mut total = 0usize;
+        for (x, _) in &ctx.batches {
+            let n = x.dims().first().copied().unwrap_or(0);
+            let t = ctx
+                .exec
+                .exact_layer_traces(&ctx.layers, x, self.cfg.exact_rows)?;
+            for (s, v) in sums.iter_mut().zip(t) {
+                s.0 += v.weight * n as f64;
+                s.1 += v.input * n as f64;
+            }
+            total += n;
+        }
+        sums.into_iter()
+            .zip(&ctx.layers)
+            .map(|((s, si), l)| {
+                let trace = s / total.max(1) as f64;
+                let input_trace = si / total.max(1) as f64;
+                if !trace.is_finite() || !input_trace.is_finite() {
+                    return Err(ExecError::Invalid(format!(
+                        "layer '{}': the Hessian trace is not finite",
+                        l.name
+                    )));
+                }
+                Ok(TraceEstimate {
+                    trace,
+                    probes: 0,
+                    rel_stderr: 0.0,
+                    joint: false,
+                    dropped: 0,
+                    exact: true,
+                    input_trace: Some(input_trace),
+                })
+            })
+            .collect()
+    }
+
+    /// Hutchinson's estimate (see the module doc).
+    fn hutchinson(&self, ctx: &SensCtx) -> Result<Vec<TraceEstimate>> {
         let cfg = &self.cfg;
         let weights: Vec<_> = ctx.layers.iter().map(|l| l.weight).collect();
         let mut st = Vec::with_capacity(ctx.layers.len());
@@ -334,19 +461,136 @@ fn estimate(samples: &[f64]) -> TraceEstimate {
         rel_stderr: rel,
         joint: false,
         dropped: 0,
+        exact: false,
+        input_trace: None,
     }
+}
+
+/// Records every layer's float input activation.
+struct InputRecorder(Mutex<HashMap<usize, Tensor>>);
+
+impl LayerHook for InputRecorder {
+    fn input(&self, layer: &Layer, x: Tensor) -> Result<Tensor> {
+        self.0
+            .lock()
+            .map_err(|_| ExecError::Invalid("input recorder poisoned".into()))?
+            .insert(layer.node, x.clone());
+        Ok(x)
+    }
+}
+
+/// E_n ‖Q(x_n) − x_n‖² of every layer's input under every activation option (`None` for
+/// weight options), over the samples of every batch.
+fn input_errors(ctx: &SensCtx) -> Result<Vec<Vec<Option<f64>>>> {
+    let mut sums = vec![vec![None; ctx.options.len()]; ctx.layers.len()];
+    let mut total = 0usize;
+    for (x, _) in &ctx.batches {
+        let rec = InputRecorder(Mutex::new(HashMap::new()));
+        ctx.exec.run(
+            std::slice::from_ref(x),
+            &crate::RunOptions {
+                hook: Some(&rec),
+                ..Default::default()
+            },
+        )?;
+        let inputs = rec
+            .0
+            .into_inner()
+            .map_err(|_| ExecError::Invalid("input recorder poisoned".into()))?;
+        for (l, layer) in ctx.layers.iter().enumerate() {
+            let xin = inputs
+                .get(&layer.node)
+                .ok_or_else(|| ExecError::Invalid(format!("layer '{}' did not run", layer.name)))?;
+            let xv = to_vec_f32(xin)?;
+            for (o, opt) in ctx.options.iter().enumerate() {
+                if opt.target != OptionTarget::Activation {
+                    continue;
+                }
+                let q = ctx
+                    .single_layer_hook(layer, opt)?
+                    .input(layer, xin.clone())?;
+                let e: f64 = to_vec_f32(&q)?
+                    .iter()
+                    .zip(&xv)
+                    .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
+                    .sum();
+                *sums[l][o].get_or_insert(0.0) += e;
+            }
+        }
+        total += x.dims().first().copied().unwrap_or(0);
+    }
+    for row in &mut sums {
+        for v in row.iter_mut().flatten() {
+            *v /= total.max(1) as f64;
+        }
+    }
+    Ok(sums)
+}
+
+/// Elements of each layer's input activation per sample.
+fn input_sizes(ctx: &SensCtx) -> Result<Vec<usize>> {
+    let (x, _) = ctx
+        .batches
+        .first()
+        .ok_or_else(|| ExecError::Invalid("no samples".into()))?;
+    let x1 = x.narrow(0, 0, 1)?;
+    let rec = InputRecorder(Mutex::new(HashMap::new()));
+    ctx.exec.run(
+        std::slice::from_ref(&x1),
+        &crate::RunOptions {
+            hook: Some(&rec),
+            ..Default::default()
+        },
+    )?;
+    let inputs = rec
+        .0
+        .into_inner()
+        .map_err(|_| ExecError::Invalid("input recorder poisoned".into()))?;
+    Ok(ctx
+        .layers
+        .iter()
+        .map(|l| inputs.get(&l.node).map_or(1, |t| t.elem_count().max(1)))
+        .collect())
 }
 
 impl SensitivityMetric for HessianTrace {
     fn compute(&self, ctx: &SensCtx) -> Result<SensitivityTable> {
-        ctx.require_weight_options(ENTRY.name)?;
-        let traces = self.traces(ctx)?;
+        let act = ctx
+            .options
+            .iter()
+            .find(|o| o.target == OptionTarget::Activation);
+        let exact = self.use_exact(ctx)?;
+        if let (Some(o), false) = (act, exact) {
+            return Err(ExecError::Invalid(format!(
+                "metric {} scores activation options ('{}') only with exact traces, which need a piecewise-linear classifier after every layer and `\"estimator\"` auto or exact; drop the activation options or use output-mse, kl or sqnr",
+                ENTRY.name, o.label
+            )));
+        }
+        let traces = if exact {
+            self.exact_traces(ctx)?
+        } else {
+            self.hutchinson(ctx)?
+        };
+        let (in_err, in_size) = if act.is_some() {
+            (input_errors(ctx)?, input_sizes(ctx)?)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let mut values = Vec::with_capacity(ctx.layers.len());
-        for (layer, t) in ctx.layers.iter().zip(&traces) {
+        for (l, (layer, t)) in ctx.layers.iter().zip(&traces).enumerate() {
             let mut row = Vec::with_capacity(ctx.options.len());
-            for opt in &ctx.options {
-                let err = ctx.weight_error(layer, &opt.scheme)?;
-                row.push(t.trace / err.len().max(1) as f64 * sq_norm(&err));
+            for (o, opt) in ctx.options.iter().enumerate() {
+                row.push(match opt.target {
+                    OptionTarget::Weight => {
+                        let err = ctx.weight_error(layer, &opt.scheme)?;
+                        t.trace / err.len().max(1) as f64 * sq_norm(&err)
+                    }
+                    // Eq. 23 for the input activation: Tr(H_x)/n_x · E‖Q(x) − x‖².
+                    OptionTarget::Activation => {
+                        t.input_trace.unwrap_or(0.0) / in_size[l] as f64
+                            * in_err[l][o].unwrap_or(0.0)
+                    }
+                });
             }
             values.push(row);
         }
@@ -360,8 +604,11 @@ impl SensitivityMetric for HessianTrace {
                     ("rel_stderr".to_string(), e.rel_stderr),
                     ("joint".to_string(), f64::from(u8::from(e.joint))),
                     ("dropped_probes".to_string(), e.dropped as f64),
+                    ("exact".to_string(), f64::from(u8::from(e.exact))),
                 ]
-                .into()
+                .into_iter()
+                .chain(e.input_trace.map(|v| ("input_trace".to_string(), v)))
+                .collect()
             })
             .collect();
         Ok(t)

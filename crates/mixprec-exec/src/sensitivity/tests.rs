@@ -1,6 +1,7 @@
 //! Conformance of every registered metric and an exact check of the Hutchinson estimate.
 
 use super::*;
+use crate::executor::LayerHook;
 use crate::models::GraphBuilder;
 use candle_core::Device;
 use mixprec_graph::Op;
@@ -97,10 +98,8 @@ fn every_metric_is_finite_deterministic_and_ranks_a_damaged_layer_first() {
     damage(&exec);
     for entry in METRICS {
         let metric = (entry.build)(&serde_json::Value::Null).unwrap();
-        let weight_only = matches!(
-            entry.name,
-            "hessian-trace" | "fisher" | "hessian-eigen" | "aq-noise"
-        );
+        // hessian-trace scores activations too on this piecewise-linear MLP (exact traces).
+        let weight_only = matches!(entry.name, "fisher" | "hessian-eigen" | "aq-noise");
         // At 2 bits every layer of so small a net is wrecked; from 4 bits on, healthy layers
         // quantize well and only the damaged one must stand out.
         let list = if weight_only {
@@ -179,6 +178,8 @@ fn hutchinson_trace_matches_the_exact_trace_of_each_layer() {
         max_probes: 3000,
         probes_per_pass: 50,
         joint: false,
+        estimator: hessian_trace::Estimator::Hutchinson,
+        exact_rows: 64,
     };
     // Layers probed alone, then jointly (one pass for all layers, cross terms averaging out).
     let mut runs = Vec::new();
@@ -242,6 +243,227 @@ fn hutchinson_trace_matches_the_exact_trace_of_each_layer() {
             t.values[i]
         );
     }
+}
+
+/// A small CNN: conv → BatchNorm → ReLU → max pool → conv (bias) → + pool output → ReLU →
+/// depthwise conv → global average pool → flatten → fc → ReLU → fc (4 classes).
+fn small_cnn(seed: u64) -> Executor {
+    let (mut b, x) = GraphBuilder::new("cnn", 1, 4, 4, seed);
+    let y = b.conv("conv1", x, 1, 3, 3, 1, 1, false);
+    let y = b.bn("bn1", y, 3);
+    let y = b.node("relu1", Op::Relu, vec![y]);
+    let window = mixprec_graph::Window {
+        kernel: vec![2, 2],
+        strides: vec![1, 1],
+        ..Default::default()
+    };
+    let p = b.node("pool", Op::MaxPool(window), vec![y]);
+    let y = b.conv("conv2", p, 3, 3, 3, 1, 1, true);
+    let y = b.node("add", Op::Add, vec![y, p]);
+    let y = b.node("relu2", Op::Relu, vec![y]);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1);
+    let dw: Vec<f32> = (0..3 * 4).map(|_| rng.random_range(-0.8..0.8)).collect();
+    let dw = b.constant(
+        "dw.weight",
+        mixprec_graph::Tensor::f32(vec![3, 1, 2, 2], dw).unwrap(),
+    );
+    let window = mixprec_graph::Window {
+        kernel: vec![2, 2],
+        strides: vec![1, 1],
+        pads: vec![1, 0, 0, 1],
+        ..Default::default()
+    };
+    let y = b.node("dw", Op::Conv { window, group: 3 }, vec![y, dw]);
+    let y = b.node("gap", Op::GlobalAveragePool, vec![y]);
+    let y = b.node("flatten", Op::Flatten { axis: 1 }, vec![y]);
+    let y = b.fc("fc1", y, 3, 5);
+    let y = b.node("relu3", Op::Relu, vec![y]);
+    let y = b.fc("fc2", y, 5, 4);
+    Executor::new(b.finish(y)).unwrap()
+}
+
+#[test]
+fn exact_traces_equal_the_trace_of_each_hessian_block() {
+    // Against Σ_k e_kᵀ H e_k by double backward, on an MLP and on a CNN with BatchNorm, a max
+    // pool, a residual Add and a depthwise convolution; two batches weigh by their sizes.
+    for (exec, cnn) in [(mlp(11), false), (small_cnn(4), true)] {
+        let data = samples(10, 2);
+        let ctx = SensCtx::new(&exec, &data, options("w4"), 10, 5).unwrap();
+        if cnn {
+            assert_eq!(ctx.layers.len(), 5);
+        }
+        let want: Vec<f64> = ctx.layers.iter().map(|l| exact_trace(&ctx, l)).collect();
+        for rows in [1, 7, 64] {
+            let got = exec
+                .exact_layer_traces(&ctx.layers, &ctx.batches[0].0, rows)
+                .unwrap();
+            for ((l, g), w) in ctx.layers.iter().zip(&got).zip(&want) {
+                let g = g.weight;
+                assert!(*w > 0.0, "{}: {w}", l.name);
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs() + 1e-7,
+                    "{} (rows {rows}): exact {g} vs Σ eᵀHe {w}",
+                    l.name
+                );
+            }
+        }
+        // The metric picks the exact computation by itself and reports it.
+        let metric = hessian_trace::HessianTrace::new(hessian_trace::Config::default()).unwrap();
+        assert!(metric.use_exact(&ctx).unwrap());
+        let est = metric.traces(&ctx).unwrap();
+        for (e, w) in est.iter().zip(&want) {
+            assert!(e.exact && e.probes == 0, "{e:?}");
+            assert!((e.trace - w).abs() <= 1e-4 * w.abs() + 1e-7);
+        }
+        // Batches of 6 and 4: sample-weighted mean of the per-batch traces.
+        let ctx2 = SensCtx::new(&exec, &data, options("w4"), 6, 5).unwrap();
+        let parts: Vec<Vec<f64>> = ctx2
+            .batches
+            .iter()
+            .map(|(x, _)| {
+                let t = exec.exact_layer_traces(&ctx2.layers, x, 64).unwrap();
+                t.iter().map(|t| t.weight).collect()
+            })
+            .collect();
+        let est2 = metric.traces(&ctx2).unwrap();
+        for (k, e) in est2.iter().enumerate() {
+            let mean = (6.0 * parts[0][k] + 4.0 * parts[1][k]) / 10.0;
+            assert!(
+                (e.trace - mean).abs() <= 1e-9 * mean.abs(),
+                "{e:?} vs {mean}"
+            );
+            assert!((e.trace - want[k]).abs() <= 1e-4 * want[k].abs() + 1e-7);
+        }
+    }
+}
+
+/// Tr(∇²_X L) of the mean loss with respect to the whole input batch X: Σ_k e_kᵀ H e_k by
+/// double backward, one basis vector per input element.
+fn exact_input_trace(exec: &Executor, x: &Tensor, labels: &[u32]) -> f64 {
+    let xv = candle_core::Var::from_tensor(x).unwrap();
+    let (loss, _) = exec.loss(xv.as_tensor(), labels, None, false).unwrap();
+    let g = loss
+        .backward()
+        .unwrap()
+        .get(xv.as_tensor())
+        .unwrap()
+        .clone();
+    let n = x.elem_count();
+    (0..n)
+        .map(|k| {
+            let mut e = vec![0f32; n];
+            e[k] = 1.0;
+            let e = Tensor::from_vec(e, x.dims(), &Device::Cpu).unwrap();
+            let hv = (&g * &e).unwrap().sum_all().unwrap().backward().unwrap();
+            let hv = hv.get(xv.as_tensor()).unwrap().flatten_all().unwrap();
+            hv.to_vec1::<f32>().unwrap()[k] as f64
+        })
+        .sum()
+}
+
+#[test]
+fn exact_input_traces_equal_the_trace_of_the_input_hessian() {
+    // The first layer of each model reads the model input: its per-sample input trace,
+    // averaged over the batch, is the trace of the mean loss's Hessian in the whole batch.
+    for exec in [mlp(11), small_cnn(4)] {
+        let data = samples(6, 2);
+        let ctx = SensCtx::new(&exec, &data, options("w4"), 6, 5).unwrap();
+        let (x, labels) = &ctx.batches[0];
+        let want = exact_input_trace(&exec, x, labels);
+        let got = exec.exact_layer_traces(&ctx.layers, x, 5).unwrap();
+        assert!(want > 0.0);
+        assert!(
+            (got[0].input - want).abs() <= 1e-4 * want,
+            "{}: {} vs {want}",
+            ctx.layers[0].name,
+            got[0].input
+        );
+        assert!(got.iter().all(|t| t.input > 0.0), "{got:?}");
+    }
+}
+
+#[test]
+fn activation_options_use_the_input_trace() {
+    // Ω = Tr(H_x)/n_x · E‖Q(x) − x‖² (Eq. 23 for the input activation), by hand for the first
+    // layer of the MLP, whose input is the (flattened) model input.
+    let exec = mlp(11);
+    let data = samples(12, 2);
+    let ctx = SensCtx::new(&exec, &data, options("w4,a2,a8"), 12, 5).unwrap();
+    let metric = hessian_trace::HessianTrace::new(hessian_trace::Config::default()).unwrap();
+    let t = metric.compute(&ctx).unwrap();
+    let est = metric.traces(&ctx).unwrap();
+    let fc1 = &ctx.layers[0];
+    let x = ctx.batches[0].0.flatten_from(1).unwrap();
+    let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for o in [1, 2] {
+        let hook = ctx.single_layer_hook(fc1, &ctx.options[o]).unwrap();
+        let q = hook.input(fc1, x.clone()).unwrap();
+        let q = q.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let err: f64 = q
+            .iter()
+            .zip(&xv)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let want = est[0].input_trace.unwrap() / 16.0 * err / 12.0;
+        assert!(
+            (t.values[0][o] - want).abs() <= 1e-9 * want,
+            "{} vs {want}",
+            t.values[0][o]
+        );
+    }
+    for row in &t.values {
+        assert!(row[1] > row[2] && row[2] > 0.0, "{row:?}");
+    }
+    assert!(t.details[0]["input_trace"] > 0.0);
+    // Hutchinson probes weights only: activation options are an error naming the option.
+    let hutch = hessian_trace::HessianTrace::new(hessian_trace::Config {
+        estimator: hessian_trace::Estimator::Hutchinson,
+        ..Default::default()
+    })
+    .unwrap();
+    let e = hutch.compute(&ctx).unwrap_err().to_string();
+    assert!(e.contains("'a2'"), "{e}");
+}
+
+#[test]
+fn exact_traces_refuse_a_network_that_is_not_piecewise_linear() {
+    let (mut b, x) = GraphBuilder::new("sig", 1, 4, 4, 3);
+    let y = b.node("flatten", Op::Flatten { axis: 1 }, vec![x]);
+    let y = b.fc("fc1", y, 16, 6);
+    let y = b.node("act", Op::Sigmoid, vec![y]);
+    let y = b.fc("fc2", y, 6, 3);
+    let exec = Executor::new(b.finish(y)).unwrap();
+    let data = samples(8, 3);
+    let ctx = SensCtx::new(&exec, &data, options("w4"), 8, 0).unwrap();
+    let e = exec
+        .exact_layer_traces(&ctx.layers, &ctx.batches[0].0, 64)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fc1") && e.contains("'act' (Sigmoid)"), "{e}");
+    // fc2 alone is exact (only the softmax follows it).
+    let fc2 = layer(&exec, "fc2");
+    let got = exec
+        .exact_layer_traces(std::slice::from_ref(&fc2), &ctx.batches[0].0, 64)
+        .unwrap();
+    let want = exact_trace(&ctx, &fc2);
+    assert!(
+        (got[0].weight - want).abs() <= 1e-4 * want,
+        "{got:?} vs {want}"
+    );
+    // `auto` falls back to Hutchinson; `exact` is an error.
+    let auto = hessian_trace::HessianTrace::new(hessian_trace::Config::default()).unwrap();
+    assert!(!auto.use_exact(&ctx).unwrap());
+    assert!(auto
+        .traces(&ctx)
+        .unwrap()
+        .iter()
+        .all(|e| !e.exact && e.probes > 0));
+    let forced = hessian_trace::HessianTrace::new(hessian_trace::Config {
+        estimator: hessian_trace::Estimator::Exact,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(forced.traces(&ctx).is_err());
 }
 
 #[test]
