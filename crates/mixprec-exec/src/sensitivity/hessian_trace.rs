@@ -479,24 +479,28 @@ impl LayerHook for InputRecorder {
     }
 }
 
+/// Every layer's float input activation on the batch `x`, by node.
+fn record_inputs(ctx: &SensCtx, x: &Tensor) -> Result<HashMap<usize, Tensor>> {
+    let rec = InputRecorder(Mutex::new(HashMap::new()));
+    ctx.exec.run(
+        std::slice::from_ref(x),
+        &crate::RunOptions {
+            hook: Some(&rec),
+            ..Default::default()
+        },
+    )?;
+    rec.0
+        .into_inner()
+        .map_err(|_| ExecError::Invalid("input recorder poisoned".into()))
+}
+
 /// E_n ‖Q(x_n) − x_n‖² of every layer's input under every activation option (`None` for
 /// weight options), over the samples of every batch.
 fn input_errors(ctx: &SensCtx) -> Result<Vec<Vec<Option<f64>>>> {
     let mut sums = vec![vec![None; ctx.options.len()]; ctx.layers.len()];
     let mut total = 0usize;
     for (x, _) in &ctx.batches {
-        let rec = InputRecorder(Mutex::new(HashMap::new()));
-        ctx.exec.run(
-            std::slice::from_ref(x),
-            &crate::RunOptions {
-                hook: Some(&rec),
-                ..Default::default()
-            },
-        )?;
-        let inputs = rec
-            .0
-            .into_inner()
-            .map_err(|_| ExecError::Invalid("input recorder poisoned".into()))?;
+        let inputs = record_inputs(ctx, x)?;
         for (l, layer) in ctx.layers.iter().enumerate() {
             let xin = inputs
                 .get(&layer.node)
@@ -533,19 +537,7 @@ fn input_sizes(ctx: &SensCtx) -> Result<Vec<usize>> {
         .batches
         .first()
         .ok_or_else(|| ExecError::Invalid("no samples".into()))?;
-    let x1 = x.narrow(0, 0, 1)?;
-    let rec = InputRecorder(Mutex::new(HashMap::new()));
-    ctx.exec.run(
-        std::slice::from_ref(&x1),
-        &crate::RunOptions {
-            hook: Some(&rec),
-            ..Default::default()
-        },
-    )?;
-    let inputs = rec
-        .0
-        .into_inner()
-        .map_err(|_| ExecError::Invalid("input recorder poisoned".into()))?;
+    let inputs = record_inputs(ctx, &x.narrow(0, 0, 1)?)?;
     Ok(ctx
         .layers
         .iter()
