@@ -64,6 +64,23 @@ struct Geom {
 }
 
 impl Geom {
+    /// Fails unless an output gradient of spatial size `ohw` fits this geometry.
+    fn check_output(&self, op: &str, ohw: (usize, usize)) -> Result<()> {
+        if (self.oh, self.ow) != ohw {
+            bail!(
+                "{op}: an output gradient of size {}x{} does not match the {}x{} output of a \
+                 {}x{} input",
+                ohw.0,
+                ohw.1,
+                self.oh,
+                self.ow,
+                self.h,
+                self.w
+            )
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn new(
         p: Params,
@@ -920,6 +937,15 @@ fn apply_cbw(x: &Tensor, gy: &Tensor, p: Params, khw: (usize, usize)) -> Result<
         .apply_op2(&gy.contiguous()?, ConvBackwardWeight(p, khw))
 }
 
+/// `f()` when `t` is on the tape (its gradient is wanted), else `None`.
+fn tracked(t: &Tensor, f: impl FnOnce() -> Result<Tensor>) -> Result<Option<Tensor>> {
+    if t.track_op() {
+        f().map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 fn spatial(t: &Tensor) -> Result<(usize, usize)> {
     let (_, _, h, w) = t.dims4()?;
     Ok((h, w))
@@ -963,16 +989,8 @@ impl CustomOp2 for Conv {
         _res: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = if x.track_op() {
-            Some(apply_cbi(gy, w, self.0, spatial(x)?)?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            Some(apply_cbw(x, gy, self.0, spatial(w)?)?)
-        } else {
-            None
-        };
+        let dx = tracked(x, || apply_cbi(gy, w, self.0, spatial(x)?))?;
+        let dw = tracked(w, || apply_cbw(x, gy, self.0, spatial(w)?))?;
         Ok((dx, dw))
     }
 }
@@ -998,14 +1016,7 @@ impl CustomOp2 for ConvBackwardInput {
         let (h, w) = self.1;
         let c = cg * self.0.groups;
         let g = Geom::new(self.0, n, c, h, w, m, kh, kw)?;
-        if (g.oh, g.ow) != (oh, ow) {
-            bail!(
-                "{op}: an output gradient of size {oh}x{ow} does not match the {}x{} output of a \
-                 {h}x{w} input",
-                g.oh,
-                g.ow
-            )
-        }
+        g.check_output(op, (oh, ow))?;
         let dx = cbi_fwd(
             &g,
             f32_data(op, "output gradient", s1, l1)?,
@@ -1022,16 +1033,8 @@ impl CustomOp2 for ConvBackwardInput {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // <g, CBI(G, W)> = <Conv(g, W), G> = <W, CBW(g, G)>
-        let dgy = if gy.track_op() {
-            Some(apply_conv(g, w, self.0)?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            Some(apply_cbw(g, gy, self.0, spatial(w)?)?)
-        } else {
-            None
-        };
+        let dgy = tracked(gy, || apply_conv(g, w, self.0))?;
+        let dw = tracked(w, || apply_cbw(g, gy, self.0, spatial(w)?))?;
         Ok((dgy, dw))
     }
 }
@@ -1056,14 +1059,7 @@ impl CustomOp2 for ConvBackwardWeight {
         }
         let (kh, kw) = self.1;
         let g = Geom::new(self.0, n, c, h, w, m, kh, kw)?;
-        if (g.oh, g.ow) != (oh, ow) {
-            bail!(
-                "{op}: an output gradient of size {oh}x{ow} does not match the {}x{} output of a \
-                 {h}x{w} input",
-                g.oh,
-                g.ow
-            )
-        }
+        g.check_output(op, (oh, ow))?;
         let dw = cbw_fwd(
             &g,
             f32_data(op, "input", s1, l1)?,
@@ -1080,16 +1076,8 @@ impl CustomOp2 for ConvBackwardWeight {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // <g, CBW(X, G)> = <Conv(X, g), G> = <X, CBI(G, g)>
-        let dx = if x.track_op() {
-            Some(apply_cbi(gy, g, self.0, spatial(x)?)?)
-        } else {
-            None
-        };
-        let dgy = if gy.track_op() {
-            Some(apply_conv(x, g, self.0)?)
-        } else {
-            None
-        };
+        let dx = tracked(x, || apply_cbi(gy, g, self.0, spatial(x)?))?;
+        let dgy = tracked(gy, || apply_conv(x, g, self.0))?;
         Ok((dx, dgy))
     }
 }
