@@ -194,6 +194,54 @@ where
     })
 }
 
+/// A quantizer onto a predefined codebook (sorted `levels`, e.g. {-1, +1} or {-1, 0, +1}) that
+/// costs no storage: `scheme.bits` per element only.
+#[derive(Debug, Clone)]
+pub struct FixedCodebook {
+    scheme: QScheme,
+    levels: &'static [f32],
+}
+
+impl FixedCodebook {
+    /// The registry `build` of a fixed-codebook quantizer of `entry`: checks the scheme's kind
+    /// and that no configuration is given.
+    pub(crate) fn build(
+        entry: &QuantizerEntry,
+        levels: &'static [f32],
+        scheme: &QScheme,
+        config: &serde_json::Value,
+    ) -> Result<Box<dyn Quantizer>> {
+        let scheme = check_scheme(scheme, entry.kind)?;
+        let _: NoConfig = parse_config(entry.name, config)?;
+        Ok(Box::new(FixedCodebook { scheme, levels }))
+    }
+}
+
+/// Configuration of a quantizer that has none.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
+
+impl Quantizer for FixedCodebook {
+    fn scheme(&self) -> QScheme {
+        self.scheme
+    }
+
+    fn quantize_checked(
+        &self,
+        values: &[f32],
+        _layout: &TensorLayout,
+        rng: &mut QuantRng,
+    ) -> Result<QuantizedTensor> {
+        Ok(quantize_on_fixed_codebook(
+            values,
+            &self.scheme,
+            rng,
+            self.levels,
+        ))
+    }
+}
+
 /// Quantizes every element onto a predefined codebook (sorted `levels`) that costs no storage:
 /// `scheme.bits` per element only.
 pub(crate) fn quantize_on_fixed_codebook(

@@ -5,14 +5,9 @@
 //! thresholds ±0.5 (ties away from 0 on the positive side); stochastic rounding is the ternary
 //! extension of Eq. 6 by Lin et al. 2015 \[70\]. Complexity O(n); storage 2 bits per element.
 
-use serde::{Deserialize, Serialize};
-
-use super::{check_scheme, parse_config, quantize_on_fixed_codebook, Quantizer, QuantizerEntry};
+use super::{FixedCodebook, Quantizer, QuantizerEntry};
 use crate::error::Result;
-use crate::layout::TensorLayout;
-use crate::rounding::QuantRng;
 use crate::scheme::{QScheme, QuantKind};
-use crate::tensor::QuantizedTensor;
 
 /// Registry entry.
 pub const ENTRY: QuantizerEntry = QuantizerEntry {
@@ -23,53 +18,25 @@ pub const ENTRY: QuantizerEntry = QuantizerEntry {
     build,
 };
 
-/// Configuration (none).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TernaryConfig {}
-
-/// The unscaled ternarizer.
-#[derive(Debug, Clone)]
-pub struct Ternary {
-    scheme: QScheme,
-}
+/// The codebook.
+const LEVELS: &[f32] = &[-1.0, 0.0, 1.0];
 
 fn build(scheme: &QScheme, config: &serde_json::Value) -> Result<Box<dyn Quantizer>> {
-    let scheme = check_scheme(scheme, QuantKind::Ternary)?;
-    let _: TernaryConfig = parse_config(ENTRY.name, config)?;
-    Ok(Box::new(Ternary { scheme }))
-}
-
-impl Quantizer for Ternary {
-    fn scheme(&self) -> QScheme {
-        self.scheme
-    }
-
-    fn quantize_checked(
-        &self,
-        values: &[f32],
-        _layout: &TensorLayout,
-        rng: &mut QuantRng,
-    ) -> Result<QuantizedTensor> {
-        Ok(quantize_on_fixed_codebook(
-            values,
-            &self.scheme,
-            rng,
-            &[-1.0, 0.0, 1.0],
-        ))
-    }
+    FixedCodebook::build(&ENTRY, LEVELS, scheme, config)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::TensorLayout;
     use crate::scheme::Granularity;
 
     #[test]
     fn thresholds_by_hand() {
         let s = QScheme::new(QuantKind::Ternary, 2, true, Granularity::Tensor);
         let x = [0.49, 0.5, -0.5, -0.51, 3.0, -0.2];
-        let q = Ternary { scheme: s }
+        let q = FixedCodebook::build(&ENTRY, LEVELS, &s, &serde_json::Value::Null)
+            .unwrap()
             .quantize(&x, &TensorLayout::flat(6), 0)
             .unwrap();
         assert_eq!(q.values, vec![0.0, 1.0, 0.0, -1.0, 1.0, 0.0]);
