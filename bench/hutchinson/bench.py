@@ -85,7 +85,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--estimator", choices=["auto", "exact", "hutchinson"], default="hutchinson",
                     help="mixprec's estimator (auto/exact: exact traces of piecewise-linear "
-                         "networks, no probes; PyTorch always runs Hutchinson)")
+                         "networks, no probes)")
+    ap.add_argument("--torch-estimator", choices=["hutchinson", "exact"], default="hutchinson",
+                    help="the PyTorch script's estimator (exact: the same factorisation)")
     ap.add_argument("--resnet20-steps", type=int, default=60)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     a = ap.parse_args()
@@ -140,7 +142,7 @@ def main():
             [py, HERE / "torch_hutchinson.py", "--model", path, "--cifar", batch_file,
              "--samples", a.samples, "--threads", a.threads, "--tol", a.tol,
              "--min-probes", a.min_probes, "--max-probes", a.max_probes, "--mode", a.mode,
-             "--seed", a.seed], env)
+             "--seed", a.seed, "--estimator", a.torch_estimator], env)
         tor = json.loads(out)
         layers = []
         for tl in tor["layers"]:
@@ -150,7 +152,8 @@ def main():
             se_m = md["rel_stderr"] * abs(md["trace"])
             se_t = tl["rel_stderr"] * abs(tl["trace"])
             z = abs(md["trace"] - tl["trace"]) / max((se_m**2 + se_t**2) ** 0.5, 1e-30)
-            layers.append({"layer": tl["name"], "mixprec": md, "torch": tl, "z": z})
+            rel = abs(md["trace"] - tl["trace"]) / max(abs(tl["trace"]), 1e-30)
+            layers.append({"layer": tl["name"], "mixprec": md, "torch": tl, "z": z, "rel_diff": rel})
         results.append({
             "model": name, "samples": a.samples, "threads": a.threads, "config": config,
             "mixprec": {"wall_s": m_wall, "peak_rss_mib": m_rss},
@@ -164,13 +167,13 @@ def main():
         print(f"mixprec: {m_wall:.1f} s, peak RSS {m_rss:.0f} MiB | {tor['tool']}: {t_wall:.1f} s "
               f"({tor['passes']} double-backward passes, {tor['estimate_s']:.1f} s estimating), "
               f"peak RSS {t_rss:.0f} MiB | torch / mixprec time: {r['speedup']:.2f}x")
-        print("| layer | mixprec trace ± se (probes, alone?) | torch trace ± se (probes, alone?) | |diff|/se |")
-        print("|---|---|---|---|")
+        print("| layer | mixprec trace ± se (probes, alone?) | torch trace ± se (probes, alone?) | |diff|/se | |diff|/torch |")
+        print("|---|---|---|---|---|")
         for l in layers:
             f = lambda d: ("{:.4g} (exact)".format(d["trace"]) if d.get("exact") else
                            f"{d['trace']:.4g} ± {d['rel_stderr'] * abs(d['trace']):.2g} "
                            f"({int(d['probes'])}{', alone' if not d['joint'] else ''})")
-            print(f"| {l['layer']} | {f(l['mixprec'])} | {f(l['torch'])} | {l['z']:.2f} |")
+            print(f"| {l['layer']} | {f(l['mixprec'])} | {f(l['torch'])} | {l['z']:.2f} | {l['rel_diff']:.1e} |")
         sys.stdout.flush()
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=1))
