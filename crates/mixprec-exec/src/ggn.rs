@@ -30,8 +30,9 @@
 //! estimate's expectation.
 //!
 //! Complexity: C·N rows (C classes, N samples) of one forward and one input-gradient backward
-//! pass, plus one weight-gradient pass per layer; rows are processed `rows` at a time, so the
-//! extra memory is that of a batch of `rows` samples.
+//! pass, plus one weight-gradient pass per layer and row; rows are processed `rows` at a time
+//! (a chunk of samples × a chunk of classes), so the extra memory is that of the forward and
+//! backward passes of a batch of `rows` samples.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -213,30 +214,32 @@ impl Executor {
             .flatten_from(1)?;
         let (n, c) = logits.dims2()?;
         let p = to_vec_f32(&ops::softmax(&logits, 1, false).map_err(ExecError::Invalid)?)?;
-        // Rows r = (class, sample), `per` classes per pass.
-        let per = (rows / n.max(1)).clamp(1, c);
+        // Rows r = (class, sample): `sn` samples × `per` classes per pass.
+        let sn = rows.clamp(1, n.max(1));
+        let per = (rows / sn).clamp(1, c);
         let mut sums = vec![(0f64, 0f64); layers.len()];
-        let mut c0 = 0;
-        while c0 < c {
-            let c1 = (c0 + per).min(c);
-            let idx: Vec<u32> = (c0..c1).flat_map(|_| 0..n as u32).collect();
-            let idx = Tensor::from_slice(&idx, idx.len(), x.device())?;
-            let xr = x.index_select(&idx, 0)?;
-            let mut u = Vec::with_capacity((c1 - c0) * n * c);
-            for cls in c0..c1 {
-                for s in 0..n {
-                    let ps = &p[s * c..(s + 1) * c];
-                    let k = ps[cls].max(0.0).sqrt();
-                    u.extend((0..c).map(|j| k * (f32::from(u8::from(j == cls)) - ps[j])));
+        for s0 in (0..n).step_by(sn) {
+            let s1 = (s0 + sn).min(n);
+            for c0 in (0..c).step_by(per) {
+                let c1 = (c0 + per).min(c);
+                let idx: Vec<u32> = (c0..c1).flat_map(|_| s0 as u32..s1 as u32).collect();
+                let idx = Tensor::from_slice(&idx, idx.len(), x.device())?;
+                let xr = x.index_select(&idx, 0)?;
+                let mut u = Vec::with_capacity((c1 - c0) * (s1 - s0) * c);
+                for cls in c0..c1 {
+                    for s in s0..s1 {
+                        let ps = &p[s * c..(s + 1) * c];
+                        let k = ps[cls].max(0.0).sqrt();
+                        u.extend((0..c).map(|j| k * (f32::from(u8::from(j == cls)) - ps[j])));
+                    }
+                }
+                let u = Tensor::from_vec(u, ((c1 - c0) * (s1 - s0), c), x.device())?;
+                let norms = self.row_gradient_norms(layers, &xr, &u, target.value)?;
+                for (s, v) in sums.iter_mut().zip(norms) {
+                    s.0 += v.0;
+                    s.1 += v.1;
                 }
             }
-            let u = Tensor::from_vec(u, ((c1 - c0) * n, c), x.device())?;
-            let norms = self.row_gradient_norms(layers, &xr, &u, target.value)?;
-            for (s, v) in sums.iter_mut().zip(norms) {
-                s.0 += v.0;
-                s.1 += v.1;
-            }
-            c0 = c1;
         }
         Ok(sums
             .into_iter()

@@ -77,7 +77,9 @@ pub struct Config {
     pub joint: bool,
     /// How the traces are computed.
     pub estimator: Estimator,
-    /// (sample, class) rows per pass of the exact computation (bounds its memory).
+    /// (sample, class) rows per pass of the exact computation: its memory grows linearly
+    /// with them (≈ 17 MB per row on ResNet-8 and 34 MB on ResNet-20 at 32×32), and 8 was
+    /// also the fastest there.
     pub exact_rows: usize,
 }
 
@@ -104,7 +106,7 @@ impl Default for Config {
             probes_per_pass: 4,
             joint: true,
             estimator: Estimator::Auto,
-            exact_rows: 64,
+            exact_rows: 8,
         }
     }
 }
