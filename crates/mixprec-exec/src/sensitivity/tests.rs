@@ -321,7 +321,8 @@ fn exact_traces_equal_the_trace_of_each_hessian_block() {
             .batches
             .iter()
             .map(|(x, _)| {
-                let t = exec.exact_layer_traces(&ctx2.layers, x, 64).unwrap();
+                let rows = hessian_trace::Config::default().exact_rows;
+                let t = exec.exact_layer_traces(&ctx2.layers, x, rows).unwrap();
                 t.iter().map(|t| t.weight).collect()
             })
             .collect();
