@@ -19,8 +19,14 @@
 //!   with zero weights to whole k-quads;
 //! - the requantization (`+ bias`, dyadic multiply, rounding shift, `+ z_o`, clamp = fused ReLU)
 //!   runs on the accumulator registers; layers where a saturating bias add could matter, and
-//!   `f32` outputs, go through an `i32` tile and the scalar epilogue instead;
-//! - residual Add (64-bit lanes), input quantization and pooling are vectorised / channels-last;
+//!   `f32` outputs, go through an `i32` tile and the scalar epilogue instead. When every shift
+//!   is in `32..=62` (the usual case) the rounding is one add of a per-channel constant that
+//!   holds `2^(s-1)` and `z_o·2^s` plus one arithmetic shift, the odd lanes' quotient lands in
+//!   their high half (shift by `s - 32`), and the clamp runs on 16 `i32` lanes (a saturating
+//!   narrowing for the range `0..=255`); see `mode`;
+//! - residual Add (16-bit pairs through `vpmaddwd` where the constants allow, else 64-bit lanes),
+//!   input quantization (3-channel images straight into channels-last order) and pooling are
+//!   vectorised / channels-last;
 //! - all buffers live in a workspace kept per batch size and reused by the next run;
 //! - a batch of at least two images per thread is cut into chunks of whole images handed out
 //!   to the threads, each running the whole network on a chunk in its own workspace (no step
@@ -126,6 +132,71 @@ impl FastWeights {
     }
 }
 
+/// Rounding modes of the fused epilogue (`kernels/avx512_fused.rs`, `requant16`), chosen per
+/// layer by [`round_mode`]: [`EXACT`](mode::EXACT), or [`FLOOR`](mode::FLOOR) with the flags
+/// [`SIGNED`](mode::SIGNED), [`ZADD`](mode::ZADD) and [`SAT`](mode::SAT).
+pub(crate) mod mode {
+    /// Any shift (`0..=62`): `|p|` rounded half up, sign restored, `+ z_o`, clamp in `i64`.
+    pub const EXACT: u8 = 0;
+    /// Every shift in `32..=62`: `floor((p + 2^(s-1) + z_o·2^s) / 2^s)`, exact when
+    /// `q_min ≥ z_o` (else with [`SIGNED`]).
+    pub const FLOOR: u8 = 1;
+    /// Flag of [`FLOOR`]: `-1` added to negative products (any `q_min`).
+    pub const SIGNED: u8 = 2;
+    /// Flag of [`FLOOR`]: `z_o` added after the shift instead of folded into the rounding
+    /// constant (a shift above 54, where `z_o·2^s` could overflow).
+    pub const ZADD: u8 = 4;
+    /// Flag of [`FLOOR`]: the output range is all of `0..=255`, so the clamp is a signed
+    /// saturating narrowing of `q - 128` (`-128` folded in with `z_o`).
+    pub const SAT: u8 = 8;
+}
+
+/// Shifts for which the floor modes of the epilogue are exact (see [`mode`]).
+const FLOOR_SHIFTS: std::ops::RangeInclusive<u64> = 32..=62;
+
+/// Largest shift with `z_o·2^s` folded into the rounding constant.
+const FOLD_SHIFT: u64 = 54;
+
+/// The rounding mode of a fused epilogue with per-channel `shifts` and output `range`.
+fn round_mode(shifts: &[u64], range: OutputRange) -> u8 {
+    if !shifts.iter().all(|s| FLOOR_SHIFTS.contains(s)) || !(0..256).contains(&range.zero_point) {
+        return mode::EXACT;
+    }
+    let mut r = mode::FLOOR;
+    if range.qmin < range.zero_point {
+        r |= mode::SIGNED;
+    }
+    if shifts.iter().any(|&s| s > FOLD_SHIFT) {
+        r |= mode::ZADD;
+    }
+    if range.qmin == 0 && range.qmax == 255 {
+        r |= mode::SAT;
+    }
+    r
+}
+
+/// The output zero point folded into the rounding constants of mode `round` (less 128 with
+/// [`mode::SAT`]; 0 when added after the shift or with the exact mode).
+fn folded_zero_point(round: u8, range: OutputRange) -> i32 {
+    if round & mode::FLOOR == 0 || round & mode::ZADD != 0 {
+        0
+    } else if round & mode::SAT != 0 {
+        range.zero_point - 128
+    } else {
+        range.zero_point
+    }
+}
+
+/// The in-register epilogue of one call of the fused kernels on code outputs.
+#[derive(Clone, Copy)]
+struct FusedSink<'a> {
+    panels: &'a [PanelEpilogue],
+    /// Output `[z_o, lo, hi]`.
+    zlh: [i64; 3],
+    /// Rounding mode (one of [`mode`]).
+    round: u8,
+}
+
 /// Per-panel constants of the fused epilogue (16 output channels), 64-byte aligned rows.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C, align(64))]
@@ -142,6 +213,67 @@ pub(crate) struct PanelEpilogue {
     pub half_even: [i64; 8],
     /// `2^(s-1)` of the odd channels.
     pub half_odd: [i64; 8],
+    /// `s - 32` of the odd channels (floor modes).
+    pub sh_odd32: [u64; 8],
+    /// `2^(s-1) + z·2^s` of the even channels, `z` the folded output zero point (floor modes).
+    pub hz_even: [i64; 8],
+    /// `2^(s-1) + z·2^s` of the odd channels.
+    pub hz_odd: [i64; 8],
+}
+
+impl PanelEpilogue {
+    /// A panel whose lanes are all padding (`m = 1`, shift 32: harmless, masked off).
+    fn padding() -> Self {
+        let mut e = Self {
+            bz: [0; 16],
+            m: [1; 16],
+            sh_even: [0; 8],
+            sh_odd: [0; 8],
+            half_even: [0; 8],
+            half_odd: [0; 8],
+            sh_odd32: [0; 8],
+            hz_even: [0; 8],
+            hz_odd: [0; 8],
+        };
+        for j in 0..16 {
+            e.set(j, 0, 1, 32, 0);
+        }
+        e
+    }
+
+    /// Lane `j`: `bias - z_x·Σw`, multiplier `m`, shift `s` and folded output zero point `z`
+    /// ([`folded_zero_point`]).
+    fn set(&mut self, j: usize, bz: i32, m: i32, s: u64, z: i32) {
+        let half = if s == 0 { 0 } else { 1i64 << (s - 1) };
+        let hz = if s <= FOLD_SHIFT && (-128..256).contains(&z) {
+            half + ((z as i64) << s)
+        } else {
+            half
+        };
+        self.bz[j] = bz;
+        self.m[j] = m;
+        let i = j / 2;
+        if j.is_multiple_of(2) {
+            self.sh_even[i] = s;
+            self.half_even[i] = half;
+            self.hz_even[i] = hz;
+        } else {
+            self.sh_odd[i] = s;
+            self.half_odd[i] = half;
+            self.sh_odd32[i] = s.saturating_sub(32);
+            self.hz_odd[i] = hz;
+        }
+    }
+
+    /// `(bz, m, s)` of lane `j`.
+    fn lane(&self, j: usize) -> (i32, i32, u64) {
+        let s = if j.is_multiple_of(2) {
+            self.sh_even[j / 2]
+        } else {
+            self.sh_odd[j / 2]
+        };
+        (self.bz[j], self.m[j], s)
+    }
 }
 
 /// Per-layer constants of the fused epilogue, one entry per output channel.
@@ -154,6 +286,8 @@ struct Epilogue {
     /// Per-panel constants of the in-register epilogue, when it is exact for every input
     /// (codes output, no `i32` sum can saturate).
     fused: Option<Vec<PanelEpilogue>>,
+    /// Rounding mode of the in-register epilogue (one of [`mode`]).
+    round: u8,
 }
 
 #[derive(Debug)]
@@ -227,6 +361,8 @@ struct DwPlan {
     ep: Vec<PanelEpilogue>,
     /// Output `[z_o, lo, hi]`.
     zlh: [i64; 3],
+    /// Rounding mode of the epilogue (one of [`mode`]).
+    round: u8,
 }
 
 impl DwPlan {
@@ -269,6 +405,7 @@ impl DwPlan {
             }
         }
         let ep = epilogue(l, c, zp, &row_sums, taps)?;
+        let round = ep.round;
         let (Some(mut panels), EpilogueKind::Codes { range, .. }) = (ep.fused, &ep.kind) else {
             return Ok(None);
         };
@@ -281,21 +418,8 @@ impl DwPlan {
             }
             let e = &mut panels[0];
             for l in c..16 {
-                e.bz[l] = e.bz[l % c];
-                e.m[l] = e.m[l % c];
-                let (src, dst) = (l % c, l);
-                let (sh, half) = if src % 2 == 0 {
-                    (e.sh_even[src / 2], e.half_even[src / 2])
-                } else {
-                    (e.sh_odd[src / 2], e.half_odd[src / 2])
-                };
-                if dst % 2 == 0 {
-                    e.sh_even[dst / 2] = sh;
-                    e.half_even[dst / 2] = half;
-                } else {
-                    e.sh_odd[dst / 2] = sh;
-                    e.half_odd[dst / 2] = half;
-                }
+                let (bz, m, s) = e.lane(l % c);
+                e.set(l, bz, m, s, folded_zero_point(round, *range));
             }
         }
         Ok(Some(Self {
@@ -312,6 +436,7 @@ impl DwPlan {
                 range.qmin as i64,
                 range.qmax as i64,
             ],
+            round,
         }))
     }
 }
@@ -380,6 +505,7 @@ fn run_depthwise(
                 &dp.w,
                 &dp.ep,
                 dp.zlh,
+                dp.round,
                 rows,
                 o.as_mut_ptr(),
             )
@@ -899,21 +1025,28 @@ impl QuantModel {
                         out.len()
                     )));
                 }
-                if ops.is_empty() {
-                    quantize_into(x, &p, &mut out);
+                let mut y = Vec::new();
+                let x = if ops.is_empty() {
+                    x
                 } else {
-                    let mut y = x.to_vec();
+                    y.extend_from_slice(x);
                     for op in ops {
                         op.apply(&mut y);
                     }
-                    quantize_into(&y, &p, &mut out);
-                }
-                if is_hwc(&s) {
-                    let mut tmp = std::mem::take(&mut ws.tmp_in);
-                    tmp.resize(out.len(), 0);
-                    to_hwc(&out, s[0], s[1] * s[2], &mut tmp);
-                    std::mem::swap(&mut out, &mut tmp);
-                    ws.tmp_in = tmp;
+                    &y
+                };
+                // 3-channel images go straight into channels-last order where the CPU allows.
+                let direct =
+                    is_hwc(&s) && s[0] == 3 && quantize_rgb_hwc(x, &p, s[1] * s[2], &mut out);
+                if !direct {
+                    quantize_into(x, &p, &mut out);
+                    if is_hwc(&s) {
+                        let mut tmp = std::mem::take(&mut ws.tmp_in);
+                        tmp.resize(out.len(), 0);
+                        to_hwc(&out, s[0], s[1] * s[2], &mut tmp);
+                        std::mem::swap(&mut out, &mut tmp);
+                        ws.tmp_in = tmp;
+                    }
                 }
                 ws.codes[*output] = out;
             }
@@ -1197,35 +1330,28 @@ fn epilogue(l: &LayerStep, n: usize, zp: i32, row_sums: &[i32], kreal: usize) ->
         .bias
         .iter()
         .all(|&b| (b as i64).abs() + bound <= i32::MAX as i64);
+    let round = match &kind {
+        EpilogueKind::Codes { shift, range, .. } => round_mode(shift, *range),
+        EpilogueKind::Float { .. } => mode::EXACT,
+    };
     let fused = match &kind {
-        EpilogueKind::Codes { m, shift, half, .. } if exact => {
+        EpilogueKind::Codes {
+            m, shift, range, ..
+        } if exact => {
             let zw: &Vec<i32> = &zw;
+            let z = folded_zero_point(round, *range);
             let panels = n.div_ceil(16);
             Some(
                 (0..panels)
                     .map(|p| {
-                        let mut e = PanelEpilogue {
-                            bz: [0; 16],
-                            m: [1; 16],
-                            sh_even: [0; 8],
-                            sh_odd: [0; 8],
-                            half_even: [0; 8],
-                            half_odd: [0; 8],
-                        };
+                        let mut e = PanelEpilogue::padding();
                         for j in 0..16 {
                             let c = p * 16 + j;
                             if c >= n {
                                 break;
                             }
-                            e.bz[j] = l.bias[c].wrapping_sub(zw[c]);
-                            e.m[j] = m[c] as i32;
-                            if j % 2 == 0 {
-                                e.sh_even[j / 2] = shift[c];
-                                e.half_even[j / 2] = half[c];
-                            } else {
-                                e.sh_odd[j / 2] = shift[c];
-                                e.half_odd[j / 2] = half[c];
-                            }
+                            let bz = l.bias[c].wrapping_sub(zw[c]);
+                            e.set(j, bz, m[c] as i32, shift[c], z);
                         }
                         e
                     })
@@ -1239,6 +1365,7 @@ fn epilogue(l: &LayerStep, n: usize, zp: i32, row_sums: &[i32], kreal: usize) ->
         bias: l.bias.clone(),
         kind,
         fused,
+        round,
     })
 }
 
@@ -1684,9 +1811,14 @@ fn run_block(
             range.qmin as i64,
             range.qmax as i64,
         ];
+        let f = Some(FusedSink {
+            panels,
+            zlh,
+            round: ep.round,
+        });
         // SAFETY: `fw` exists only on AVX-512 VNNI CPUs (`FastWeights::new`); `run_rows`
         // checked that every window lies inside `x` and that `o` holds the rows.
-        unsafe { fused_rows(x, fw, addr, rows, Some((panels, zlh)), o.as_mut_ptr(), n) };
+        unsafe { fused_rows(x, fw, addr, rows, f, o.as_mut_ptr(), n) };
         return;
     }
     let mut r0 = rows.start;
@@ -1747,7 +1879,39 @@ unsafe fn fused_rows(
     fw: &FastWeights,
     addr: &Addr,
     rows: std::ops::Range<usize>,
-    fused: Option<(&Vec<PanelEpilogue>, [i64; 3])>,
+    fused: Option<FusedSink<'_>>,
+    out: *mut u8,
+    row_bytes: usize,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        // The floor modes: `FLOOR` with any of the `SIGNED`, `ZADD` and `SAT` flags.
+        let (f, o, b) = (fused, out, row_bytes);
+        match fused.map_or(mode::EXACT, |f| f.round) {
+            1 => fused_rows_in::<1>(x, fw, addr, rows, f, o, b),
+            3 => fused_rows_in::<3>(x, fw, addr, rows, f, o, b),
+            5 => fused_rows_in::<5>(x, fw, addr, rows, f, o, b),
+            7 => fused_rows_in::<7>(x, fw, addr, rows, f, o, b),
+            9 => fused_rows_in::<9>(x, fw, addr, rows, f, o, b),
+            11 => fused_rows_in::<11>(x, fw, addr, rows, f, o, b),
+            13 => fused_rows_in::<13>(x, fw, addr, rows, f, o, b),
+            15 => fused_rows_in::<15>(x, fw, addr, rows, f, o, b),
+            _ => fused_rows_in::<{ mode::EXACT }>(x, fw, addr, rows, f, o, b),
+        }
+    }
+}
+
+/// [`fused_rows`] with the epilogue's rounding mode `MODE`.
+///
+/// # Safety
+/// As [`fused_rows`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn fused_rows_in<const MODE: u8>(
+    x: &[u8],
+    fw: &FastWeights,
+    addr: &Addr,
+    rows: std::ops::Range<usize>,
+    fused: Option<FusedSink<'_>>,
     out: *mut u8,
     row_bytes: usize,
 ) {
@@ -1759,10 +1923,10 @@ unsafe fn fused_rows(
         // SAFETY: forwarded.
         unsafe {
             match np {
-                1 => drive::<12, 1>(x, fw, addr, r, fused, out, row_bytes, g0),
-                2 => drive::<8, 2>(x, fw, addr, r, fused, out, row_bytes, g0),
-                3 => drive::<6, 3>(x, fw, addr, r, fused, out, row_bytes, g0),
-                _ => drive::<6, 4>(x, fw, addr, r, fused, out, row_bytes, g0),
+                1 => drive::<12, 1, MODE>(x, fw, addr, r, fused, out, row_bytes, g0),
+                2 => drive::<8, 2, MODE>(x, fw, addr, r, fused, out, row_bytes, g0),
+                3 => drive::<6, 3, MODE>(x, fw, addr, r, fused, out, row_bytes, g0),
+                _ => drive::<6, 4, MODE>(x, fw, addr, r, fused, out, row_bytes, g0),
             }
         }
         g0 += np;
@@ -1775,7 +1939,7 @@ unsafe fn fused_rows(
     _: &FastWeights,
     _: &Addr,
     _: std::ops::Range<usize>,
-    _: Option<(&Vec<PanelEpilogue>, [i64; 3])>,
+    _: Option<FusedSink<'_>>,
     _: *mut u8,
     _: usize,
 ) {
@@ -1789,12 +1953,12 @@ unsafe fn fused_rows(
 /// As [`fused_rows`].
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn drive<const R: usize, const P: usize>(
+unsafe fn drive<const R: usize, const P: usize, const MODE: u8>(
     x: &[u8],
     fw: &FastWeights,
     addr: &Addr,
     rows: std::ops::Range<usize>,
-    fused: Option<(&Vec<PanelEpilogue>, [i64; 3])>,
+    fused: Option<FusedSink<'_>>,
     out: *mut u8,
     row_bytes: usize,
     g0: usize,
@@ -1804,10 +1968,10 @@ unsafe fn drive<const R: usize, const P: usize>(
     let panel_bytes = fw.kq * 16;
     let w = fw.data.as_ptr().wrapping_add(g0 * panel_bytes);
     let (sink, col) = match fused {
-        Some((eps, zlh)) => (
+        Some(f) => (
             Sink::Codes {
-                ep: eps.as_ptr().wrapping_add(g0),
-                zlh,
+                ep: f.panels.as_ptr().wrapping_add(g0),
+                zlh: f.zlh,
                 last: if g0 + P == panels {
                     fw.n - (panels - 1) * 16
                 } else {
@@ -1832,7 +1996,7 @@ unsafe fn drive<const R: usize, const P: usize>(
             outs[i] = out.wrapping_add((r + i - rows.start) * row_bytes + col);
         }
         // SAFETY: forwarded; the dummy buffer holds `P·16` i32.
-        unsafe { micro::<R, P>(&base, &addr.segs, addr.quads, w, panel_bytes, sink, &outs) };
+        unsafe { micro::<R, P, MODE>(&base, &addr.segs, addr.quads, w, panel_bytes, sink, &outs) };
         r += cnt;
     }
 }
@@ -1903,36 +2067,129 @@ fn quantize_into(x: &[f32], p: &crate::ActParams, out: &mut [u8]) {
     }
 }
 
-/// [`quantize_into`] with AVX-512: 16 values per step (`vdivps`, round to nearest even,
-/// `+ z`, clamp, narrow); NaN gives 0 like `f32 as u8` in the scalar expression.
+/// Broadcast constants of the vector input quantization.
+#[cfg(target_arch = "x86_64")]
+struct QuantConsts {
+    s: std::arch::x86_64::__m512,
+    z: std::arch::x86_64::__m512,
+    lo: std::arch::x86_64::__m512,
+    hi: std::arch::x86_64::__m512,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl QuantConsts {
+    #[target_feature(enable = "avx512f")]
+    fn new(p: &crate::ActParams) -> Self {
+        use std::arch::x86_64::*;
+        Self {
+            s: _mm512_set1_ps(p.scale),
+            z: _mm512_set1_ps(p.zero_point as f32),
+            lo: _mm512_set1_ps(p.qmin as f32),
+            hi: _mm512_set1_ps(p.qmax as f32),
+        }
+    }
+}
+
+/// 16 values → 16 codes (`vdivps`, round to nearest even, `+ z`, clamp, narrow); NaN gives 0
+/// like `f32 as u8` in the scalar expression.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+#[inline]
+fn quantize16(v: std::arch::x86_64::__m512, c: &QuantConsts) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    let q = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_div_ps(v, c.s),
+    );
+    let q = _mm512_add_ps(q, c.z);
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(q, q);
+    let q = _mm512_min_ps(_mm512_max_ps(q, c.lo), c.hi);
+    _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_maskz_mov_ps(!nan, q)))
+}
+
+/// [`quantize_into`] with AVX-512, 16 values per step ([`quantize16`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn quantize_avx512(x: &[f32], p: &crate::ActParams, out: &mut [u8]) {
     use std::arch::x86_64::*;
     let n = x.len().min(out.len());
-    let s = _mm512_set1_ps(p.scale);
-    let z = _mm512_set1_ps(p.zero_point as f32);
-    let lo = _mm512_set1_ps(p.qmin as f32);
-    let hi = _mm512_set1_ps(p.qmax as f32);
+    let c = QuantConsts::new(p);
     let mut i = 0;
     while i + 16 <= n {
         // SAFETY: 16 values exist from `i` in both slices.
         unsafe {
-            let v = _mm512_loadu_ps(x.as_ptr().add(i));
-            let q = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm512_div_ps(v, s),
-            );
-            let q = _mm512_add_ps(q, z);
-            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(q, q);
-            let c = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
-            let c = _mm512_maskz_mov_ps(!nan, c);
-            let b = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(c));
+            let b = quantize16(_mm512_loadu_ps(x.as_ptr().add(i)), &c);
             _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, b);
         }
         i += 16;
     }
     for (d, &v) in out[i..n].iter_mut().zip(&x[i..n]) {
         *d = p.quantize(v);
+    }
+}
+
+/// Input quantization of 3-channel images (`x` `[N, 3, H·W]`, `hw = H·W`) straight into
+/// channels-last codes (`out` `[N, H·W, 3]`): the codes of [`quantize_into`] followed by
+/// [`to_hwc`], in one pass (16 pixels per step: three planes quantized, interleaved by one
+/// `vpermb`). Returns `false`, writing nothing, when this CPU lacks AVX-512 VBMI or the
+/// lengths do not match.
+fn quantize_rgb_hwc(x: &[f32], p: &crate::ActParams, hw: usize, out: &mut [u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::vnni_available()
+        && std::arch::is_x86_feature_detected!("avx512vbmi")
+        && hw > 0
+        && x.len() == out.len()
+        && x.len().is_multiple_of(3 * hw)
+    {
+        // SAFETY: AVX-512 (with VBMI) checked just above; the lengths match.
+        unsafe { quantize_rgb_hwc_avx512(x, p, hw, out) };
+        return true;
+    }
+    let _ = (x, p, hw, out);
+    false
+}
+
+/// [`quantize_rgb_hwc`] with AVX-512 VBMI.
+///
+/// # Safety
+/// AVX-512 F/BW/DQ/VL and VBMI; `x.len() == out.len()`, a multiple of `3·hw`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi")]
+unsafe fn quantize_rgb_hwc_avx512(x: &[f32], p: &crate::ActParams, hw: usize, out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let c = QuantConsts::new(p);
+    // Byte `3i + ch` of the result is code `i` of plane `ch` (plane `ch` at bytes `16·ch..`).
+    let mut idx = [0u8; 64];
+    for (j, v) in idx.iter_mut().enumerate().take(48) {
+        *v = (16 * (j % 3) + j / 3) as u8;
+    }
+    // SAFETY: 64 bytes.
+    let idx = unsafe { _mm512_loadu_si512(idx.as_ptr() as *const __m512i) };
+    for (img, dst) in x.chunks_exact(3 * hw).zip(out.chunks_exact_mut(3 * hw)) {
+        let (r, rest) = img.split_at(hw);
+        let (g, b) = rest.split_at(hw);
+        let mut i = 0;
+        while i + 16 <= hw {
+            // SAFETY: 16 values from `i` in each plane, 48 codes from `3i` in `dst`.
+            unsafe {
+                let qr = quantize16(_mm512_loadu_ps(r.as_ptr().add(i)), &c);
+                let qg = quantize16(_mm512_loadu_ps(g.as_ptr().add(i)), &c);
+                let qb = quantize16(_mm512_loadu_ps(b.as_ptr().add(i)), &c);
+                let planes =
+                    _mm512_inserti32x4::<2>(_mm512_castsi256_si512(_mm256_set_m128i(qg, qr)), qb);
+                let px = _mm512_permutexvar_epi8(idx, planes);
+                _mm512_mask_storeu_epi8(
+                    dst.as_mut_ptr().add(3 * i) as *mut i8,
+                    0xFFFF_FFFF_FFFF,
+                    px,
+                );
+            }
+            i += 16;
+        }
+        for j in i..hw {
+            dst[3 * j] = p.quantize(r[j]);
+            dst[3 * j + 1] = p.quantize(g[j]);
+            dst[3 * j + 2] = p.quantize(b[j]);
+        }
     }
 }
 
@@ -2052,6 +2309,7 @@ mod tests {
             dil in 1usize..3,
             zp in 0u8..=255,
             big_bias in any::<bool>(),
+            style in 0u8..8,
             seed in any::<u64>(),
         ) {
             if !crate::kernels::vnni_available() {
@@ -2072,10 +2330,31 @@ mod tests {
             let bias: Vec<i32> = (0..co)
                 .map(|_| if big_bias { i32::MAX - (next() % 1000) as i32 } else { (next() % 20001) as i32 - 10000 })
                 .collect();
+            // Style 0: shifts in 32..=54 and `q_min < z_o` (signed floor epilogue); 1: the same
+            // with `q_min = z_o` (a fused ReLU: plain floor); 2: a few multipliers whose shifts
+            // are outside 32..=62 (exact epilogue); 3: a few shifts in 55..=62 (zero point added
+            // after the shift); 4: the output range `0..=255` (saturating narrowing); 5: both
+            // of the last two, with `z_o = 0`; 6 and 7: powers of two (many exact halves, so
+            // the rounding of ties shows), as 0 and 4.
             let mults: Vec<Dyadic> = (0..co)
-                .map(|i| Dyadic::from_real(1e-3 * (1 + i % 5) as f64 + (next() % 100) as f64 * 1e-5).unwrap())
+                .map(|i| {
+                    let r = 1e-3 * (1 + i % 5) as f64 + (next() % 100) as f64 * 1e-5;
+                    let r = match (style, i % 3) {
+                        (2, 0) => 0.7 + r,
+                        (2, 1) => r * 1e-7,
+                        (3 | 5, 0) => r * 1e-5,
+                        (6 | 7, _) => 0.5f64.powi(8 + (i % 5) as i32),
+                        _ => r,
+                    };
+                    Dyadic::from_real(r).unwrap()
+                })
                 .collect();
-            let range = OutputRange { zero_point: 37, qmin: 5, qmax: 250 };
+            let range = match style {
+                1 => OutputRange { zero_point: 20, qmin: 20, qmax: 255 },
+                4 | 7 => OutputRange { zero_point: 37, qmin: 0, qmax: 255 },
+                5 => OutputRange { zero_point: 0, qmin: 0, qmax: 255 },
+                _ => OutputRange { zero_point: 37, qmin: 5, qmax: 250 },
+            };
             let cw = ConvWeights::new(&wt, [co, c, kh, kw], 1, 8).unwrap();
             let acc = conv2d_with(Backend::Generic, &x, [n, c, h, w], zp as i32, &cw, &p).unwrap();
             let want: Vec<u8> =
@@ -2092,6 +2371,17 @@ mod tests {
                 return Err(TestCaseError::fail("a convolution with one group ran the depthwise plan"));
             };
             prop_assert_eq!(lp.ep.fused.is_some(), !big_bias);
+            let round = [
+                mode::FLOOR | mode::SIGNED,
+                mode::FLOOR,
+                mode::EXACT,
+                mode::FLOOR | mode::SIGNED | mode::ZADD,
+                mode::FLOOR | mode::SIGNED | mode::SAT,
+                mode::FLOOR | mode::ZADD | mode::SAT,
+                mode::FLOOR | mode::SIGNED,
+                mode::FLOOR | mode::SIGNED | mode::SAT,
+            ][style as usize];
+            prop_assert_eq!(lp.ep.round, round);
             fl.run().unwrap();
             let mut got = vec![0u8; fl.out.len()];
             to_chw(&fl.out, co, ho * wo, &mut got);
@@ -2110,6 +2400,7 @@ mod tests {
             zp in 0u8..=255,
             (zo, lo, hi) in (0i32..256, 0i32..60, 190i32..256),
             bits in 2u32..9,
+            style in 0u8..7,
             seed in any::<u64>(),
         ) {
             if !crate::kernels::vnni_available() {
@@ -2140,14 +2431,31 @@ mod tests {
                 .map(|i| {
                     let u = 0.2 + (next() % 1000) as f64 * 2e-3;
                     let typical = ((kh * kw) as f64).sqrt() * 60.0 * q as f64;
-                    let r = match i % 9 {
-                        0 => 1e-7 * u,
-                        1 => 4.0 * u,
+                    // Style 0 has a shift below 32 (exact epilogue); the others keep every
+                    // shift in 32..=62 (floor epilogues), styles 2 and 5 some above 54; style 6
+                    // has powers of two (many exact halves, so the rounding of ties shows).
+                    let r = match (i % 9, style) {
+                        (_, 6) => {
+                            0.5f64.powi((typical / 20.0).log2().round() as i32 + (i % 3) as i32)
+                        }
+                        (0, 0) => 1e-7 * u,
+                        (0, 2 | 5) => 1e-8 * u,
+                        (0, _) => 1e-6 * u,
+                        (1, 0) => 4.0 * u,
+                        (1, _) => 0.2 * u,
                         _ => 20.0 * u / typical,
                     };
                     Dyadic::from_real(r).unwrap()
                 })
                 .collect();
+            // Style 3: `q_min = z_o` (a fused ReLU); 4: the output range `0..=255`; 5: that
+            // range with `z_o = 0`.
+            let (zo, lo, hi) = match style {
+                3 => (lo, lo, hi),
+                4 => (zo, 0, 255),
+                5 => (0, 0, 255),
+                _ => (zo, lo, hi),
+            };
             let range = OutputRange { zero_point: zo.clamp(lo, hi), qmin: lo, qmax: hi };
             let cw = ConvWeights::new(&wt, [c, 1, kh, kw], c, bits).unwrap();
             let acc = conv2d_with(Backend::Generic, &x, [n, c, h, w], zp as i32, &cw, &p).unwrap();
@@ -2160,7 +2468,19 @@ mod tests {
                 &wt, [c, 1, kh, kw], &p, [n, c, h, w], [ho, wo], xh, zp, bias.clone(), mults.clone(), range,
             )
             .expect("a fused depthwise layer on an AVX-512 VNNI CPU");
-            prop_assert!(matches!(fl.plan, FusedPlan::Depthwise(_)));
+            let FusedPlan::Depthwise(dp) = &fl.plan else {
+                return Err(TestCaseError::fail("a depthwise layer ran another plan"));
+            };
+            let want_round = match style {
+                0 => mode::EXACT,
+                _ => {
+                    let signed = if range.qmin < range.zero_point { mode::SIGNED } else { 0 };
+                    let zadd = if style == 2 || style == 5 { mode::ZADD } else { 0 };
+                    let sat = if (lo, hi) == (0, 255) { mode::SAT } else { 0 };
+                    mode::FLOOR | signed | zadd | sat
+                }
+            };
+            prop_assert_eq!(dp.round, want_round);
             fl.run().unwrap();
             let mut got = vec![0u8; fl.out.len()];
             to_chw(&fl.out, c, ho * wo, &mut got);
@@ -2194,8 +2514,8 @@ mod tests {
             // SAFETY: as in `run_depthwise`, whose checks passed above.
             unsafe {
                 let k = crate::kernels::avx512_fused::depthwise;
-                k(src, &g, &dp.w, &dp.ep, dp.zlh, 0..split, o1.as_mut_ptr());
-                k(src, &g, &dp.w, &dp.ep, dp.zlh, split..m, o2.as_mut_ptr());
+                k(src, &g, &dp.w, &dp.ep, dp.zlh, dp.round, 0..split, o1.as_mut_ptr());
+                k(src, &g, &dp.w, &dp.ep, dp.zlh, dp.round, split..m, o2.as_mut_ptr());
             }
             to_chw(&out, c, ho * wo, &mut got);
             prop_assert_eq!(got, want);
@@ -2237,6 +2557,49 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// The one-pass quantization of 3-channel images into channels-last codes equals the
+        /// scalar quantization followed by the layout change (NaN, infinities, ties and values
+        /// outside the code range included; plane lengths with and without a tail).
+        #[test]
+        fn rgb_quantize_hwc_matches_scalar_then_layout(
+            n in 1usize..4,
+            hw in 1usize..70,
+            scale in 1e-3f32..10.0,
+            (zp, lo, hi) in (0i32..256, 0i32..100, 150i32..256),
+            seed in any::<u64>(),
+        ) {
+            let p = crate::ActParams { scale, zero_point: zp.clamp(lo, hi), qmin: lo, qmax: hi, offset: 0 };
+            let mut s = seed | 1;
+            let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0];
+            let x: Vec<f32> = (0..n * 3 * hw)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    match s % 8 {
+                        0 => specials[(s >> 8) as usize % specials.len()],
+                        // Exact halves of a code step (ties).
+                        1 => ((s >> 8) % 600) as f32 * 0.5 * scale - 150.0 * scale,
+                        _ => ((s >> 11) as f64 / (1u64 << 53) as f64 * 4e3 - 2e3) as f32 * scale,
+                    }
+                })
+                .collect();
+            let chw: Vec<u8> = x.iter().map(|&v| p.quantize(v)).collect();
+            let mut want = vec![0u8; x.len()];
+            to_hwc(&chw, 3, hw, &mut want);
+            let mut got = vec![0u8; x.len()];
+            if quantize_rgb_hwc(&x, &p, hw, &mut got) {
+                prop_assert_eq!(got, want);
+            } else {
+                prop_assert!(
+                    !crate::kernels::vnni_available()
+                        || !std::arch::is_x86_feature_detected!("avx512vbmi")
+                );
+            }
+        }
+    }
+
     /// The vector Add on every pair of codes equals the scalar formula, with multipliers that
     /// make exact halves (ties) and negative sums common, and shifts on both sides of the
     /// range where the output zero point is folded into the constant.
@@ -2264,6 +2627,81 @@ mod tests {
                     add_vec(&a[lo..hi], &b[lo..hi], &mut got, k, shift, zlh);
                     assert_eq!(got, want[lo..hi], "k {k:?} shift {shift} zlh {zlh:?}");
                 }
+            }
+        }
+    }
+
+    /// The Add on 16-bit pairs (the vector Add's form for shifts 16..=31 with `lo ≥ z_o`) on
+    /// every pair of codes equals the scalar formula: multipliers at the top of their range
+    /// and with ties, both signs of the low halves, lengths with and without a tail.
+    #[test]
+    fn pair_add_matches_scalar_on_all_pairs() {
+        if !crate::kernels::vnni_available() {
+            return;
+        }
+        let a: Vec<u8> = (0..65536u32).map(|i| (i >> 8) as u8).collect();
+        let b: Vec<u8> = (0..65536u32).map(|i| i as u8).collect();
+        let cases: [([i32; 4], u32); 9] = [
+            ([0, 124, 487_513_954, 2_072_884_925], 30),
+            ([98, 133, 493_449_641, 1_233_332_620], 29),
+            ([255, 255, i32::MAX - (1 << 15), 1 << 30], 31),
+            ([128, 128, 3 << 14, 5 << 14], 16),
+            ([17, 200, 1_518_500_250, 1_073_741_824], 31),
+            ([3, 250, 0x4000_8000, 0x7FFF_7FFF - (1 << 15)], 31),
+            ([77, 0, 1 << 20, 3 << 19], 21),
+            // Sums on every residue: ties and one-below-ties.
+            ([0, 0, 1, 256], 16),
+            ([9, 4, 3, 1 << 9], 17),
+        ];
+        for (k, shift) in cases {
+            for zlh in [[0, 0, 255], [0, 0, 200], [5, 9, 250], [255, 255, 255]] {
+                // SAFETY: AVX-512 checked above.
+                let pairs = unsafe { crate::kernels::avx512_fused::AddPairs::new(k, shift, zlh) };
+                assert!(pairs.is_some(), "k {k:?} shift {shift} zlh {zlh:?}");
+                let mut want = vec![0u8; a.len()];
+                add_generic(&a, &b, &mut want, k, shift, zlh);
+                for (lo, hi) in [(0, a.len()), (3, a.len() - 5), (7, 40)] {
+                    let mut got = vec![0u8; hi - lo];
+                    add_vec(&a[lo..hi], &b[lo..hi], &mut got, k, shift, zlh);
+                    assert_eq!(got, want[lo..hi], "k {k:?} shift {shift} zlh {zlh:?}");
+                }
+            }
+        }
+    }
+
+    /// Zero-point padding into a reused buffer that holds another layer's bytes (longer and
+    /// shorter) equals a fresh padded copy.
+    #[test]
+    fn padding_overwrites_a_reused_buffer() {
+        let cases = [
+            (2, [3, 4, 3], [1, 2, 0, 1]),
+            (1, [2, 0, 4], [1, 1, 1, 1]),
+            (3, [5, 2, 1], [0, 0, 2, 0]),
+            (1, [1, 1, 8], [2, 2, 2, 2]),
+        ];
+        let mut dirty = vec![0xA5u8; 1000];
+        for (batch, hwc, pads) in cases {
+            let [h, w, c] = hwc;
+            let [pt, pl, pb, pr] = pads;
+            let src: Vec<u8> = (0..batch * h * w * c).map(|i| i as u8).collect();
+            let (hp, wp) = (h + pt + pb, w + pl + pr);
+            let mut want = vec![7u8; batch * hp * wp * c + SLACK];
+            for b in 0..batch {
+                for y in 0..h {
+                    for x in 0..w {
+                        for ch in 0..c {
+                            want[((b * hp + y + pt) * wp + x + pl) * c + ch] =
+                                src[((b * h + y) * w + x) * c + ch];
+                        }
+                    }
+                }
+            }
+            for len in [0, want.len() / 2, dirty.len()] {
+                dirty.truncate(len);
+                dirty.resize(len, 0xA5);
+                pad_hwc(&src, batch, hwc, pads, 7, &mut dirty);
+                assert_eq!(dirty, want, "hwc {hwc:?} pads {pads:?} reused length {len}");
+                dirty.resize(1000, 0xA5);
             }
         }
     }

@@ -14,7 +14,11 @@
 //! Exactness: the products are exact (`4·255·128 < 2^31`, `K ≤` [`super::MAX_K`]); the fused
 //! epilogue adds one per-channel constant `bias - z_x·Σw` in `i32`, which the caller only allows
 //! when no sum can leave the `i32` range (so it equals the reference's saturating bias add); the
-//! multiply and rounding shift run in `i64` as in [`super::Dyadic::apply`].
+//! multiply runs in `i64` and the rounding shift either as in [`super::Dyadic::apply`] or, for
+//! shifts in `32..=62`, as the equivalent `floor((p + 2^(s-1) + z_o·2^s - [p < 0]) / 2^s)`
+//! ([`requant16`]). The residual Add ([`add_codes`]) is `Σ m·(q - z)` rounded the same way, in
+//! `i64` lanes or, for shifts in `16..=31`, split into exact 16-bit halves of the multipliers
+//! (two `vpmaddwd` per 16 codes).
 //!
 //! Depthwise convolutions (survey §3.3 as above; MobileNetV1's depthwise-separable layers, Howard
 //! et al., arXiv:1704.04861) have one filter per channel, so there is no reduction over channels
@@ -25,6 +29,7 @@
 
 use std::arch::x86_64::*;
 
+use crate::fast::mode;
 pub(crate) use crate::fast::PanelEpilogue;
 
 /// What a micro-kernel call writes.
@@ -46,13 +51,13 @@ pub(crate) enum Sink {
 /// `base[r]` points at row `r`'s first activation byte; segment `j` starts `segs[j]` bytes after
 /// it and holds `quads` k-quads. `w` points at the first panel's weights (panel `q` starts
 /// `q·panel_bytes` later; its k-quads are consecutive 64-byte groups). `out[r]` receives `P·16`
-/// bytes (codes) or `P·16` `i32` (raw).
+/// bytes (codes, requantized by [`requant16`] in rounding mode `MODE`) or `P·16` `i32` (raw).
 ///
 /// # Safety
 /// CPU features as in the module docs; every pointer range described above must be valid.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn micro<const R: usize, const P: usize>(
+pub(crate) unsafe fn micro<const R: usize, const P: usize, const MODE: u8>(
     base: &[*const u8; R],
     segs: &[usize],
     quads: usize,
@@ -96,37 +101,16 @@ pub(crate) unsafe fn micro<const R: usize, const P: usize>(
             }
         }
         Sink::Codes { ep, zlh, last } => {
-            let z = _mm512_set1_epi64(zlh[0]);
-            let lo = _mm512_set1_epi64(zlh[1]);
-            let hi = _mm512_set1_epi64(zlh[2]);
             for q in 0..P {
-                // SAFETY: `ep` has `P` panels (caller contract).
-                let e = unsafe { &*ep.add(q) };
-                // SAFETY: reading the aligned constant rows.
-                let (bz, m, se, so, he, ho) = unsafe {
-                    (
-                        _mm512_load_si512(e.bz.as_ptr() as *const __m512i),
-                        _mm512_load_si512(e.m.as_ptr() as *const __m512i),
-                        _mm512_load_si512(e.sh_even.as_ptr() as *const __m512i),
-                        _mm512_load_si512(e.sh_odd.as_ptr() as *const __m512i),
-                        _mm512_load_si512(e.half_even.as_ptr() as *const __m512i),
-                        _mm512_load_si512(e.half_odd.as_ptr() as *const __m512i),
-                    )
-                };
-                let m_odd = _mm512_srli_epi64(m, 32);
                 let mask: u16 = if q + 1 == P && last < 16 {
                     ((1u32 << last) - 1) as u16
                 } else {
                     0xFFFF
                 };
+                // SAFETY: `ep` has `P` panels (caller contract).
+                let k = EpRegs::new(unsafe { &*ep.add(q) }, zlh, mask);
                 for (acc_r, &o) in acc.iter().zip(out) {
-                    let x = _mm512_add_epi32(acc_r[q], bz);
-                    let pe = _mm512_mul_epi32(x, m);
-                    let po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), m_odd);
-                    let ve = clamp(round(pe, he, se), z, lo, hi);
-                    let vo = clamp(round(po, ho, so), z, lo, hi);
-                    let v = _mm512_mask_blend_epi32(0xAAAA, ve, _mm512_slli_epi64(vo, 32));
-                    let bytes = _mm512_cvtepi32_epi8(v);
+                    let bytes = requant16::<MODE>(acc_r[q], &k);
                     // SAFETY: `out[r]` holds the valid channels of these panels.
                     unsafe { _mm_mask_storeu_epi8(o.add(16 * q) as *mut i8, mask, bytes) };
                 }
@@ -176,6 +160,11 @@ pub(crate) unsafe fn add_codes(
         // Outside the Add plans' range (`shift <= 62`): the 16-lane form.
         // SAFETY: as for this function.
         unsafe { add_codes16(&a[..n], &b[..n], &mut out[..n], k, shift, zlh) };
+        return;
+    }
+    if let Some(c) = AddPairs::new(k, shift, zlh) {
+        // SAFETY: as for this function.
+        unsafe { add_codes_pairs(a, b, out, n, &c) };
         return;
     }
     let (ma, mb) = (k[2] as i64, k[3] as i64);
@@ -254,6 +243,110 @@ unsafe fn add_codes8<const FOLD: bool, const SAT: bool>(
             );
         }
         i += len;
+    }
+}
+
+/// Constants of the Add on 16-bit pairs ([`add_codes_pairs`]).
+pub(crate) struct AddPairs {
+    /// Per `i32` lane the `i16` pair `(mh_a, mh_b)`, and `(ml_a, ml_b)`: `m = mh·2^16 + ml`,
+    /// `ml` in `[-2^15, 2^15)`.
+    mh: __m512i,
+    ml: __m512i,
+    /// `K = 2^(s-1) + z_o·2^s - m_a·z_a - m_b·z_b = kh·2^16 + kl`, `kl` in `[0, 2^16)`.
+    kh: __m512i,
+    kl: __m512i,
+    /// `s - 16`.
+    s16: __m128i,
+    /// Output `lo`, `hi` as `i16` lanes.
+    lo: __m512i,
+    hi: __m512i,
+}
+
+impl AddPairs {
+    /// The constants of the Add `k = [z_a, z_b, m_a, m_b]`, `shift`, `zlh = [z_o, lo, hi]`, or
+    /// `None` outside the pair form's range: shift in `16..=31`, `m_a`, `m_b` in
+    /// `[0, 2^31 - 2^15)`, zero points and `[lo, hi]` in `0..=255` and `lo ≥ z_o` (negative sums
+    /// then end at `lo` whichever way they round, so no sign correction is needed).
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn new(k: [i32; 4], shift: u32, zlh: [i64; 3]) -> Option<Self> {
+        let [za, zb, ma, mb] = k.map(|v| v as i64);
+        let [zo, lo, hi] = zlh;
+        let byte = 0..256;
+        let m_ok = |m: i64| (0..(1i64 << 31) - (1 << 15)).contains(&m);
+        let ok = (16..=31).contains(&shift)
+            && m_ok(ma)
+            && m_ok(mb)
+            && [za, zb, zo, lo, hi].iter().all(|v| byte.contains(v))
+            && lo >= zo
+            && lo <= hi;
+        if !ok {
+            return None;
+        }
+        let split = |m: i64| {
+            let h = (m + (1 << 15)) >> 16;
+            (h, m - (h << 16))
+        };
+        let ((ha, la), (hb, lb)) = (split(ma), split(mb));
+        let pair = |x: i64, y: i64| ((x as u16 as u32) | ((y as u16 as u32) << 16)) as i32;
+        let konst = (1i64 << (shift - 1)) + (zo << shift) - ma * za - mb * zb;
+        let (kh, kl) = (konst >> 16, konst & 0xFFFF);
+        Some(Self {
+            mh: _mm512_set1_epi32(pair(ha, hb)),
+            ml: _mm512_set1_epi32(pair(la, lb)),
+            kh: _mm512_set1_epi32(kh as i32),
+            kl: _mm512_set1_epi32(kl as i32),
+            s16: _mm_set1_epi64x(shift as i64 - 16),
+            lo: _mm512_set1_epi16(lo as i16),
+            hi: _mm512_set1_epi16(hi as i16),
+        })
+    }
+}
+
+/// [`add_codes`] on 16-bit pairs, 32 codes per step: `a` and `b` widened to `i16` and
+/// interleaved as `(a, b)` pairs, so that one `vpmaddwd` gives `mh_a·a + mh_b·b` and another
+/// `ml_a·a + ml_b·b` for 16 codes (exact: both below `2^24` in magnitude). With the sum plus
+/// rounding constant `y = (A + kh)·2^16 + (B + kl)`, `floor(y / 2^16) = A + kh + ((B + kl) >> 16)`
+/// fits an `i32` (`|kh| < 2^25` for `s ≤ 31`), and `floor(y / 2^s)` is that shifted right by
+/// `s - 16`: the rounded sum plus `z_o` (rounding half up; negative sums end at `lo` either way,
+/// see [`AddPairs::new`]). A saturating pack to `i16` restores the order the interleave split
+/// (per 128-bit lane) and keeps the clamp exact; then clamp and narrow.
+///
+/// # Safety
+/// As [`add_codes`]; `n` no longer than any of the three slices.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn add_codes_pairs(a: &[u8], b: &[u8], out: &mut [u8], n: usize, c: &AddPairs) {
+    let (pa, pb, po) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
+    let sums = |p: __m512i| {
+        let hi = _mm512_madd_epi16(p, c.mh);
+        let lo = _mm512_srai_epi32(_mm512_add_epi32(_mm512_madd_epi16(p, c.ml), c.kl), 16);
+        _mm512_sra_epi32(_mm512_add_epi32(_mm512_add_epi32(hi, c.kh), lo), c.s16)
+    };
+    let step = |x: __m256i, y: __m256i| {
+        let (x, y) = (_mm512_cvtepu8_epi16(x), _mm512_cvtepu8_epi16(y));
+        let v = _mm512_packs_epi32(
+            sums(_mm512_unpacklo_epi16(x, y)),
+            sums(_mm512_unpackhi_epi16(x, y)),
+        );
+        _mm512_cvtepi16_epi8(_mm512_min_epi16(_mm512_max_epi16(v, c.lo), c.hi))
+    };
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: 32 bytes exist from `i` in all three slices.
+        unsafe {
+            let x = _mm256_loadu_si256(pa.add(i) as *const __m256i);
+            let y = _mm256_loadu_si256(pb.add(i) as *const __m256i);
+            _mm256_storeu_si256(po.add(i) as *mut __m256i, step(x, y));
+        }
+        i += 32;
+    }
+    if i < n {
+        let mask = ((1u64 << (n - i)) - 1) as u32;
+        // SAFETY: `n - i` bytes exist from `i` in all three slices (masked).
+        unsafe {
+            let x = _mm256_maskz_loadu_epi8(mask, pa.add(i) as *const i8);
+            let y = _mm256_maskz_loadu_epi8(mask, pb.add(i) as *const i8);
+            _mm256_mask_storeu_epi8(po.add(i) as *mut i8, mask, step(x, y));
+        }
     }
 }
 
@@ -382,7 +475,8 @@ pub(crate) struct DwGeom {
 }
 
 /// Depthwise convolution (one filter per channel) of output pixels `rows` (numbered over the
-/// whole batch, `b·Ho·Wo + oy·Wo + ox`) with the fused requantization of [`micro`].
+/// whole batch, `b·Ho·Wo + oy·Wo + ox`) with the fused requantization of [`micro`] in rounding
+/// mode `round` (one of [`mode`]).
 ///
 /// Vectorised over channels: 16 channels of one pixel per register, the `u8` codes widened to
 /// `i32` lanes and multiplied with `vpdpwssd` against weights stored as `i32` lanes that hold
@@ -401,7 +495,40 @@ pub(crate) struct DwGeom {
 /// CPU features as in the module docs; every window of `rows` inside `x` (`batch` padded
 /// images); `w`, `ep` and `out` as described.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn depthwise(
+    x: &[u8],
+    g: &DwGeom,
+    w: &[i32],
+    ep: &[PanelEpilogue],
+    zlh: [i64; 3],
+    round: u8,
+    rows: std::ops::Range<usize>,
+    out: *mut u8,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        // The floor modes: `FLOOR` with any of the `SIGNED`, `ZADD` and `SAT` flags.
+        match round {
+            1 => depthwise_in::<1>(x, g, w, ep, zlh, rows, out),
+            3 => depthwise_in::<3>(x, g, w, ep, zlh, rows, out),
+            5 => depthwise_in::<5>(x, g, w, ep, zlh, rows, out),
+            7 => depthwise_in::<7>(x, g, w, ep, zlh, rows, out),
+            9 => depthwise_in::<9>(x, g, w, ep, zlh, rows, out),
+            11 => depthwise_in::<11>(x, g, w, ep, zlh, rows, out),
+            13 => depthwise_in::<13>(x, g, w, ep, zlh, rows, out),
+            15 => depthwise_in::<15>(x, g, w, ep, zlh, rows, out),
+            _ => depthwise_in::<{ mode::EXACT }>(x, g, w, ep, zlh, rows, out),
+        }
+    }
+}
+
+/// [`depthwise`] with the epilogue's rounding mode `MODE`.
+///
+/// # Safety
+/// As [`depthwise`].
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+unsafe fn depthwise_in<const MODE: u8>(
     x: &[u8],
     g: &DwGeom,
     w: &[i32],
@@ -440,9 +567,6 @@ pub(crate) unsafe fn depthwise(
             *o = ky * dh * wp * c;
         }
     }
-    let z = _mm512_set1_epi64(zlh[0]);
-    let lo = _mm512_set1_epi64(zlh[1]);
-    let hi = _mm512_set1_epi64(zlh[2]);
     let xp = x.as_ptr();
     let per_img = ho * wo;
     let packed = sw == 1 && c < 16 && 16 % c == 0;
@@ -461,7 +585,7 @@ pub(crate) unsafe fn depthwise(
             let (full, rem) = (lanes / 16, lanes % 16);
             let x0 = xp.wrapping_add(row0 + ox0 * c);
             let o0 = out.wrapping_add((r - rows.start) * c);
-            let mut k = DwEpilogue::new(&ep[0], [z, lo, hi], 0xFFFF);
+            let mut k = EpRegs::new(&ep[0], zlh, 0xFFFF);
             let wb = w.as_ptr();
             let mut j = 0;
             while j < full {
@@ -471,14 +595,14 @@ pub(crate) unsafe fn depthwise(
                 // contract).
                 unsafe {
                     match cnt {
-                        8 => dw_pixels::<8>(xj, 16, offs, wb, cp, &k, oj, 16),
-                        7 => dw_pixels::<7>(xj, 16, offs, wb, cp, &k, oj, 16),
-                        6 => dw_pixels::<6>(xj, 16, offs, wb, cp, &k, oj, 16),
-                        5 => dw_pixels::<5>(xj, 16, offs, wb, cp, &k, oj, 16),
-                        4 => dw_pixels::<4>(xj, 16, offs, wb, cp, &k, oj, 16),
-                        3 => dw_pixels::<3>(xj, 16, offs, wb, cp, &k, oj, 16),
-                        2 => dw_pixels::<2>(xj, 16, offs, wb, cp, &k, oj, 16),
-                        _ => dw_pixels::<1>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        8 => dw_pixels::<8, MODE>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        7 => dw_pixels::<7, MODE>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        6 => dw_pixels::<6, MODE>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        5 => dw_pixels::<5, MODE>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        4 => dw_pixels::<4, MODE>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        3 => dw_pixels::<3, MODE>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        2 => dw_pixels::<2, MODE>(xj, 16, offs, wb, cp, &k, oj, 16),
+                        _ => dw_pixels::<1, MODE>(xj, 16, offs, wb, cp, &k, oj, 16),
                     }
                 }
                 j += cnt;
@@ -487,7 +611,7 @@ pub(crate) unsafe fn depthwise(
                 k.mask = ((1u32 << rem) - 1) as u16;
                 let (xj, oj) = (x0.wrapping_add(16 * full), o0.wrapping_add(16 * full));
                 // SAFETY: as above, the last `rem` lanes (masked loads and stores).
-                unsafe { dw_pixels::<1>(xj, 16, offs, wb, cp, &k, oj, 16) };
+                unsafe { dw_pixels::<1, MODE>(xj, 16, offs, wb, cp, &k, oj, 16) };
             }
             r += len;
             continue;
@@ -499,7 +623,7 @@ pub(crate) unsafe fn depthwise(
             } else {
                 ((1u32 << left) - 1) as u16
             };
-            let k = DwEpilogue::new(e, [z, lo, hi], mask);
+            let k = EpRegs::new(e, zlh, mask);
             let wb = w.as_ptr().wrapping_add(cb * 16);
             let mut j = 0;
             // 3-wide undilated kernels (MobileNet's): each input column widened once per kernel
@@ -513,9 +637,9 @@ pub(crate) unsafe fn depthwise(
                     // reads (caller contract).
                     unsafe {
                         if sw == 1 {
-                            dw_cols3::<8, 1, 10>(x0, c, &row_off[..kh], wb, cp, &k, o0);
+                            dw_cols3::<8, 1, 10, MODE>(x0, c, &row_off[..kh], wb, cp, &k, o0);
                         } else {
-                            dw_cols3::<6, 2, 13>(x0, c, &row_off[..kh], wb, cp, &k, o0);
+                            dw_cols3::<6, 2, 13, MODE>(x0, c, &row_off[..kh], wb, cp, &k, o0);
                         }
                     }
                     j += group;
@@ -529,14 +653,14 @@ pub(crate) unsafe fn depthwise(
                 // SAFETY: forwarded (caller contract).
                 unsafe {
                     match cnt {
-                        8 => dw_pixels::<8>(x0, xs, offs, wb, cp, &k, o0, os),
-                        7 => dw_pixels::<7>(x0, xs, offs, wb, cp, &k, o0, os),
-                        6 => dw_pixels::<6>(x0, xs, offs, wb, cp, &k, o0, os),
-                        5 => dw_pixels::<5>(x0, xs, offs, wb, cp, &k, o0, os),
-                        4 => dw_pixels::<4>(x0, xs, offs, wb, cp, &k, o0, os),
-                        3 => dw_pixels::<3>(x0, xs, offs, wb, cp, &k, o0, os),
-                        2 => dw_pixels::<2>(x0, xs, offs, wb, cp, &k, o0, os),
-                        _ => dw_pixels::<1>(x0, xs, offs, wb, cp, &k, o0, os),
+                        8 => dw_pixels::<8, MODE>(x0, xs, offs, wb, cp, &k, o0, os),
+                        7 => dw_pixels::<7, MODE>(x0, xs, offs, wb, cp, &k, o0, os),
+                        6 => dw_pixels::<6, MODE>(x0, xs, offs, wb, cp, &k, o0, os),
+                        5 => dw_pixels::<5, MODE>(x0, xs, offs, wb, cp, &k, o0, os),
+                        4 => dw_pixels::<4, MODE>(x0, xs, offs, wb, cp, &k, o0, os),
+                        3 => dw_pixels::<3, MODE>(x0, xs, offs, wb, cp, &k, o0, os),
+                        2 => dw_pixels::<2, MODE>(x0, xs, offs, wb, cp, &k, o0, os),
+                        _ => dw_pixels::<1, MODE>(x0, xs, offs, wb, cp, &k, o0, os),
                     }
                 }
                 j += cnt;
@@ -546,25 +670,33 @@ pub(crate) unsafe fn depthwise(
     }
 }
 
-impl DwEpilogue {
+impl EpRegs {
     /// The constants of panel `e`, output `[z, lo, hi]` and the valid-lane mask.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn new(e: &PanelEpilogue, zlh: [__m512i; 3], mask: u16) -> Self {
+    fn new(e: &PanelEpilogue, zlh: [i64; 3], mask: u16) -> Self {
         // SAFETY: the aligned constant rows of one panel.
         unsafe {
             let m = _mm512_load_si512(e.m.as_ptr() as *const __m512i);
+            let ld = |p: *const u64| _mm512_load_si512(p as *const __m512i);
             Self {
                 bz: _mm512_load_si512(e.bz.as_ptr() as *const __m512i),
                 m,
                 m_odd: _mm512_srli_epi64(m, 32),
-                se: _mm512_load_si512(e.sh_even.as_ptr() as *const __m512i),
-                so: _mm512_load_si512(e.sh_odd.as_ptr() as *const __m512i),
-                he: _mm512_load_si512(e.half_even.as_ptr() as *const __m512i),
-                ho: _mm512_load_si512(e.half_odd.as_ptr() as *const __m512i),
-                z: zlh[0],
-                lo: zlh[1],
-                hi: zlh[2],
+                se: ld(e.sh_even.as_ptr()),
+                so: ld(e.sh_odd.as_ptr()),
+                he: ld(e.half_even.as_ptr() as *const u64),
+                ho: ld(e.half_odd.as_ptr() as *const u64),
+                so32: ld(e.sh_odd32.as_ptr()),
+                hze: ld(e.hz_even.as_ptr() as *const u64),
+                hzo: ld(e.hz_odd.as_ptr() as *const u64),
+                z: _mm512_set1_epi64(zlh[0]),
+                lo: _mm512_set1_epi64(zlh[1]),
+                hi: _mm512_set1_epi64(zlh[2]),
+                z32: _mm512_set1_epi32(zlh[0] as i32),
+                z32s: _mm512_set1_epi32(zlh[0] as i32 - 128),
+                lo32: _mm512_set1_epi32(zlh[1] as i32),
+                hi32: _mm512_set1_epi32(zlh[2] as i32),
                 mask,
             }
         }
@@ -572,7 +704,7 @@ impl DwEpilogue {
 }
 
 /// The epilogue constants of one panel of 16 channels, in registers.
-struct DwEpilogue {
+pub(crate) struct EpRegs {
     bz: __m512i,
     m: __m512i,
     m_odd: __m512i,
@@ -580,11 +712,70 @@ struct DwEpilogue {
     so: __m512i,
     he: __m512i,
     ho: __m512i,
+    /// `s - 32` of the odd channels.
+    so32: __m512i,
+    /// `2^(s-1) + z·2^s` of the even / odd channels (`z` the folded output zero point).
+    hze: __m512i,
+    hzo: __m512i,
     z: __m512i,
     lo: __m512i,
     hi: __m512i,
+    z32: __m512i,
+    /// `z_o - 128` ([`mode::SAT`] with [`mode::ZADD`]).
+    z32s: __m512i,
+    lo32: __m512i,
+    hi32: __m512i,
     /// Valid channels of the panel.
     mask: u16,
+}
+
+/// Eq. 24 on 16 accumulators (one panel): `clamp(z_o + round_half_away((acc + bz)·m / 2^s),
+/// lo, hi)` as 16 bytes, code for code the reference's [`super::Dyadic::apply`].
+///
+/// `p = (acc + bz)·m` is an exact `i64` product per lane (even and odd `i32` lanes apart).
+/// [`mode::EXACT`] rounds `|p|` half up and restores the sign, then adds `z_o` and clamps, all in
+/// `i64`. The floor modes use `round_half_away(p / 2^s) + z_o = floor((p + 2^(s-1) + z_o·2^s -
+/// [p < 0]) / 2^s)`: one add of a per-channel constant and one arithmetic shift (no overflow:
+/// `|p| < 2^62`, and the constant is below `2^62` — `z_o` is added after the shift instead
+/// ([`mode::ZADD`]) when a shift exceeds 54). With `s ≥ 32` the quotient fits an `i32`, and the
+/// odd lanes are shifted by `s - 32` only, which leaves the quotient in their high half: one
+/// blend joins both halves and the clamp runs on 16 `i32` lanes. Without [`mode::SIGNED`] the
+/// `- [p < 0]` is dropped: with `lo ≥ z_o` every negative product ends at `lo` either way (both
+/// quotients are `≤ 0`). With [`mode::SAT`] (`lo = 0`, `hi = 255`) the lanes hold `q + z_o - 128`
+/// and the clamp is the signed saturating narrowing to bytes, then `+ 128` (a sign-bit flip).
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+#[inline]
+pub(crate) fn requant16<const MODE: u8>(acc: __m512i, k: &EpRegs) -> __m128i {
+    let x = _mm512_add_epi32(acc, k.bz);
+    let pe = _mm512_mul_epi32(x, k.m);
+    let po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), k.m_odd);
+    if MODE & mode::FLOOR == 0 {
+        let ve = clamp(round(pe, k.he, k.se), k.z, k.lo, k.hi);
+        let vo = clamp(round(po, k.ho, k.so), k.z, k.lo, k.hi);
+        let v = _mm512_mask_blend_epi32(0xAAAA, ve, _mm512_slli_epi64(vo, 32));
+        return _mm512_cvtepi32_epi8(v);
+    }
+    let mut ye = _mm512_add_epi64(pe, k.hze);
+    let mut yo = _mm512_add_epi64(po, k.hzo);
+    if MODE & mode::SIGNED != 0 {
+        ye = _mm512_add_epi64(ye, _mm512_srai_epi64(pe, 63));
+        yo = _mm512_add_epi64(yo, _mm512_srai_epi64(po, 63));
+    }
+    let mut v = _mm512_mask_blend_epi32(
+        0xAAAA,
+        _mm512_srav_epi64(ye, k.se),
+        _mm512_srav_epi64(yo, k.so32),
+    );
+    if MODE & mode::SAT != 0 {
+        if MODE & mode::ZADD != 0 {
+            v = _mm512_add_epi32(v, k.z32s);
+        }
+        return _mm_xor_si128(_mm512_cvtsepi32_epi8(v), _mm_set1_epi8(-128));
+    }
+    if MODE & mode::ZADD != 0 {
+        v = _mm512_add_epi32(v, k.z32);
+    }
+    _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, k.lo32), k.hi32))
 }
 
 /// `P` consecutive output pixels of one row, one panel of 16 channels: pixel `i`'s window
@@ -595,13 +786,13 @@ struct DwEpilogue {
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_pixels<const P: usize>(
+unsafe fn dw_pixels<const P: usize, const MODE: u8>(
     x0: *const u8,
     xs: usize,
     offs: &[usize],
     wb: *const i32,
     cp: usize,
-    k: &DwEpilogue,
+    k: &EpRegs,
     o0: *mut u8,
     os: usize,
 ) {
@@ -622,7 +813,7 @@ unsafe fn dw_pixels<const P: usize>(
     }
     for (i, &a) in acc.iter().enumerate() {
         // SAFETY: pixel `i`'s output holds this panel's valid channels.
-        unsafe { dw_store(a, k, o0.wrapping_add(i * os)) };
+        unsafe { dw_store::<MODE>(a, k, o0.wrapping_add(i * os)) };
     }
 }
 
@@ -636,13 +827,13 @@ unsafe fn dw_pixels<const P: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_cols3<const P: usize, const SW: usize, const N: usize>(
+unsafe fn dw_cols3<const P: usize, const SW: usize, const N: usize, const MODE: u8>(
     x0: *const u8,
     c: usize,
     rows: &[usize],
     wb: *const i32,
     cp: usize,
-    k: &DwEpilogue,
+    k: &EpRegs,
     o0: *mut u8,
 ) {
     debug_assert_eq!(N, (P - 1) * SW + 3);
@@ -669,7 +860,7 @@ unsafe fn dw_cols3<const P: usize, const SW: usize, const N: usize>(
     }
     for (i, &a) in acc.iter().enumerate() {
         // SAFETY: pixel `i`'s output holds this panel's valid channels.
-        unsafe { dw_store(a, k, o0.wrapping_add(i * c)) };
+        unsafe { dw_store::<MODE>(a, k, o0.wrapping_add(i * c)) };
     }
 }
 
@@ -680,13 +871,8 @@ unsafe fn dw_cols3<const P: usize, const SW: usize, const N: usize>(
 /// CPU features as in the module docs; `o` holds the panel's valid channels.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 #[inline]
-unsafe fn dw_store(acc: __m512i, k: &DwEpilogue, o: *mut u8) {
-    let x = _mm512_add_epi32(acc, k.bz);
-    let pe = _mm512_mul_epi32(x, k.m);
-    let po = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), k.m_odd);
-    let ve = clamp(round(pe, k.he, k.se), k.z, k.lo, k.hi);
-    let vo = clamp(round(po, k.ho, k.so), k.z, k.lo, k.hi);
-    let v = _mm512_mask_blend_epi32(0xAAAA, ve, _mm512_slli_epi64(vo, 32));
+unsafe fn dw_store<const MODE: u8>(acc: __m512i, k: &EpRegs, o: *mut u8) {
+    let bytes = requant16::<MODE>(acc, k);
     // SAFETY: caller contract.
-    unsafe { _mm_mask_storeu_epi8(o as *mut i8, k.mask, _mm512_cvtepi32_epi8(v)) };
+    unsafe { _mm_mask_storeu_epi8(o as *mut i8, k.mask, bytes) };
 }
