@@ -1,31 +1,41 @@
-//! Bounded dominance dynamic programme over the core of a multiple-choice knapsack with one or
-//! two rows (survey §3.3 Eq. 26; Pisinger's expanding-core idea for the MCKP, with HAWQ-V3's
+//! Best-first dominance search over the core of a multiple-choice knapsack with one or two
+//! rows (survey §3.3 Eq. 26; Pisinger's expanding-core idea for the MCKP, with HAWQ-V3's
 //! size + BOPs budgets as the two rows).
 //!
 //! Starting from the Lagrangian solution `x0` (the item of least reduced cost in every group),
 //! a state is a partial change of the groups decided so far: `(Δc_1, Δc_2, Δf)` relative to
-//! `x0`. Groups are added one at a time; a state is dropped when
-//! - another state with the same change in row 1 is no worse in row 2 and in objective
-//!   (exact dominance), or
-//! - its bound reaches the threshold: per kept row `d`, the best objective over the
-//!   remaining groups with row `d` integral (costs rounded *down* to a grid, exact when the
-//!   costs share a unit that fits) and the other row Lagrangian-relaxed, tabulated per suffix
-//!   (`O(1)` per table and state), or the cheapest completion breaks a row. Every multiplier
-//!   `λ_e ≥ 0` of the relaxed row gives a valid table; the one tuned at the root is best for
-//!   states near the root only, so extra tables at multiples of it (0.5–2×, within a cell
-//!   budget) are kept and a state's bound is the largest over all tables — a discrete
-//!   maximisation of its own partial Lagrangian dual. On the 560 × 6 benchmark instance of
-//!   `bench/alloc/pulp_compare.py` the solve explores ≈ 0.25 M states instead of ≈ 4.5 M.
+//! `x0`; the groups are decided in a fixed order. States are expanded best bound first (a
+//! binary heap), so only states whose bound lies below the optimum are ever expanded — the
+//! work of one thresholded pass at the optimum, without knowing it in advance. A child is
+//! dropped when
+//! - another state at its level with the same change in row 1 is no worse in row 2 and in
+//!   objective (dominance; each `(level, Δc_1)` keeps a Pareto front over `(Δc_2, Δf)`), or
+//! - its bound reaches the threshold (the best solution found or the caller's `θ`): per kept
+//!   row `d`, the best objective over the remaining groups with row `d` integral (costs
+//!   rounded *down* to a grid, exact when the costs share a unit that fits) and the other row
+//!   Lagrangian-relaxed, tabulated per suffix (`O(1)` per table and state), or the cheapest
+//!   completion breaks a row. Every multiplier `λ_e ≥ 0` of the relaxed row gives a valid
+//!   table; the one tuned at the root is best for states near the root only, so extra tables
+//!   at multiples of it (0.9×, 0.8×, 1.1×, …, within a cell budget) are kept and a state's
+//!   bound is the largest over all tables — a discrete maximisation of its own partial
+//!   Lagrangian dual.
+//!
+//! Every state is also a solution candidate (the remaining groups at `x0`), so incumbents
+//! appear at every level. On the 560 × 6 benchmark instance of `bench/alloc/pulp_compare.py`
+//! the search keeps ≈ 28 k states (the earlier rounds of growing thresholds over a layered
+//! programme kept ≈ 0.13 M).
 //!
 //! Table rows are computed in f64 and stored rounded down to f32 (half the memory traffic; a
 //! stored value never exceeds the exact one, so every bound stays valid); the rows need no
 //! prefix-minimum pass, since each item's contribution to a row is already non-increasing.
 //!
-//! Items whose reduced cost reaches the threshold cannot be in a solution below it and are left
-//! out. With threshold `θ`, the programme finds the best solution of objective `< θ` or proves
-//! that none exists; the caller widens `θ` until the best solution lies below it.
-//! Complexity: `O(S log S)` per group for `S` live states; tables `O(K · C)` for `K` core groups
-//! and `C` cells.
+//! Items whose reduced cost reaches the core's gap cannot be in a solution below `LB + gap`
+//! and are left out. With threshold `θ ≤ LB + gap`, the search finds the best solution of
+//! objective `< θ` or proves that none exists.
+//! Complexity: `O(S (log S + k·T))` for `S` kept states, `k` items per group and `T` tables;
+//! tables `O(K · C)` for `K` core groups and `C` cells (built on two threads when large);
+//! memory about 100 bytes per kept state (node, heap entry, dominance front), at most
+//! [`MAX_NODES`] states per search.
 
 use crate::problem::fits;
 use crate::reduce::Reduced;
@@ -34,16 +44,18 @@ use crate::reduce::Reduced;
 /// solutions closer than this count as equal).
 pub(crate) const OBJ_RTOL: f64 = 1e-12;
 /// Multiples of the tuned multiplier of the relaxed row for extra bound tables, most useful
-/// first.
-const EXTRA_FACTORS: &[f64] = &[0.8, 1.25, 0.9, 1.1, 0.7, 1.4, 0.6, 1.6, 0.5, 2.0, 1.2, 0.85];
-/// Cell budget of the extra tables, in multiples of the main tables' budget.
-const EXTRA_BUDGET: usize = 1;
+/// first (states below the root mostly want a slightly smaller multiplier than the root).
+const EXTRA_FACTORS: &[f64] = &[
+    0.9, 0.8, 1.1, 0.7, 1.25, 0.6, 1.4, 0.95, 1.05, 0.85, 1.2, 0.5,
+];
+/// Cell budget of the extra tables, in quarters of the main tables' budget.
+const EXTRA_BUDGET_NUM: usize = 5;
 /// Golden-section steps that tune the relaxed row's multiplier of each table.
 const TUNE_STEPS: usize = 4;
-/// Largest number of states kept over all groups (arena entries) before giving up.
-const MAX_ARENA: usize = 30_000_000;
-/// Largest number of live states in one layer of the programme.
-const MAX_LIVE: usize = 4_000_000;
+/// Tables are built on two threads when they hold at least this many cells in all.
+const PARALLEL_CELLS: usize = 1_000_000;
+/// Largest number of states kept by one search (about 40 bytes each) before giving up.
+const MAX_NODES: usize = 8_000_000;
 
 /// Limits of one run: a deadline and the states it may still create (decremented).
 pub(crate) struct CoreLimits {
@@ -51,8 +63,6 @@ pub(crate) struct CoreLimits {
     pub deadline: Option<std::time::Instant>,
     /// States left.
     pub states: u64,
-    /// Set when a beam search dropped states (its answer is then not proven optimal).
-    pub truncated: bool,
 }
 
 /// Outcome of one thresholded run.
@@ -60,8 +70,14 @@ pub(crate) enum CoreOutcome {
     /// The best solution with objective below the threshold (item per group), or `None` when
     /// no solution lies below it.
     Done(Option<(f64, Vec<usize>)>),
-    /// A state or time limit stopped the run.
-    Aborted,
+    /// A state or time limit stopped the run: every solution below the threshold not found
+    /// is at least `bound`; `best` is the best solution found below the threshold, if any.
+    Aborted {
+        /// Lower bound on the solutions below the threshold that were not found.
+        bound: f64,
+        /// Best solution found (objective, item per group).
+        best: Option<(f64, Vec<usize>)>,
+    },
 }
 
 /// One row's suffix table: `h[t][q]` = least `Σ (Δf + Σ_{e≠d} λ_e Δc_e)` over groups `t..`
@@ -70,7 +86,7 @@ pub(crate) enum CoreOutcome {
 struct SufTable {
     d: usize,
     lam: Vec<f64>,
-    unit: f64,
+    /// Cells per unit of row `d`.
     inv_unit: f64,
     /// Least reachable cell sum of the suffix (below: infeasible).
     suf_lo: Vec<i64>,
@@ -135,6 +151,48 @@ fn grid_unit(levels: &[Level], d: usize, budget: usize) -> (f64, f64) {
     (u, per(u))
 }
 
+/// Cell sums of row `d` on a grid of `unit` per suffix of `levels` (least and largest) and the
+/// window of rooms states can reach at each level (start and width): slack minus the
+/// prefix's change, which lies within the prefix's least and largest changes.
+type Window = (Vec<i64>, Vec<i64>, Vec<i64>, Vec<usize>);
+
+fn window(levels: &[Level], d: usize, unit: f64, slack_d: f64) -> Window {
+    let k = levels.len();
+    let cell = |v: f64| -> i64 { (v / unit).floor() as i64 };
+    let mut suf_lo = vec![0i64; k + 1];
+    let mut suf_hi = vec![0i64; k + 1];
+    for t in (0..k).rev() {
+        let (a, b) = levels[t].iter().fold((i64::MAX, i64::MIN), |(a, b), it| {
+            let c = cell(it.2[d]);
+            (a.min(c), b.max(c))
+        });
+        suf_lo[t] = suf_lo[t + 1] + a;
+        suf_hi[t] = suf_hi[t + 1] + b;
+    }
+    let mut win_lo = vec![0i64; k + 1];
+    let mut width = vec![0usize; k + 1];
+    let (mut pmin, mut pmax) = (0.0f64, 0.0f64);
+    for t in 0..=k {
+        let top = (((slack_d - pmin) / unit).floor() as i64 + 2).min(suf_hi[t]);
+        let bot = (((slack_d - pmax) / unit).floor() as i64 - 2).max(suf_lo[t]);
+        let (bot, top) = if top < bot {
+            (suf_lo[t], suf_lo[t])
+        } else {
+            (bot, top)
+        };
+        win_lo[t] = bot;
+        width[t] = (top - bot) as usize + 1;
+        if t < k {
+            let (a, b) = levels[t].iter().fold((0.0f64, 0.0f64), |(a, b), it| {
+                (a.min(it.2[d]), b.max(it.2[d]))
+            });
+            pmin += a;
+            pmax += b;
+        }
+    }
+    (suf_lo, suf_hi, win_lo, width)
+}
+
 impl SufTable {
     fn new(levels: &[Level], d: usize, lam: &[f64], unit: f64, slack_d: f64) -> Self {
         let k = levels.len();
@@ -146,43 +204,13 @@ impl SufTable {
             }
             v
         };
-        let mut suf_lo = vec![0i64; k + 1];
-        let mut suf_hi = vec![0i64; k + 1];
+        let (suf_lo, suf_hi, win_lo, width) = window(levels, d, unit, slack_d);
         let mut umin = vec![0.0f64; k + 1];
         for t in (0..k).rev() {
-            let (a, b, u) =
-                levels[t]
-                    .iter()
-                    .fold((i64::MAX, i64::MIN, f64::INFINITY), |(a, b, u), it| {
-                        let c = cell(it.2[d]);
-                        (a.min(c), b.max(c), u.min(other(it.1, &it.2)))
-                    });
-            suf_lo[t] = suf_lo[t + 1] + a;
-            suf_hi[t] = suf_hi[t + 1] + b;
+            let u = levels[t]
+                .iter()
+                .fold(f64::INFINITY, |u, it| u.min(other(it.1, &it.2)));
             umin[t] = umin[t + 1] + u;
-        }
-        // Reachable rooms: slack minus the prefix's change, which lies within the prefix's
-        // least and largest changes.
-        let mut win_lo = vec![0i64; k + 1];
-        let mut width = vec![0usize; k + 1];
-        let (mut pmin, mut pmax) = (0.0f64, 0.0f64);
-        for t in 0..=k {
-            let top = (((slack_d - pmin) / unit).floor() as i64 + 2).min(suf_hi[t]);
-            let bot = (((slack_d - pmax) / unit).floor() as i64 - 2).max(suf_lo[t]);
-            let (bot, top) = if top < bot {
-                (suf_lo[t], suf_lo[t])
-            } else {
-                (bot, top)
-            };
-            win_lo[t] = bot;
-            width[t] = (top - bot) as usize + 1;
-            if t < k {
-                let (a, b) = levels[t].iter().fold((0.0f64, 0.0f64), |(a, b), it| {
-                    (a.min(it.2[d]), b.max(it.2[d]))
-                });
-                pmin += a;
-                pmax += b;
-            }
         }
         let mut start = vec![0usize; k + 2];
         for t in 0..=k {
@@ -192,7 +220,6 @@ impl SufTable {
         let mut tb = Self {
             d,
             lam: lam.to_vec(),
-            unit,
             inv_unit: 1.0 / unit,
             suf_lo,
             suf_hi,
@@ -307,13 +334,21 @@ fn down_f32(v: f64) -> f32 {
     z as f32
 }
 
+/// A partial choice: its changes of objective and rows relative to `x0`.
 #[derive(Clone, Copy)]
 struct St {
     df: f64,
     dc: [f64; 2],
-    bnd: f64,
-    /// Arena slot of the parent state until the state is kept, then its own slot.
-    arena: u32,
+}
+
+/// A state of the best-first search with its place in the tree.
+#[derive(Clone, Copy)]
+struct Node {
+    s: St,
+    /// Groups decided (the state's level).
+    level: u32,
+    /// Index of the parent node (`u32::MAX` for the root).
+    parent: u32,
     /// Item offset chosen in the group just added.
     item: u32,
 }
@@ -427,52 +462,56 @@ impl<'a> CoreDp<'a> {
                 .min_by(|&a, &b| grids[a].1.total_cmp(&grids[b].1))
                 .expect("m >= 1");
             let share = max_cells / m;
+            // (row, multipliers, grid unit, estimated cells) of every table: the main ones
+            // first (their multiplier tuned on a coarse grid unless hinted), then the extras.
+            let mut specs: Vec<(usize, Vec<f64>, f64, usize)> = Vec::new();
             for d in std::iter::once(primary).chain((0..m).filter(|&d| d != primary)) {
                 let (unit, _) = grid_unit(&levels, d, share);
-                if m == 1 {
+                let cells: usize = window(&levels, d, unit, slack[d]).3.iter().sum();
+                let with_x = |x: f64| {
                     let mut l = lam.to_vec();
+                    if m == 2 {
+                        l[1 - d] = x;
+                    }
                     l[d] = 0.0;
-                    tables.push(SufTable::new(&levels, d, &l, unit, slack[d]));
-                    continue;
-                }
-                let e = 1 - d;
-                let with = |x: f64, unit: f64| {
-                    let mut l = lam.to_vec();
-                    l[e] = x;
-                    l[d] = 0.0;
-                    SufTable::new(&levels, d, &l, unit, slack[d])
+                    l
                 };
-                if let Some(h) = hint {
-                    tables.push(with(h[d], unit));
-                    continue;
-                }
-                let (cu, _) = grid_unit(&levels, d, share / 16);
-                let best_x = tune_multiplier(lam[e], TUNE_STEPS, |x| root_of(&with(x, cu)));
-                tables.push(with(best_x, unit));
+                let x = if m == 1 {
+                    0.0
+                } else if let Some(h) = hint {
+                    h[d]
+                } else {
+                    let (cu, _) = grid_unit(&levels, d, share / 16);
+                    tune_multiplier(lam[1 - d], TUNE_STEPS, |x| {
+                        root_of(&SufTable::new(&levels, d, &with_x(x), cu, slack[d]))
+                    })
+                };
+                specs.push((d, with_x(x), unit, cells));
             }
             if m == 2 && extras {
                 // The best multiplier of the relaxed row differs from state to state: tables at
                 // multiples of the tuned one (every one a valid bound), cheapest rows first,
                 // within a cell budget.
-                let mut mains: Vec<(usize, f64, f64, usize)> = tables
+                let mut mains: Vec<(usize, f64, f64, usize)> = specs
                     .iter()
-                    .map(|tb| (tb.d, tb.lam[1 - tb.d], tb.unit, tb.h.len()))
+                    .map(|(d, l, unit, cells)| (*d, l[1 - d], *unit, *cells))
                     .collect();
                 mains.sort_by_key(|v| v.3);
                 let mut used = 0usize;
                 for &f in EXTRA_FACTORS {
                     for &(d, x, unit, cells) in &mains {
-                        if x <= 0.0 || used + cells > max_cells * EXTRA_BUDGET {
+                        if x <= 0.0 || used + cells > max_cells * EXTRA_BUDGET_NUM / 4 {
                             continue;
                         }
                         used += cells;
                         let mut l = lam.to_vec();
                         l[1 - d] = x * f;
                         l[d] = 0.0;
-                        tables.push(SufTable::new(&levels, d, &l, unit, slack[d]));
+                        specs.push((d, l, unit, cells));
                     }
                 }
             }
+            tables = build_tables(&levels, &slack, &specs);
         }
         let mut suf_min = vec![[0.0f64; 2]; k_n + 1];
         for t in (0..k_n).rev() {
@@ -521,9 +560,6 @@ impl<'a> CoreDp<'a> {
             &St {
                 df: 0.0,
                 dc: [0.0, 0.0],
-                bnd: 0.0,
-                arena: 0,
-                item: 0,
             },
             f64::INFINITY,
         )
@@ -537,6 +573,9 @@ impl<'a> CoreDp<'a> {
         let mut b = self.f0 + s.df;
         for e in 0..m {
             b += lam[e] * (s.dc[e] - slack[e]);
+        }
+        if b >= cut {
+            return b;
         }
         for tb in &self.tables {
             let d = tb.d;
@@ -556,152 +595,249 @@ impl<'a> CoreDp<'a> {
         (0..self.m).all(|d| fits(self.used0[d] + dc[d], self.caps[d]))
     }
 
-    /// Best solution of objective `< theta` over the core (item per group), or a proof that
-    /// there is none. With `beam = Some(b)` only the `b` states of least bound survive each
-    /// group: a heuristic whose answer is feasible but not proven optimal.
-    pub(crate) fn search(
-        &self,
-        theta: f64,
-        beam: Option<usize>,
-        limits: &mut CoreLimits,
-    ) -> CoreOutcome {
+    /// Best solution of objective `< theta` over the core, or a proof that there is none, by a
+    /// best-first search: states are expanded in order of their bound, so that only states whose
+    /// bound lies below the optimum (or `theta`) are ever expanded — one run at the final
+    /// threshold instead of rounds of growing thresholds. A child is dropped when its bound
+    /// reaches the best objective found so far, when the cheapest completion breaks a row, or
+    /// when a state at the same level with the same change in row 1 is no worse in row 2 and in
+    /// objective (dominance; any completion of the dropped state completes the other one at no
+    /// higher objective and cost). A state is a solution when it fits with every remaining group
+    /// at its Lagrangian item, so incumbents appear at every level and tighten the threshold.
+    pub(crate) fn search_best_first(&self, theta: f64, limits: &mut CoreLimits) -> CoreOutcome {
+        use std::cmp::Reverse;
+        use std::collections::{BTreeMap, BinaryHeap, HashMap};
         let m = self.m;
         let k_n = self.levels.len();
-        // (An infinite threshold has no tolerance: inf − inf would reject everything.)
         let eps = if theta.is_finite() {
             OBJ_RTOL * theta.abs().max(1.0)
         } else {
             0.0
         };
-        let mut arena: Vec<(u32, u32)> = Vec::new();
-        let mut best: Option<(f64, u32, usize)> = None;
         let mut thr = theta;
+        let mut nodes: Vec<Node> = Vec::new();
+        let mut best: Option<(f64, u32)> = None;
         let root = St {
             df: 0.0,
             dc: [0.0, 0.0],
-            bnd: 0.0,
-            arena: u32::MAX,
+        };
+        let root_bnd = self.root_bound();
+        if self.feasible(&root.dc) && self.f0 < thr - eps {
+            thr = self.f0;
+            best = Some((self.f0, u32::MAX));
+        }
+        if k_n == 0 || root_bnd >= thr - eps {
+            return self.best_first_answer(best, &nodes);
+        }
+        nodes.push(Node {
+            s: root,
+            level: 0,
+            parent: u32::MAX,
             item: 0,
-        };
-        let mut consider = |s: &St, t: usize, thr: &mut f64| {
-            if self.feasible(&s.dc) {
-                let v = self.f0 + s.df;
-                if v < *thr - eps {
-                    best = Some((v, s.arena, t));
-                    *thr = v;
-                }
-            }
-        };
-        consider(&root, 0, &mut thr);
-        let mut states = vec![root];
-        let mut cand: Vec<St> = Vec::new();
-        let mut perm: Vec<u32> = Vec::new();
-        for t in 0..k_n {
-            if limits
-                .deadline
-                .is_some_and(|dl| std::time::Instant::now() >= dl)
-            {
-                return CoreOutcome::Aborted;
-            }
-            cand.clear();
-            let suf = self.suf_min[t + 1];
-            for s in &states {
-                for (j, &(_, df, dc)) in self.levels[t].iter().enumerate() {
-                    let mut ns = St {
-                        df: s.df + df,
-                        dc: [s.dc[0] + dc[0], s.dc[1] + dc[1]],
-                        bnd: 0.0,
-                        arena: s.arena,
-                        item: j as u32,
-                    };
-                    if (0..m).any(|d| !fits(self.used0[d] + ns.dc[d] + suf[d], self.caps[d])) {
-                        continue;
-                    }
-                    ns.bnd = self.bound(t + 1, &ns, thr - eps);
-                    if ns.bnd >= thr - eps {
-                        continue;
-                    }
-                    cand.push(ns);
-                }
-            }
-            if cand.len() as u64 > limits.states {
-                limits.states = 0;
-                return CoreOutcome::Aborted;
-            }
-            limits.states -= cand.len() as u64;
-            // Dominance: sorted by (Δc_1, Δc_2, Δf), a state no better than an earlier one with
-            // the same Δc_1 is dropped.
-            perm.clear();
-            perm.extend(0..cand.len() as u32);
-            perm.sort_unstable_by(|&a, &b| {
-                let (x, y) = (&cand[a as usize], &cand[b as usize]);
-                x.dc[0]
-                    .total_cmp(&y.dc[0])
-                    .then(x.dc[1].total_cmp(&y.dc[1]))
-                    .then(x.df.total_cmp(&y.df))
-            });
-            states.clear();
-            let mut run_min = f64::INFINITY;
-            let mut bucket = f64::NAN;
-            for &pi in &perm {
-                let s = cand[pi as usize];
-                if s.bnd >= thr - eps {
-                    continue;
-                }
-                if m == 1 {
-                    if s.df >= run_min {
-                        continue;
-                    }
-                    run_min = s.df;
-                } else {
-                    // Within one Δc_1 value (sorted by Δc_2): a running least Δf. States with
-                    // different Δc_1 are not compared (cheaper, and rarely dominated).
-                    if s.dc[0] != bucket {
-                        bucket = s.dc[0];
-                        run_min = f64::INFINITY;
-                    }
-                    if s.df >= run_min {
-                        continue;
-                    }
-                    run_min = s.df;
-                }
-                if states.len() >= MAX_LIVE {
-                    return CoreOutcome::Aborted;
-                }
-                states.push(s);
-            }
-            if let Some(b) = beam {
-                if states.len() > b {
-                    limits.truncated = true;
-                    states.select_nth_unstable_by(b, |x, y| x.bnd.total_cmp(&y.bnd));
-                    states.truncate(b);
-                }
-            }
-            if arena.len() + states.len() > MAX_ARENA {
-                return CoreOutcome::Aborted;
-            }
-            for s in states.iter_mut() {
-                arena.push((s.arena, s.item));
-                s.arena = (arena.len() - 1) as u32;
-                consider(s, t + 1, &mut thr);
-            }
-            if states.is_empty() {
+        });
+        let mut heap: BinaryHeap<Reverse<(OrdF64, u32)>> = BinaryHeap::new();
+        heap.push(Reverse((OrdF64(root_bnd), 0)));
+        // Dominance buckets: (level, Δc_1 bits) → Δc_2 (ordered key) → Δf of the states kept.
+        let mut seen: HashMap<(u32, u64), BTreeMap<u64, f64>, FastHash> = HashMap::default();
+        let mut pops = 0u64;
+        while let Some(Reverse((OrdF64(b), idx))) = heap.pop() {
+            if b >= thr - eps {
                 break;
             }
+            pops += 1;
+            // Every state left (this one included) has a bound of at least `b`.
+            let aborted = |best: Option<(f64, u32)>, nodes: &[Node]| CoreOutcome::Aborted {
+                bound: b,
+                best: self.best_first_path(best, nodes),
+            };
+            if pops.is_multiple_of(1024)
+                && limits
+                    .deadline
+                    .is_some_and(|dl| std::time::Instant::now() >= dl)
+            {
+                return aborted(best, &nodes);
+            }
+            let Node { s, level, .. } = nodes[idx as usize];
+            let t = level as usize;
+            let suf = self.suf_min[t + 1];
+            for (j, &(_, df, dc)) in self.levels[t].iter().enumerate() {
+                let ns = St {
+                    df: s.df + df,
+                    dc: [s.dc[0] + dc[0], s.dc[1] + dc[1]],
+                };
+                if (0..m).any(|d| !fits(self.used0[d] + ns.dc[d] + suf[d], self.caps[d])) {
+                    continue;
+                }
+                let bnd = self.bound(t + 1, &ns, thr - eps);
+                if bnd >= thr - eps {
+                    continue;
+                }
+                // Dominance within (level, Δc_1): each bucket is a Pareto front ordered by Δc_2
+                // with strictly falling Δf, so the entry of largest Δc_2 ≤ the new one's has the
+                // least Δf among those that could dominate it. (+0.0 folds −0 into +0.)
+                let key = ((t + 1) as u32, (ns.dc[0] + 0.0).to_bits());
+                let front = seen.entry(key).or_default();
+                let k2 = ord_key(ns.dc[1]);
+                if front
+                    .range(..=k2)
+                    .next_back()
+                    .is_some_and(|(_, &f)| f <= ns.df)
+                {
+                    continue;
+                }
+                // Entries from Δc_2 on with Δf ≥ the new one's are now dominated.
+                let gone: Vec<u64> = front
+                    .range(k2..)
+                    .take_while(|(_, &f)| f >= ns.df)
+                    .map(|(&k, _)| k)
+                    .collect();
+                for k in gone {
+                    front.remove(&k);
+                }
+                front.insert(k2, ns.df);
+                if limits.states == 0 || nodes.len() >= MAX_NODES {
+                    limits.states = 0;
+                    return aborted(best, &nodes);
+                }
+                limits.states -= 1;
+                let id = nodes.len() as u32;
+                nodes.push(Node {
+                    s: ns,
+                    level: (t + 1) as u32,
+                    parent: idx,
+                    item: j as u32,
+                });
+                let v = self.f0 + ns.df;
+                if self.feasible(&ns.dc) && v < thr - eps {
+                    thr = v;
+                    best = Some((v, id));
+                }
+                if t + 1 < k_n {
+                    heap.push(Reverse((OrdF64(bnd), id)));
+                }
+            }
         }
-        let Some((v, mut a, depth)) = best else {
-            return CoreOutcome::Done(None);
-        };
-        let mut out = self.x0.clone();
-        let mut t = depth;
-        while a != u32::MAX {
-            t -= 1;
-            let (parent, j) = arena[a as usize];
-            out[self.order[t]] = self.levels[t][j as usize].0;
-            a = parent;
-        }
-        CoreOutcome::Done(Some((v, out)))
+        self.best_first_answer(best, &nodes)
     }
+
+    /// The answer of a finished best-first search.
+    fn best_first_answer(&self, best: Option<(f64, u32)>, nodes: &[Node]) -> CoreOutcome {
+        CoreOutcome::Done(self.best_first_path(best, nodes))
+    }
+
+    /// The solution of a best-first search: its state's path, other groups at `x0`.
+    fn best_first_path(
+        &self,
+        best: Option<(f64, u32)>,
+        nodes: &[Node],
+    ) -> Option<(f64, Vec<usize>)> {
+        let (v, mut id) = best?;
+        let mut out = self.x0.clone();
+        while id != u32::MAX {
+            let nd = nodes[id as usize];
+            if nd.level == 0 {
+                break;
+            }
+            let t = nd.level as usize - 1;
+            out[self.order[t]] = self.levels[t][nd.item as usize].0;
+            id = nd.parent;
+        }
+        Some((v, out))
+    }
+}
+
+/// Multiply-rotate hasher for the best-first search's small integer keys.
+#[derive(Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FastHash = std::hash::BuildHasherDefault<FastHasher>;
+
+/// `v` as a `u64` in the order of `f64::total_cmp` (−0 folded into +0).
+fn ord_key(v: f64) -> u64 {
+    let b = (v + 0.0).to_bits();
+    if b >> 63 == 1 {
+        !b
+    } else {
+        b | (1 << 63)
+    }
+}
+
+/// An `f64` ordered by `total_cmp` (heap keys).
+#[derive(Clone, Copy, PartialEq)]
+struct OrdF64(f64);
+
+impl Eq for OrdF64 {}
+
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdF64 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Builds the tables of `specs` (row, multipliers, grid unit, estimated cells) in order; on
+/// two threads, balanced by cells, when there are enough cells to repay the thread.
+fn build_tables(
+    levels: &[Level],
+    slack: &[f64; 2],
+    specs: &[(usize, Vec<f64>, f64, usize)],
+) -> Vec<SufTable> {
+    let build =
+        |sp: &(usize, Vec<f64>, f64, usize)| SufTable::new(levels, sp.0, &sp.1, sp.2, slack[sp.0]);
+    let total: usize = specs.iter().map(|sp| sp.3).sum();
+    let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    if !two_cores || specs.len() < 2 || total < PARALLEL_CELLS {
+        return specs.iter().map(build).collect();
+    }
+    // Largest first into the lighter bin.
+    let mut by_size: Vec<usize> = (0..specs.len()).collect();
+    by_size.sort_by_key(|&i| std::cmp::Reverse(specs[i].3));
+    let mut bins: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+    let mut load = [0usize; 2];
+    for i in by_size {
+        let b = usize::from(load[1] < load[0]);
+        bins[b].push(i);
+        load[b] += specs[i].3;
+    }
+    let mut built: Vec<(usize, SufTable)> = std::thread::scope(|sc| {
+        let other = sc.spawn(|| {
+            bins[1]
+                .iter()
+                .map(|&i| (i, build(&specs[i])))
+                .collect::<Vec<_>>()
+        });
+        let mut mine: Vec<(usize, SufTable)> =
+            bins[0].iter().map(|&i| (i, build(&specs[i]))).collect();
+        let theirs = other
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        mine.extend(theirs);
+        mine
+    });
+    built.sort_by_key(|(i, _)| *i);
+    built.into_iter().map(|(_, tb)| tb).collect()
 }
 
 /// Golden-section search over a relaxed row's multiplier in `[0, 2·start]` for the largest
@@ -739,6 +875,67 @@ mod tests {
     use crate::random::hawq_like;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn ord_key_follows_the_float_order() {
+        let v = [-1e300, -2.5, -1.0, -1e-300, 0.0, 1e-300, 1.0, 2.5, 1e300];
+        for w in v.windows(2) {
+            assert!(ord_key(w[0]) < ord_key(w[1]), "{} vs {}", w[0], w[1]);
+        }
+        assert_eq!(ord_key(-0.0), ord_key(0.0));
+    }
+
+    /// Tables built on two threads are the ones built one by one, in the order asked.
+    #[test]
+    fn parallel_table_build_keeps_order_and_values() {
+        let bits = [(2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8)];
+        let p = hawq_like(
+            5,
+            120,
+            &bits,
+            &[(CostKind::ModelSize, 0.5), (CostKind::Bops, 0.45)],
+        );
+        let r = Reduced::new(&p).unwrap();
+        let alive: Vec<Vec<usize>> = (0..r.n_groups()).map(|g| r.items(g).collect()).collect();
+        let lam = [1e-9, 1e-4];
+        let val = |i: usize| r.obj[i] + lam[0] * r.c(i)[0] + lam[1] * r.c(i)[1];
+        let mut rc = vec![0.0; r.obj.len()];
+        for v in &alive {
+            let mn = v.iter().map(|&i| val(i)).fold(f64::INFINITY, f64::min);
+            for &i in v {
+                rc[i] = val(i) - mn;
+            }
+        }
+        let core = CoreDp::new(&r, &alive, &lam, &rc, f64::INFINITY, 4096, None, false);
+        assert!(core.core_groups() > 50);
+        let mut specs = Vec::new();
+        for (k, f) in [1.0, 0.5, 2.0, 0.8, 1.25].iter().enumerate() {
+            let d = k % 2;
+            let mut l = vec![lam[0] * f, lam[1] * f];
+            l[d] = 0.0;
+            let (unit, _) = grid_unit(&core.levels, d, PARALLEL_CELLS);
+            let cells: usize = window(&core.levels, d, unit, core.slack[d]).3.iter().sum();
+            specs.push((d, l, unit, cells));
+        }
+        let total: usize = specs.iter().map(|sp| sp.3).sum();
+        assert!(
+            total >= PARALLEL_CELLS,
+            "{total} cells: the parallel path is not taken"
+        );
+        let par = build_tables(&core.levels, &core.slack, &specs);
+        assert_eq!(par.len(), specs.len());
+        for (tb, sp) in par.iter().zip(&specs) {
+            let one = SufTable::new(&core.levels, sp.0, &sp.1, sp.2, core.slack[sp.0]);
+            assert_eq!(tb.d, sp.0);
+            assert_eq!(tb.lam, sp.1);
+            assert_eq!(tb.h.len(), sp.3);
+            assert!(tb
+                .h
+                .iter()
+                .zip(&one.h)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+    }
 
     /// Every state's bound (all tables, extra ones included, on a coarse grid) is at most the
     /// objective of every feasible completion of it, and the exact search finds the optimum.
@@ -786,9 +983,6 @@ mod tests {
                 let mut s = St {
                     df: 0.0,
                     dc: [0.0, 0.0],
-                    bnd: 0.0,
-                    arena: 0,
-                    item: 0,
                 };
                 let mut prefix = Vec::with_capacity(k + 1);
                 prefix.push(s);
@@ -824,12 +1018,14 @@ mod tests {
                     break;
                 }
             }
-            let mut limits = CoreLimits {
-                deadline: None,
-                states: u64::MAX,
-                truncated: false,
+            let run = |theta: f64| {
+                let mut limits = CoreLimits {
+                    deadline: None,
+                    states: u64::MAX,
+                };
+                core.search_best_first(theta, &mut limits)
             };
-            match core.search(f64::INFINITY, None, &mut limits) {
+            match run(f64::INFINITY) {
                 CoreOutcome::Done(Some((v, items))) => {
                     assert!(r.feasible(&items), "seed {seed}");
                     assert!(
@@ -838,7 +1034,22 @@ mod tests {
                     );
                 }
                 CoreOutcome::Done(None) => assert!(best.is_infinite(), "seed {seed}"),
-                CoreOutcome::Aborted => panic!("seed {seed}: aborted"),
+                CoreOutcome::Aborted { .. } => panic!("seed {seed}: aborted"),
+            }
+            if best.is_finite() {
+                // Nothing lies strictly below the optimum; just above it, the optimum is found.
+                assert!(
+                    matches!(run(best), CoreOutcome::Done(None)),
+                    "seed {seed}: a solution below the optimum {best}"
+                );
+                let above = best + 1e-6 * best.abs().max(1.0);
+                match run(above) {
+                    CoreOutcome::Done(Some((v, items))) => {
+                        assert!(r.feasible(&items), "seed {seed}");
+                        assert!((v - best).abs() <= 1e-9 * best.abs().max(1.0));
+                    }
+                    _ => panic!("seed {seed}: optimum {best} not found below {above}"),
+                }
             }
         }
         assert!(checked > 1000, "only {checked} bounds checked");

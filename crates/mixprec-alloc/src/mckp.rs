@@ -23,37 +23,39 @@
 //!    - a dynamic programme per budget row keeping that row integral (costs rounded *down* to a
 //!      grid, exact when the costs share an integer unit that fits the grid) and the other rows
 //!      Lagrangian-relaxed, tabulated per suffix of groups — O(m) per node; with two rows the
-//!      other row's multiplier is tuned for the best root bound, and small extra tables at
-//!      multiples of it (0.7×, 1.4×) tighten the bound of nodes far from the root,
+//!      other row's multiplier is tuned for the best root bound, small extra tables at
+//!      multiples of it (0.7×, 1.4×) tighten the bound of nodes far from the root, and a row
+//!      whose root bound gains little over `L(λ)` compared with the other row is left out
+//!      (every node would pay for a table that rarely cuts),
 //!    - the LP relaxation of each row alone and of the λ-weighted surrogate row (segments of the
 //!      groups' convex hulls merged by slope; per-level running sums read by binary search
 //!      when they fit), and a cheapest-completion feasibility test;
 //! 7. with two rows, when the depth-first search has not finished within
 //!    [`Limits::dfs_first_nodes`] nodes (or is skipped because more than
-//!    [`Limits::dfs_max_groups`] groups are undecided), the bounded dominance programme over
+//!    [`Limits::dfs_max_groups`] groups are undecided), the best-first dominance search over
 //!    the core (module `core_dp`): states `(Δc₁, Δc₂, Δf)` relative to the Lagrangian
-//!    solution, one group at a time, dominated states and states whose suffix bound reaches a
-//!    threshold `θ` dropped. A bisection over `θ` gives a proven lower bound; rounds of growing
-//!    `θ` (each a beam search over one shared core, repeated exactly only when the beam dropped
-//!    states) then prove that no solution lies below `θ` or return the best one below it; the
-//!    shared core is built for a cap at least `(proven − LB) / 4` above the bound, so that
-//!    small late steps do not rebuild it. The
-//!    rounds' suffix bounds use several multipliers for the relaxed row (the partial
-//!    Lagrangian dual of a state is not maximised by the root's multiplier).
+//!    solution, expanded best bound first, dominated states and states whose suffix bound
+//!    reaches the incumbent dropped. The core of the items with reduced cost below `θ − LB`
+//!    holds every solution below `θ`: a bisection over `θ` on cheap cores (a sixteenth of the
+//!    cells) gives a proven lower bound, the core with extra tables is built for a cap half
+//!    of `proven − LB` above it, and the search returns the best solution below the cap
+//!    (optimal) or proves that none exists (then the cap grows). The suffix bounds use
+//!    several multipliers for the relaxed row (the partial Lagrangian dual of a state is not
+//!    maximised by the root's multiplier).
 //!
 //! The result is optimal up to a relative tolerance of 1e-9 in objective (1e-12 in the core
 //! programme) and budgets; when a node or time limit stops the search, the solver says so and
 //! reports the best solution and a proven lower bound ([`Failure::Limit`]) instead of a guess.
 //! Complexity: presolve `O(Σ_g k_g² m)`, Lagrangian `O(N log N)` per coordinate step (N items),
 //! DP tables `O(K · C · k)` for K undecided groups and C ≤ 16384 cells, branch and bound and
-//! the core programme exponential in the worst case. Measured (random HAWQ-like instances of
-//! `bench/alloc/pulp_compare.py`, `examples/solve_bench.rs`, 2 cores under a load average of
-//! 4–8): one budget, 2000 layers × 6 options in ~30 ms; size + BOPs budgets: 54 × 4 in
-//! ~1.2–1.4 ms (depth-first search, ≈ 11.6 k nodes), 560 × 6 in ~60–100 ms (≈ 0.13 M
-//! states) and 2000 × 6 in ~85–120 ms (≈ 0.33 M states) in the core programme, where building
-//! the bound tables takes about half of the time. Some other random instances of 560 and
-//! 2000 layers with a large integrality gap still run into the state limit (and report a
-//! proven bound).
+//! the core search exponential in the worst case. Measured (random HAWQ-like instances of
+//! `bench/alloc/pulp_compare.py`, `examples/solve_bench.rs`, 2 cores shared with other
+//! builds): one budget, 2000 layers × 6 options in ~30 ms; size + BOPs budgets: 54 × 4 in
+//! ~0.8–1.0 ms (depth-first search, ≈ 11.6 k nodes), 560 × 6 in ~30–45 ms (≈ 28 k states)
+//! and 2000 × 6 in ~30–45 ms (≈ 37 k states) in the core search, where building the bound
+//! tables takes about half of the time. Some other random instances of 2000 layers with a
+//! large integrality gap and a poor first incumbent still run into the time or state limit
+//! (and report a proven bound).
 
 use std::time::Instant;
 
@@ -67,29 +69,25 @@ const DFS_TABLE_CELLS: usize = 100_000;
 const DFS_TUNE_CELLS: usize = 256;
 /// Golden-section steps of that tuning.
 const DFS_TUNE_STEPS: usize = 4;
+/// A depth-first row table is kept only when its root bound gains at least this fraction of
+/// the best row's gain over the Lagrangian bound.
+const DFS_KEEP_FRAC: f64 = 0.25;
 /// Multiples of the tuned multiplier of the relaxed row for extra depth-first bound tables.
 const DFS_EXTRA_FACTORS: &[f64] = &[0.7, 1.4];
 /// Most cells per group of an extra depth-first bound table.
 const DFS_EXTRA_CELLS: usize = 256;
 /// Default of [`Limits::dfs_max_groups`].
 const DFS_MAX_GROUPS: usize = 120;
-/// Width of the beam search that seeds the incumbent.
-const BEAM: usize = 20_000;
 /// Bisection steps for the core's proven lower bound.
 const BISECT_STEPS: usize = 10;
-/// Growth of the threshold step between rounds of the core programme: a round far above the
-/// optimum explores many states before it meets a solution, so the steps grow slowly.
-const ROUND_GROWTH: f64 = 1.05;
-/// The first round's step is `(proven − LB) / ROUND_START_DIV` (the cost of a round grows
-/// steeply with how far its threshold lies above the optimum).
-const ROUND_START_DIV: f64 = 32.0;
-/// A round's core is built for the threshold `proven + CAP_FACTOR · (θ − proven)` (at least
-/// `proven + CAP_FLOOR · (proven − LB)`) and reused by the following rounds up to it.
-const CAP_FACTOR: f64 = 8.0;
-/// See [`CAP_FACTOR`].
-const CAP_FLOOR: f64 = 0.25;
-/// The bisection's cores get this fraction of [`CORE_CELLS`] (a slightly weaker bound).
-const BISECT_CELL_DIV: usize = 4;
+/// The bisection stops once its interval is below `(proven − LB) / BISECT_STOP_DIV`.
+const BISECT_STOP_DIV: f64 = 8.0;
+/// The core with extra tables is built for the threshold `proven + CAP_FLOOR · (proven − LB)`
+/// (a larger core has coarser tables and a weaker bound; a smaller one may not reach the
+/// optimum, and then a core for a larger threshold is built).
+const CAP_FLOOR: f64 = 0.5;
+/// The bisection's cores get this fraction of [`CORE_CELLS`] (a weaker bound, built fast).
+const BISECT_CELL_DIV: usize = 16;
 use crate::core_dp::CoreLimits;
 use crate::reduce::Reduced;
 
@@ -135,8 +133,6 @@ pub struct Stats {
     pub root_lp: f64,
     /// Branch-and-bound nodes explored.
     pub nodes: u64,
-    /// Objective after the beam search over the core (inf if none).
-    pub beam_incumbent: f64,
     /// Proven lower bound on the optimum: the optimum itself when solved, else the best
     /// bound proven before a limit stopped the search.
     pub proven_bound: f64,
@@ -481,15 +477,13 @@ impl<'a> Solver<'a> {
         }
     }
 
-    /// Rounds of the bounded dominance programme over the core (module `core_dp`) for two
-    /// rows, started from the incumbent `best_x` of value `ub`. The core of the items with
-    /// reduced cost below `θ − LB` has a root bound valid for every solution below `θ`: a
-    /// bisection (on cores with a quarter of the cells and no extra tables) finds the largest
-    /// `θ` it rules out, a proven lower bound; then rounds of growing `θ` either prove that no
-    /// solution lies below `θ` or return the best one below it, which is optimal. Each round
-    /// first runs a beam search; when the beam dropped nothing its answer is already the exact
-    /// one, otherwise it may lower `θ` before the exact run. The rounds share one core (with
-    /// extra bound tables) built for a cap above `θ`, rebuilt only when `θ` passes the cap.
+    /// The best-first search over the core (module `core_dp`) for two rows, started from the
+    /// incumbent `best_x` of value `ub`. The core of the items with reduced cost below
+    /// `θ − LB` holds every solution below `θ`, so its root bound is a lower bound for them:
+    /// a bisection over `θ` on cheap cores (a sixteenth of the cells, no extra tables) finds a
+    /// proven lower bound; the core with extra tables is then built for a cap a little above
+    /// it, and the best-first search either returns the best solution below the cap (optimal)
+    /// or proves that none exists, after which the cap grows.
     #[allow(clippy::too_many_arguments)]
     fn core_rounds(
         &mut self,
@@ -540,8 +534,8 @@ impl<'a> Solver<'a> {
             // Even the whole problem's bound says no choice fits every row.
             return Err(Failure::Infeasible);
         }
-        // Bisection on θ with the cores' root bounds (main tables only): the largest θ ruled
-        // out is a proven lower bound.
+        // Bisection on θ with the cheap cores' root bounds: every θ evaluated proves
+        // min(θ, root bound of its core).
         let mut proven = lb;
         let mut hi = if ub.is_finite() {
             ub
@@ -555,15 +549,17 @@ impl<'a> Solver<'a> {
             }
         }
         for _ in 0..BISECT_STEPS {
-            // The rounds below start δ = (proven − LB) / ROUND_START_DIV above the bound:
-            // finer is moot.
-            if hi - proven <= tol(hi).max((proven - lb) / ROUND_START_DIV) {
+            // The cap below lies CAP_FLOOR · (proven − LB) above the bound: finer is moot.
+            if hi - proven <= tol(hi).max((proven - lb) / BISECT_STOP_DIV) {
                 break;
             }
             let mid = 0.5 * (proven + hi);
-            if core_of(mid, false).root_bound() >= mid {
+            let rb = core_of(mid, false).root_bound();
+            if rb >= mid {
                 proven = mid;
             } else {
+                // Every solution below `mid` uses only that core's items: it is at least `rb`.
+                proven = proven.max(rb);
                 hi = mid;
             }
         }
@@ -571,80 +567,67 @@ impl<'a> Solver<'a> {
             stats.nodes = states;
             stats.root_lp = proven;
         };
-        if proven >= ub - tol(ub) {
-            finish(&mut self.stats, states, proven);
-            return best_x.ok_or(Failure::Infeasible);
-        }
-        let mut delta = (proven - lb).max(tol(proven)) / ROUND_START_DIV;
-        let cap_floor = (proven - lb).max(tol(proven)) * CAP_FLOOR;
-        let mut theta = (proven + delta).min(ub);
-        let left = |states: u64| limits.node_limit.saturating_sub(states);
-        // The round's core (with extra tables) is built for a cap above θ and reused while θ
-        // stays below it: a core for a larger θ holds every item a smaller θ needs.
-        let mut built: Option<(f64, CoreDp)> = None;
         loop {
-            if built.as_ref().is_none_or(|(cap, _)| theta > *cap) {
-                let reach = (CAP_FACTOR * (theta - proven)).max(cap_floor);
-                let cap = (proven + reach).min(ub).max(theta);
-                built = Some((cap, core_of(cap, true)));
+            if proven >= ub - tol(ub) {
+                finish(&mut self.stats, states, proven);
+                return best_x.ok_or(Failure::Infeasible);
             }
-            let core = &built.as_ref().expect("built above").1;
+            let mut cap = proven + (proven - lb).max(tol(proven)) * CAP_FLOOR;
+            if cap - lb > 1e6 * proven.abs().max(1.0) {
+                // Without an incumbent the cap could grow for ever: search everything.
+                cap = f64::INFINITY;
+            }
+            let cap = cap.min(ub);
+            let core = core_of(cap, true);
             self.stats.core_groups = core.core_groups();
+            // Every solution below the cap uses only the core's items.
+            proven = proven.max(core.root_bound().min(cap));
+            if proven >= ub - tol(ub) {
+                continue;
+            }
             let mut run_limits = CoreLimits {
                 deadline: limits.deadline,
-                states: left(states),
-                truncated: false,
+                states: limits.node_limit.saturating_sub(states),
             };
-            let beam_out = core.search(theta, Some(BEAM), &mut run_limits);
+            let out = core.search_best_first(cap, &mut run_limits);
             states = limits.node_limit - run_limits.states.min(limits.node_limit);
-            let out = if run_limits.truncated || matches!(beam_out, CoreOutcome::Aborted) {
-                if let CoreOutcome::Done(Some((v, items))) = beam_out {
-                    if v < ub {
-                        ub = v;
-                        best_x = Some(items);
-                        self.stats.beam_incumbent = ub;
-                        theta = theta.min(ub);
-                    }
-                }
-                let mut run_limits = CoreLimits {
-                    deadline: limits.deadline,
-                    states: left(states),
-                    truncated: false,
-                };
-                let out = core.search(theta, None, &mut run_limits);
-                states = limits.node_limit - run_limits.states.min(limits.node_limit);
-                out
-            } else {
-                // The beam dropped nothing: its answer is the exact one.
-                beam_out
-            };
             match out {
                 CoreOutcome::Done(Some((v, items))) => {
                     finish(&mut self.stats, states, v);
                     return Ok(items);
                 }
                 CoreOutcome::Done(None) => {
-                    proven = proven.max(theta);
-                    if theta >= ub {
+                    // No solution below the cap: the incumbent is optimal when the cap is
+                    // `ub` (no solution at all when both are infinite), else the next core
+                    // reaches further.
+                    if cap == f64::INFINITY {
                         finish(&mut self.stats, states, proven);
                         return best_x.ok_or(Failure::Infeasible);
                     }
+                    proven = proven.max(cap);
                 }
-                CoreOutcome::Aborted => break,
+                CoreOutcome::Aborted { bound, best } => {
+                    // The search's solution and bound are kept: the limit's certificate is
+                    // `proven ≤ optimum ≤ ub`.
+                    if let Some((v, items)) = best {
+                        if v < ub {
+                            ub = v;
+                            best_x = Some(items);
+                        }
+                    }
+                    proven = proven.max(bound.min(cap)).min(ub);
+                    finish(&mut self.stats, states, proven);
+                    if proven >= ub - tol(ub) {
+                        return best_x.ok_or(Failure::Infeasible);
+                    }
+                    return Err(Failure::Limit {
+                        nodes: states,
+                        best: ub,
+                        bound: proven,
+                    });
+                }
             }
-            delta *= ROUND_GROWTH;
-            theta = if delta > 1e6 * proven.abs().max(1.0) {
-                f64::INFINITY
-            } else {
-                (theta + delta).min(ub)
-            };
         }
-        finish(&mut self.stats, states, proven);
-        Err(Failure::Limit {
-            nodes: states,
-            best: ub,
-            bound: proven,
-        })
     }
 
     fn run(&mut self, limits: &Limits) -> Result<Vec<usize>, Failure> {
@@ -826,8 +809,9 @@ struct LpRow {
     prefix: Option<LpPrefix>,
 }
 
-/// Per-level start offsets and running `(Σ weight, Σ objective)` sums of an [`LpRow`].
-type LpPrefix = (Vec<usize>, Vec<(f64, f64)>);
+/// Per-level start offsets and running `(Σ weight, Σ objective, slope of the segment)` of an
+/// [`LpRow`] (the slope saves a division per bound).
+type LpPrefix = (Vec<usize>, Vec<(f64, f64, f64)>);
 
 /// Largest `levels × segments` for which [`LpRow`] keeps per-level running sums.
 const LP_PREFIX_CELLS: usize = 1 << 20;
@@ -875,7 +859,7 @@ impl LpRow {
                     if lvl >= t {
                         w += dw;
                         o += dobj;
-                        sums.push((w, o));
+                        sums.push((w, o, dobj / dw));
                     }
                 }
                 start[t + 1] = sums.len();
@@ -905,12 +889,15 @@ impl LpRow {
             }
             let run = &sums[start[t]..start[t + 1]];
             // Segments taken whole: the running weight stays within the capacity.
-            let j = run.partition_point(|&(w, _)| w <= cap);
-            let (w0, o0) = if j == 0 { (0.0, 0.0) } else { run[j - 1] };
+            let j = run.partition_point(|&(w, _, _)| w <= cap);
+            let (w0, o0) = if j == 0 {
+                (0.0, 0.0)
+            } else {
+                (run[j - 1].0, run[j - 1].1)
+            };
             v += o0;
             if j < run.len() {
-                let (dw, dobj) = (run[j].0 - w0, run[j].1 - o0);
-                v += dobj * (cap - w0).max(0.0) / dw;
+                v += run[j].2 * (cap - w0).max(0.0);
             }
             return v;
         }
@@ -1130,37 +1117,50 @@ impl<'a> Dfs<'a> {
         let mut infeasible = false;
         if nb > 0 {
             let max_cells = (DFS_TABLE_CELLS / ((nb + 1) * m)).clamp(64, 1 << 14);
-            for d in 0..m {
-                match DpRow::new(r, d, lam, &levels, base_used[d], max_cells) {
-                    Some(row) => {
-                        let row = if m == 2 {
-                            // Partial Lagrangian dual: tune the other row's multiplier for
-                            // the best root bound (the bound is concave in it).
-                            let e = 1 - d;
-                            let at = |row: &DpRow| row.bound(0, &base_used, &r.caps);
-                            let build = |x: f64, cells: usize| {
-                                let mut l = lam.to_vec();
-                                l[e] = x;
-                                DpRow::new(r, d, &l, &levels, base_used[d], cells)
-                                    .expect("same room")
-                            };
-                            // Tune on a coarse grid, then build the fine table once.
-                            let coarse = max_cells.min(DFS_TUNE_CELLS);
-                            let best_x =
-                                crate::core_dp::tune_multiplier(lam[e], DFS_TUNE_STEPS, |x| {
-                                    at(&build(x, coarse))
-                                });
-                            if best_x == lam[e] {
-                                row
-                            } else {
-                                build(best_x, max_cells)
-                            }
-                        } else {
-                            row
-                        };
-                        dp.push(row)
+            if m == 2 {
+                // Partial Lagrangian dual per row: tune the other row's multiplier for the best
+                // root bound (the bound is concave in it) on a coarse grid, then build the fine
+                // table once. A row whose untuned root bound gains less than
+                // DFS_KEEP_FRAC of the best row's gain over LB is left out (its tables would
+                // rarely cut, and every node would pay for them).
+                let at = |row: &DpRow| row.bound(0, &base_used, &r.caps);
+                let coarse = max_cells.min(DFS_TUNE_CELLS);
+                let build = |d: usize, x: f64, cells: usize| {
+                    let mut l = lam.to_vec();
+                    l[1 - d] = x;
+                    DpRow::new(r, d, &l, &levels, base_used[d], cells)
+                };
+                let mut roots = [f64::NEG_INFINITY; 2];
+                for (d, root) in roots.iter_mut().enumerate() {
+                    match build(d, lam[1 - d], coarse) {
+                        Some(row) => *root = at(&row),
+                        None => infeasible = true,
                     }
-                    None => infeasible = true,
+                }
+                if !infeasible {
+                    let top = roots[0].max(roots[1]);
+                    for d in 0..2 {
+                        let gain = |v: f64| v + base_obj - lb;
+                        // (The best row is always kept.)
+                        if lb.is_finite()
+                            && roots[d] < top
+                            && gain(roots[d]) < DFS_KEEP_FRAC * gain(top)
+                        {
+                            continue;
+                        }
+                        let e = 1 - d;
+                        let best_x = crate::core_dp::tune_multiplier(lam[e], DFS_TUNE_STEPS, |x| {
+                            build(d, x, coarse).map_or(f64::INFINITY, |row| at(&row))
+                        });
+                        dp.push(build(d, best_x, max_cells).expect("same room"));
+                    }
+                }
+            } else {
+                for d in 0..m {
+                    match DpRow::new(r, d, lam, &levels, base_used[d], max_cells) {
+                        Some(row) => dp.push(row),
+                        None => infeasible = true,
+                    }
                 }
             }
             if m == 2 && !infeasible {
@@ -1565,6 +1565,18 @@ mod tests {
                             b <= o + 1e-9 * o.abs().max(1.0),
                             "seed {seed} level {t}: bound {b} above completion {o}"
                         );
+                        // Each row on its own (the maximum could hide a broken one).
+                        let rows =
+                            d.dp.iter()
+                                .map(|row| row.bound(t, pu, &r.caps))
+                                .chain(d.lp.iter().map(|row| row.bound(t, pu)));
+                        for (k, v) in rows.enumerate() {
+                            assert!(
+                                po + v <= o + 1e-9 * o.abs().max(1.0),
+                                "seed {seed} level {t} row {k}: {} above completion {o}",
+                                po + v
+                            );
+                        }
                         checked += 1;
                     }
                 }

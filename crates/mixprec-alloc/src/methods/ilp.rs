@@ -6,15 +6,16 @@
 //! HAWQ-V3 hands the ILP to PuLP/CBC; here it is our own multiple-choice knapsack solver
 //! ([`crate::mckp`]): dominance presolve, Lagrangian (= LP) bound, greedy incumbent,
 //! reduced-cost fixing, iterative widening and depth-first search with per-row
-//! dynamic-programming and LP bounds, and for two budgets a bounded dominance programme over
+//! dynamic-programming and LP bounds, and for two budgets a best-first dominance search over
 //! the core (module `core_dp`). Exact up to a relative tolerance of 1e-9; a node or time
 //! limit ends in [`AllocError::Limit`] with the best objective and a proven lower bound, never
 //! in a silent guess. `SolveCtx` notes `proven_bound` (the optimum when solved), `lower_bound`
-//! (Lagrangian), `nodes`, `core_groups`, `first_incumbent`, `beam_incumbent`.
+//! (Lagrangian), `nodes`, `core_groups`, `first_incumbent`.
 //! Complexity: `O(N log N)` bounding per multiplier update (N = layers × options), worst-case
-//! exponential search. Measured (`bench/alloc/pulp_compare.py`, loaded 2-core machine): one
-//! budget, 2000 × 6 in ~30 ms; two budgets (size + BOPs), 54 × 4 in ~1.2–1.5 ms, 560 × 6 in
-//! ~60–105 ms and 2000 × 6 in ~85–135 ms (PuLP + CBC: 74 ms, 1.8 s, 52 s in the same run).
+//! exponential search. Measured (`examples/solve_bench.rs` on the instances of
+//! `bench/alloc/pulp_compare.py`, 2-core machine shared with other builds, load 1.5–3): one
+//! budget, 2000 × 6 in ~30 ms; two budgets (size + BOPs), 54 × 4 in ~1.0 ms, 560 × 6 in
+//! ~25–35 ms and 2000 × 6 in ~28–40 ms (PuLP + CBC: 74 ms, 1.8 s, 52 s).
 
 use std::time::{Duration, Instant};
 
@@ -79,7 +80,6 @@ impl Allocator for Ilp {
         ctx.note("nodes", stats.nodes as f64);
         ctx.note("lower_bound", stats.lower_bound);
         ctx.note("first_incumbent", stats.first_incumbent);
-        ctx.note("beam_incumbent", stats.beam_incumbent);
         ctx.note("proven_bound", stats.proven_bound);
         ctx.note("root_lp", stats.root_lp);
         ctx.note("core_groups", stats.core_groups as f64);
