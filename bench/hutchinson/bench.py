@@ -151,7 +151,8 @@ def main():
                 raise SystemExit(f"{name}: layer {tl['name']} is missing from mixprec's table")
             se_m = md["rel_stderr"] * abs(md["trace"])
             se_t = tl["rel_stderr"] * abs(tl["trace"])
-            z = abs(md["trace"] - tl["trace"]) / max((se_m**2 + se_t**2) ** 0.5, 1e-30)
+            se = (se_m**2 + se_t**2) ** 0.5
+            z = abs(md["trace"] - tl["trace"]) / se if se > 0 else float("nan")
             rel = abs(md["trace"] - tl["trace"]) / max(abs(tl["trace"]), 1e-30)
             layers.append({"layer": tl["name"], "mixprec": md, "torch": tl, "z": z, "rel_diff": rel})
         results.append({
@@ -173,7 +174,7 @@ def main():
             f = lambda d: ("{:.4g} (exact)".format(d["trace"]) if d.get("exact") else
                            f"{d['trace']:.4g} ± {d['rel_stderr'] * abs(d['trace']):.2g} "
                            f"({int(d['probes'])}{', alone' if not d['joint'] else ''})")
-            print(f"| {l['layer']} | {f(l['mixprec'])} | {f(l['torch'])} | {l['z']:.2f} | {l['rel_diff']:.1e} |")
+            print(f"| {l['layer']} | {f(l['mixprec'])} | {f(l['torch'])} | {'—' if l['z'] != l['z'] else format(l['z'], '.2f')} | {l['rel_diff']:.1e} |")
         sys.stdout.flush()
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=1))
