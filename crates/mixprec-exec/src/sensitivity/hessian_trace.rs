@@ -167,10 +167,20 @@ impl HessianTrace {
     /// all layers first, layers whose estimate cannot converge that way probed alone (see the
     /// module doc).
     pub fn traces(&self, ctx: &SensCtx) -> Result<Vec<TraceEstimate>> {
-        if self.use_exact(ctx)? {
-            return self.exact_traces(ctx);
+        let exact = self.use_exact(ctx)?;
+        self.traces_with(ctx, exact)
+    }
+
+    /// Exact traces when `exact` (with `auto`, a model the exact computation cannot take
+    /// falls back to Hutchinson), else Hutchinson's estimate.
+    fn traces_with(&self, ctx: &SensCtx, exact: bool) -> Result<Vec<TraceEstimate>> {
+        if !exact {
+            return self.hutchinson(ctx);
         }
-        self.hutchinson(ctx)
+        match self.exact_traces(ctx) {
+            Err(_) if self.cfg.estimator == Estimator::Auto => self.hutchinson(ctx),
+            r => r,
+        }
     }
 
     /// Whether the configured estimator resolves to the exact computation on `ctx`.
@@ -560,11 +570,13 @@ impl SensitivityMetric for HessianTrace {
                 ENTRY.name, o.label
             )));
         }
-        let traces = if exact {
-            self.exact_traces(ctx)?
-        } else {
-            self.hutchinson(ctx)?
-        };
+        let traces = self.traces_with(ctx, exact)?;
+        if let (Some(o), true) = (act, traces.iter().any(|t| !t.exact)) {
+            return Err(ExecError::Invalid(format!(
+                "metric {}: the exact traces failed on this model, and Hutchinson probes score weights only; drop '{}' from the options",
+                ENTRY.name, o.label
+            )));
+        }
         let (in_err, in_size) = if act.is_some() {
             (input_errors(ctx)?, input_sizes(ctx)?)
         } else {
