@@ -60,32 +60,11 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV = os.environ.get("MIXPREC_ORT_VENV", "/tmp/venv-ort")
 
 
-def ensure_deps():
-    """Re-executes inside VENV (created on demand) when numpy/onnx/onnxruntime are missing."""
-    try:
-        import numpy  # noqa: F401
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        return
-    except ImportError:
-        pass
-    py = os.path.join(VENV, "bin", "python")
-    if os.path.realpath(sys.executable) == os.path.realpath(py) and os.environ.get("_MIXPREC_REEXEC"):
-        sys.exit(f"error: numpy, onnx and onnxruntime are still missing in {VENV}; "
-                 f"run {VENV}/bin/pip install numpy onnx onnxruntime")
-    if not os.path.exists(py):
-        print(f"creating {VENV} (numpy, onnx, onnxruntime)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-    subprocess.run([os.path.join(VENV, "bin", "pip"), "install", "-q", "numpy", "onnx", "onnxruntime"],
-                   check=True)
-    env = dict(os.environ, _MIXPREC_REEXEC="1")
-    os.execve(py, [py, os.path.abspath(__file__)] + sys.argv[1:], env)
+from ort_venv import ensure_ort  # noqa: E402
 
-
-ensure_deps()
+ensure_ort(__file__)
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402

@@ -52,26 +52,11 @@ import subprocess
 import sys
 import tempfile
 
-VENV = "/tmp/venv-ort"
 
 
-def ensure_deps():
-    try:
-        import numpy  # noqa: F401
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        py = os.path.join(VENV, "bin", "python")
-        if os.path.abspath(sys.executable) == os.path.abspath(py):
-            raise
-        if not os.path.exists(py):
-            subprocess.check_call([sys.executable, "-m", "venv", VENV])
-        subprocess.check_call([os.path.join(VENV, "bin", "pip"), "install", "-q",
-                               "numpy", "onnx", "onnxruntime"])
-        os.execv(py, [py] + sys.argv)
+from ort_venv import ensure_ort  # noqa: E402
 
-
-ensure_deps()
+ensure_ort(__file__)
 import collections  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
