@@ -876,6 +876,20 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
+    /// Reduced cost of every item under multipliers `lam`: its Lagrangian value minus the
+    /// least one of its group.
+    fn reduced_costs(r: &Reduced, alive: &[Vec<usize>], lam: &[f64]) -> Vec<f64> {
+        let val = |i: usize| r.obj[i] + lam[0] * r.c(i)[0] + lam[1] * r.c(i)[1];
+        let mut rc = vec![0.0; r.obj.len()];
+        for v in alive {
+            let mn = v.iter().map(|&i| val(i)).fold(f64::INFINITY, f64::min);
+            for &i in v {
+                rc[i] = val(i) - mn;
+            }
+        }
+        rc
+    }
+
     #[test]
     fn ord_key_follows_the_float_order() {
         let v = [-1e300, -2.5, -1.0, -1e-300, 0.0, 1e-300, 1.0, 2.5, 1e300];
@@ -898,14 +912,7 @@ mod tests {
         let r = Reduced::new(&p).unwrap();
         let alive: Vec<Vec<usize>> = (0..r.n_groups()).map(|g| r.items(g).collect()).collect();
         let lam = [1e-9, 1e-4];
-        let val = |i: usize| r.obj[i] + lam[0] * r.c(i)[0] + lam[1] * r.c(i)[1];
-        let mut rc = vec![0.0; r.obj.len()];
-        for v in &alive {
-            let mn = v.iter().map(|&i| val(i)).fold(f64::INFINITY, f64::min);
-            for &i in v {
-                rc[i] = val(i) - mn;
-            }
-        }
+        let rc = reduced_costs(&r, &alive, &lam);
         let core = CoreDp::new(&r, &alive, &lam, &rc, f64::INFINITY, 4096, None, false);
         assert!(core.core_groups() > 50);
         let mut specs = Vec::new();
@@ -965,14 +972,7 @@ mod tests {
             let lam: Vec<f64> = (0..2)
                 .map(|d| rng.random_range(0.0..2.0) * so / spread(&|i| r.c(i)[d]))
                 .collect();
-            let val = |i: usize| r.obj[i] + lam[0] * r.c(i)[0] + lam[1] * r.c(i)[1];
-            let mut rc = vec![0.0; r.obj.len()];
-            for v in &alive {
-                let mn = v.iter().map(|&i| val(i)).fold(f64::INFINITY, f64::min);
-                for &i in v {
-                    rc[i] = val(i) - mn;
-                }
-            }
+            let rc = reduced_costs(&r, &alive, &lam);
             let core = CoreDp::new(&r, &alive, &lam, &rc, f64::INFINITY, 64, None, true);
             assert!(core.tables.len() > 2, "seed {seed}: extra tables expected");
             // Enumerate every choice; check each prefix state's bound against feasible ones.
