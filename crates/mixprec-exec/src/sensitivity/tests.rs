@@ -282,11 +282,55 @@ fn small_cnn(seed: u64) -> Executor {
     Executor::new(b.finish(y)).unwrap()
 }
 
+/// Two convolution branches (one clipped to [0, 0.5] like ReLU6, one LeakyReLU) concatenated
+/// on channels → average pool → flatten → MatMul weight → + bias.
+fn branchy_cnn(seed: u64) -> Executor {
+    let (mut b, x) = GraphBuilder::new("branchy", 1, 4, 4, seed);
+    let a = b.conv("conv_a", x, 1, 2, 3, 1, 1, true);
+    let lo = b.constant("lo", mixprec_graph::Tensor::f32(vec![], vec![0.0]).unwrap());
+    let hi = b.constant("hi", mixprec_graph::Tensor::f32(vec![], vec![0.5]).unwrap());
+    let a = b.node("clip", Op::Clip, vec![a, lo, hi]);
+    let c = b.conv("conv_b", x, 1, 2, 3, 1, 1, false);
+    let c = b.node("leaky", Op::LeakyRelu { alpha: 0.1 }, vec![c]);
+    let y = b.node("cat", Op::Concat { axis: 1 }, vec![a, c]);
+    let window = mixprec_graph::Window {
+        kernel: vec![2, 2],
+        strides: vec![2, 2],
+        ..Default::default()
+    };
+    let y = b.node(
+        "avg",
+        Op::AveragePool {
+            window,
+            count_include_pad: false,
+        },
+        vec![y],
+    );
+    let y = b.node("flatten", Op::Flatten { axis: 1 }, vec![y]);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed + 7);
+    let w: Vec<f32> = (0..16 * 3).map(|_| rng.random_range(-0.9..0.9)).collect();
+    let w = b.constant(
+        "head.weight",
+        mixprec_graph::Tensor::f32(vec![16, 3], w).unwrap(),
+    );
+    let y = b.node("head", Op::MatMul, vec![y, w]);
+    let bias = b.constant(
+        "head.bias",
+        mixprec_graph::Tensor::f32(vec![3], vec![0.1, -0.2, 0.05]).unwrap(),
+    );
+    let y = b.node("bias", Op::Add, vec![y, bias]);
+    Executor::new(b.finish(y)).unwrap()
+}
+
 #[test]
 fn exact_traces_equal_the_trace_of_each_hessian_block() {
     // Against Σ_k e_kᵀ H e_k by double backward, on an MLP and on a CNN with BatchNorm, a max
     // pool, a residual Add and a depthwise convolution; two batches weigh by their sizes.
-    for (exec, cnn) in [(mlp(11), false), (small_cnn(4), true)] {
+    for (exec, cnn) in [
+        (mlp(11), false),
+        (small_cnn(4), true),
+        (branchy_cnn(2), false),
+    ] {
         let data = samples(10, 2);
         let ctx = SensCtx::new(&exec, &data, options("w4"), 10, 5).unwrap();
         if cnn {
