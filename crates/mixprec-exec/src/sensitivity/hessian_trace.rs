@@ -14,8 +14,10 @@
 //!   probes and no estimator error. It also gives the traces for input activations (Eq. 22),
 //!   so activation options (`a4`, `a8`) are scored with Ω = Tr(H_x)/n_x · E‖Q(x) − x‖².
 //! * `hutchinson`: the estimator below, for any twice-differentiable model (weights only).
-//! * `auto` (default): `exact` when it applies and its passes (≈ 3 per class) cost less than
-//!   the Hutchinson budget (≈ 5 per probe, `max_probes` probes), else `hutchinson`.
+//! * `auto` (default): `exact` for every layer followed by a piecewise-linear network and
+//!   `hutchinson` for the others (e.g. the layers before a Sigmoid gate), when the exact passes
+//!   (≈ 3 per class) cost less than the Hutchinson budget (≈ 5 per probe, `max_probes`
+//!   probes); else `hutchinson` everywhere.
 //!
 //! Hutchinson: H·z is exact: double backward ([`crate::grad::GradGraph::hvp`]) on a first-order graph kept
 //! per sample batch, of a model copy whose only tracked parameters are the weights probed
@@ -163,42 +165,73 @@ impl HessianTrace {
         Ok(HessianTrace { cfg })
     }
 
-    /// Hutchinson estimates of Tr(H_i) for every layer of `ctx` (Eq. 21–22): joint probes over
-    /// all layers first, layers whose estimate cannot converge that way probed alone (see the
-    /// module doc).
+    /// Estimates of Tr(H_i) for every layer of `ctx` (Eq. 21–22): exact for the layers
+    /// [`Self::exact_layers`] picks, Hutchinson's estimate (joint probes over those layers
+    /// first, layers whose estimate cannot converge that way probed alone; see the module doc)
+    /// for the others.
     pub fn traces(&self, ctx: &SensCtx) -> Result<Vec<TraceEstimate>> {
-        let exact = self.use_exact(ctx)?;
-        self.traces_with(ctx, exact)
-    }
-
-    /// Exact traces when `exact` (with `auto`, a model the exact computation cannot take
-    /// falls back to Hutchinson), else Hutchinson's estimate.
-    fn traces_with(&self, ctx: &SensCtx, exact: bool) -> Result<Vec<TraceEstimate>> {
-        if !exact {
+        let exact = self.exact_layers(ctx)?;
+        if exact.iter().all(|&e| !e) {
             return self.hutchinson(ctx);
         }
-        match self.exact_traces(ctx) {
-            Err(_) if self.cfg.estimator == Estimator::Auto => self.hutchinson(ctx),
-            r => r,
+        let pick = |want: bool| -> Vec<Layer> {
+            ctx.layers
+                .iter()
+                .zip(&exact)
+                .filter(|(_, &e)| e == want)
+                .map(|(l, _)| l.clone())
+                .collect()
+        };
+        let exact_est = match self.exact_traces(ctx, &pick(true)) {
+            Ok(t) => t,
+            // `auto`: a model the exact computation cannot take gets Hutchinson everywhere.
+            Err(_) if self.cfg.estimator == Estimator::Auto => return self.hutchinson(ctx),
+            Err(e) => return Err(e),
+        };
+        let rest = pick(false);
+        let mut probed = if rest.is_empty() {
+            Vec::new()
+        } else {
+            let sub = SensCtx {
+                exec: ctx.exec,
+                layers: rest,
+                options: ctx.options.clone(),
+                batches: ctx.batches.clone(),
+                ranges: ctx.ranges.clone(),
+                seed: ctx.seed,
+            };
+            self.hutchinson(&sub)?
         }
+        .into_iter();
+        let mut exact_est = exact_est.into_iter();
+        exact
+            .iter()
+            .map(|&e| {
+                if e { exact_est.next() } else { probed.next() }.ok_or_else(|| {
+                    ExecError::Invalid("hessian-trace: a layer has no estimate".into())
+                })
+            })
+            .collect()
     }
 
-    /// Whether the configured estimator resolves to the exact computation on `ctx`.
+    /// Whether every layer's trace is computed exactly on `ctx`.
     pub fn use_exact(&self, ctx: &SensCtx) -> Result<bool> {
-        let exact = match self.cfg.estimator {
-            Estimator::Hutchinson => return Ok(false),
-            Estimator::Exact => return Ok(true),
-            Estimator::Auto => true,
-        };
+        Ok(self.exact_layers(ctx)?.iter().all(|&e| e))
+    }
+
+    /// The layers whose traces the configured estimator computes exactly: none with
+    /// `hutchinson`, all with `exact`; with `auto`, the layers followed by a piecewise-linear
+    /// network ([`crate::ggn::non_linear_tail`]), when the exact passes (≈ 3 per class) cost
+    /// less than the Hutchinson budget (≈ 5 per probe, `max_probes` probes).
+    pub fn exact_layers(&self, ctx: &SensCtx) -> Result<Vec<bool>> {
+        let n = ctx.layers.len();
+        match self.cfg.estimator {
+            Estimator::Hutchinson => return Ok(vec![false; n]),
+            Estimator::Exact => return Ok(vec![true; n]),
+            Estimator::Auto => {}
+        }
         let g = ctx.exec.graph();
         let target = crate::grad::loss_target(ctx.exec)?;
-        if ctx
-            .layers
-            .iter()
-            .any(|l| crate::ggn::non_linear_tail(g, l, target.value).is_some())
-        {
-            return Ok(false);
-        }
         let classes = match ctx.batches.first() {
             Some((x, _)) => {
                 let x1 = x.narrow(0, 0, 1)?;
@@ -213,18 +246,25 @@ impl HessianTrace {
             }
             None => usize::MAX,
         };
-        Ok(exact && 3 * classes <= 5 * self.cfg.max_probes)
+        if 3 * classes > 5 * self.cfg.max_probes {
+            return Ok(vec![false; n]);
+        }
+        Ok(ctx
+            .layers
+            .iter()
+            .map(|l| crate::ggn::non_linear_tail(g, l, target.value).is_none())
+            .collect())
     }
 
-    /// Exact traces ([`crate::ggn`]), averaged over the samples of every batch.
-    fn exact_traces(&self, ctx: &SensCtx) -> Result<Vec<TraceEstimate>> {
-        let mut sums = vec![(0f64, 0f64); ctx.layers.len()];
+    /// Exact traces ([`crate::ggn`]) of `layers`, averaged over the samples of every batch.
+    fn exact_traces(&self, ctx: &SensCtx, layers: &[Layer]) -> Result<Vec<TraceEstimate>> {
+        let mut sums = vec![(0f64, 0f64); layers.len()];
         let mut total = 0usize;
         for (x, _) in &ctx.batches {
             let n = x.dims().first().copied().unwrap_or(0);
             let t = ctx
                 .exec
-                .exact_layer_traces(&ctx.layers, x, self.cfg.exact_rows)?;
+                .exact_layer_traces(layers, x, self.cfg.exact_rows)?;
             for (s, v) in sums.iter_mut().zip(t) {
                 s.0 += v.weight * n as f64;
                 s.1 += v.input * n as f64;
@@ -232,7 +272,7 @@ impl HessianTrace {
             total += n;
         }
         sums.into_iter()
-            .zip(&ctx.layers)
+            .zip(layers)
             .map(|((s, si), l)| {
                 let trace = s / total.max(1) as f64;
                 let input_trace = si / total.max(1) as f64;
@@ -563,14 +603,16 @@ impl SensitivityMetric for HessianTrace {
             .options
             .iter()
             .find(|o| o.target == OptionTarget::Activation);
-        let exact = self.use_exact(ctx)?;
-        if let (Some(o), false) = (act, exact) {
-            return Err(ExecError::Invalid(format!(
-                "metric {} scores activation options ('{}') only with exact traces, which need a piecewise-linear classifier after every layer and `\"estimator\"` auto or exact; drop the activation options or use output-mse, kl or sqnr",
-                ENTRY.name, o.label
-            )));
+        if let Some(o) = act {
+            let exact = self.exact_layers(ctx)?;
+            if let Some((l, _)) = ctx.layers.iter().zip(&exact).find(|(_, &e)| !e) {
+                return Err(ExecError::Invalid(format!(
+                    "metric {} scores activation options ('{}') only with exact traces, which need a piecewise-linear network after every layer (not after '{}') and `\"estimator\"` auto or exact; drop the activation options or use output-mse, kl or sqnr",
+                    ENTRY.name, o.label, l.name
+                )));
+            }
         }
-        let traces = self.traces_with(ctx, exact)?;
+        let traces = self.traces(ctx)?;
         if let (Some(o), true) = (act, traces.iter().any(|t| !t.exact)) {
             return Err(ExecError::Invalid(format!(
                 "metric {}: the exact traces failed on this model, and Hutchinson probes score weights only; drop '{}' from the options",

@@ -495,14 +495,28 @@ fn exact_traces_refuse_a_network_that_is_not_piecewise_linear() {
         (got[0].weight - want).abs() <= 1e-4 * want,
         "{got:?} vs {want}"
     );
-    // `auto` falls back to Hutchinson; `exact` is an error.
+    // `auto`: fc1 (Sigmoid after it) by Hutchinson probes, fc2 exactly; `exact` is an error.
     let auto = hessian_trace::HessianTrace::new(hessian_trace::Config::default()).unwrap();
     assert!(!auto.use_exact(&ctx).unwrap());
-    assert!(auto
-        .traces(&ctx)
-        .unwrap()
-        .iter()
-        .all(|e| !e.exact && e.probes > 0));
+    assert_eq!(auto.exact_layers(&ctx).unwrap(), [false, true]);
+    let est = auto.traces(&ctx).unwrap();
+    assert!(!est[0].exact && est[0].probes > 0, "{est:?}");
+    assert!(
+        est[1].exact && (est[1].trace - want).abs() <= 1e-4 * want,
+        "{est:?}"
+    );
+    // fc1's probes match the exact trace of its block within the estimate's error.
+    let want1 = exact_trace(&ctx, &ctx.layers[0]);
+    let se = est[0].rel_stderr * est[0].trace.abs();
+    assert!(
+        (est[0].trace - want1).abs() <= 4.0 * se,
+        "{:?} vs {want1}",
+        est[0]
+    );
+    // Activation options need every layer exact: the error names the layer.
+    let ctx_a = SensCtx::new(&exec, &data, options("w4,a8"), 8, 0).unwrap();
+    let e = auto.compute(&ctx_a).unwrap_err().to_string();
+    assert!(e.contains("'a8'") && e.contains("'fc1'"), "{e}");
     let forced = hessian_trace::HessianTrace::new(hessian_trace::Config {
         estimator: hessian_trace::Estimator::Exact,
         ..Default::default()
