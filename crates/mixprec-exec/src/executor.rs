@@ -19,7 +19,8 @@ static INIT: Once = Once::new();
 /// element-wise ops of ≥ 64 Ki elements over a pool whose caller waits for its workers by
 /// spinning, which collapses when the cores are shared (a `hessian-trace` run on ResNet-8 at
 /// load average ≈ 4.5 on 2 cores: 135 s with 2 pool threads, 38 s with 1). The compute-bound
-/// kernels (convolution, GEMM) still use every thread of rayon / `RAYON_NUM_THREADS`.
+/// kernels (convolution, GEMM) still use every thread of rayon / `RAYON_NUM_THREADS`, which
+/// defaults to the cores available to the process.
 pub fn init() {
     INIT.call_once(|| {
         // SAFETY-free in edition 2021: set once, before worker threads read them.
@@ -28,6 +29,13 @@ pub fn init() {
         }
         if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
             std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
+        // candle's matrix product asks for its thread count on every call, and without
+        // `RAYON_NUM_THREADS` that reads and parses /proc/cpuinfo each time (12 % of a
+        // `hessian-trace` run). Rayon's own default is the same count.
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         }
     });
 }
