@@ -479,6 +479,7 @@ impl Executor {
             Op::Sub => bin(Tensor::broadcast_sub),
             Op::Mul => bin(Tensor::broadcast_mul),
             Op::Div => bin(Tensor::broadcast_div),
+            Op::Relu if ops::lean(&x) => one(crate::pointwise::relu(&x).map_err(ce)?),
             Op::Relu => one(x.relu().map_err(ce)?),
             Op::LeakyRelu { alpha } => {
                 let neg = x

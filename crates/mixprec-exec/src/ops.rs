@@ -175,7 +175,18 @@ pub fn conv(
         group,
     ))?;
     if let Some(b) = b {
-        y = c(y.broadcast_add(&c(b.reshape((1, b.elem_count(), 1, 1)))?))?;
+        y = if !b.track_op() && lean(&y) && b.elem_count() == y.dims()[1] {
+            // y · 1 + b: the same values, one pass forward and backward.
+            let ones = vec![1f32; b.elem_count()];
+            c(crate::pointwise::channel_affine(
+                &y,
+                None,
+                ones,
+                Some(c(to_vec_f32(b))?),
+            ))?
+        } else {
+            c(y.broadcast_add(&c(b.reshape((1, b.elem_count(), 1, 1)))?))?
+        };
     }
     if cv.squeezed {
         y = c(y.squeeze(2))?;
@@ -227,6 +238,12 @@ impl Conv2d {
             squeezed,
         })
     }
+}
+
+/// Whether `x` can take the operators of [`crate::pointwise`] (f32 on the CPU, a channel
+/// dimension).
+pub fn lean(x: &Tensor) -> bool {
+    x.dtype() == DType::F32 && x.device().is_cpu() && x.rank() >= 2
 }
 
 /// Max or average pooling (1-D, 2-D or 3-D) with ONNX padding, dilations, ceil mode and
@@ -410,6 +427,17 @@ pub fn batch_norm(
     let r = |t: &Tensor| c(t.reshape(shape.as_slice()));
     let inv = c(c((var + eps as f64).and_then(|v| v.sqrt()))?.recip())?;
     let k = c(scale * inv)?;
+    let constant = [scale, bias, mean, var].iter().all(|t| !t.track_op());
+    if constant && lean(x) && k.elem_count() == x.dims()[1] {
+        // Same values, one pass forward and backward (crate::pointwise).
+        let host = |t: &Tensor| c(to_vec_f32(t));
+        return c(crate::pointwise::channel_affine(
+            x,
+            Some(host(mean)?),
+            host(&k)?,
+            Some(host(bias)?),
+        ));
+    }
     let y = c(x.broadcast_sub(&r(mean)?))?;
     c(c(y.broadcast_mul(&r(&k)?))?.broadcast_add(&r(bias)?))
 }
