@@ -120,6 +120,10 @@ fn main() -> Res<()> {
                     Step::Softmax { .. } => "softmax",
                     Step::Clamp { .. } => "clamp",
                     Step::Requant { .. } => "requant",
+                    Step::Concat(_) => "concat",
+                    Step::Lookup(_) => "lookup",
+                    Step::Mul(_) => "mul",
+                    Step::Transpose(_) => "transpose",
                 };
                 println!(
                     "  {:>8.1} us {:>5.1}%  {kind:<10} {name}",

@@ -769,6 +769,9 @@ impl QuantModel {
                 )
             }
             Step::Quantize { .. } | Step::Dequantize { .. } | Step::Softmax { .. } => Plan::Plain,
+            Step::Concat(_) | Step::Lookup(_) | Step::Mul(_) | Step::Transpose(_) => {
+                Plan::Reference
+            }
         })
     }
 

@@ -16,16 +16,19 @@
 //!    float graph does before quantizing (the first layer's calibrated range already lives
 //!    in the normalised space);
 //!    Relu / Clip are fused as a clamp into the producing layer or Add (else a standalone
-//!    clamp); MaxPool, AveragePool, GlobalAveragePool, Add of two tensors and a final Softmax
-//!    become steps; Flatten / Reshape / Identity / Dropout / Squeeze / Unsqueeze are free
-//!    (the code buffer is contiguous and batch-major). Every other operator is an error
-//!    naming the node.
-//! 2. **Scales**: tensors joined by scale-preserving steps (MaxPool, clamps) share one
+//!    clamp); MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Add of two tensors (equal shape or one
+//!    broadcast per channel), Concat along a non-batch axis, Mul of two tensors (equal shape or
+//!    per channel), Sigmoid / Tanh / LeakyRelu (lookup tables), Transpose keeping the batch
+//!    axis and a final Softmax become steps; Flatten / Reshape / Identity / Dropout / Squeeze /
+//!    Unsqueeze are free (the code buffer is contiguous and batch-major). Every other operator
+//!    is an error naming the node.
+//! 2. **Scales**: tensors joined by scale-preserving steps (MaxPool, clamps, Transpose) share one
 //!    quantization. A group read by a layer takes that layer's input quantization (policy
 //!    scheme + calibrated range, computed exactly as `mixprec_exec::FakeQuant` does); if two
 //!    layers read it with different quantizations the second gets a dyadic `Requant` step.
-//!    Every other group (a residual branch, the input of an average pool, the output of a
-//!    residual Add that feeds no layer) needs a range of its own: from `tensor_ranges`, or
+//!    Every other group (a residual branch, the input of an average pool, a Concat input, a
+//!    Mul operand, a Sigmoid's input or output, the output of a residual Add that feeds no
+//!    layer) needs a range of its own: from `tensor_ranges`, or
 //!    measured by running the folded float graph ([`crate::reference`]) on calibration
 //!    images ([`lower_with_data`]); such tensors use 8-bit asymmetric quantization (min-max).
 //!    A layer whose result only reaches the model output (possibly through Softmax) is not
@@ -58,8 +61,9 @@ use mixprec_quant::{
 use crate::error::{EngineError, Result};
 use crate::kernels::{pack_bits, Conv2dParams, Dyadic};
 use crate::model::{
-    checked_numel, ActParams, AddStep, InputOp, InputOpKind, LayerGeometry, LayerOutput, LayerStep,
-    LayerWeights, PoolStep, QuantModel, Step, TensorInfo,
+    checked_numel, ActParams, AddStep, ConcatStep, InputOp, InputOpKind, LayerGeometry,
+    LayerOutput, LayerStep, LayerWeights, LookupStep, MulStep, PoolStep, QuantModel, Step,
+    TensorInfo, TransposeStep, UnaryFn,
 };
 use crate::reference::{conv2d_f64, gemm_f64, pool_windows, PoolGeometry};
 
@@ -153,9 +157,31 @@ enum FStep {
         output: usize,
         lo: Option<f32>,
         hi: Option<f32>,
+        b_inner: usize,
     },
     MaxPool(FPool),
     AvgPool(FPool),
+    Concat {
+        name: String,
+        inputs: Vec<usize>,
+        output: usize,
+        outer: usize,
+        blocks: Vec<usize>,
+    },
+    Lookup {
+        name: String,
+        input: usize,
+        output: usize,
+        function: UnaryFn,
+    },
+    Mul {
+        name: String,
+        a: usize,
+        b: usize,
+        output: usize,
+        inner: usize,
+    },
+    Transpose(TransposeStep),
     Clamp {
         name: String,
         input: usize,
@@ -184,7 +210,11 @@ impl FStep {
             | FStep::Add { output, .. }
             | FStep::Clamp { output, .. }
             | FStep::Dequantize { output, .. }
-            | FStep::Softmax { output, .. } => *output,
+            | FStep::Softmax { output, .. }
+            | FStep::Concat { output, .. }
+            | FStep::Lookup { output, .. }
+            | FStep::Mul { output, .. } => *output,
+            FStep::Transpose(t) => t.output,
             FStep::Layer(l) => l.output,
             FStep::MaxPool(p) | FStep::AvgPool(p) => p.output,
         }
@@ -195,8 +225,11 @@ impl FStep {
             FStep::Quantize { input, .. }
             | FStep::Clamp { input, .. }
             | FStep::Dequantize { input, .. }
-            | FStep::Softmax { input, .. } => vec![*input],
-            FStep::Add { a, b, .. } => vec![*a, *b],
+            | FStep::Softmax { input, .. }
+            | FStep::Lookup { input, .. } => vec![*input],
+            FStep::Add { a, b, .. } | FStep::Mul { a, b, .. } => vec![*a, *b],
+            FStep::Concat { inputs, .. } => inputs.clone(),
+            FStep::Transpose(t) => vec![t.input],
             FStep::Layer(l) => vec![l.input],
             FStep::MaxPool(p) | FStep::AvgPool(p) => vec![p.input],
         }
@@ -228,8 +261,10 @@ fn unsupported(node: &Node, detail: impl Into<String>) -> EngineError {
 
 const SUPPORTED: &str = "the integer engine runs Conv, Gemm and MatMul with constant weights \
      (BatchNormalization and constant Add/Sub/Mul/Div folded into them), Relu, Clip, MaxPool, \
-     AveragePool, GlobalAveragePool, Add of two tensors of equal shape, Flatten, Reshape, \
-     Identity, Dropout, Squeeze, Unsqueeze and a final Softmax";
+     AveragePool, GlobalAveragePool, GlobalMaxPool, Add of two tensors (equal shape or one per channel), \
+     Concat, Sigmoid, Tanh, \
+     LeakyRelu, Mul of two tensors (equal shape or one per channel), Transpose (keeping the \
+     batch axis), Flatten, Reshape, Identity, Dropout, Squeeze, Unsqueeze and a final Softmax";
 
 /// Per-channel values of constant `t` broadcast against `out` (batch-1 shape), when `t` is
 /// constant along every axis but `axis`.
@@ -271,6 +306,23 @@ fn per_channel(t: &Tensor, out: &[usize], axis: usize) -> Option<Vec<f32>> {
         }
     }
     res.into_iter().collect()
+}
+
+/// Elements of `big` sharing one element of `small` when `small` broadcasts against `big` per
+/// leading block: `small` equals `big`'s first dimensions followed by ones (same shape: 1;
+/// `[C, 1, 1]` against `[C, H, W]`: `H·W`). `None` for any other broadcast.
+fn broadcast_runs(big: &[usize], small: &[usize]) -> Option<usize> {
+    if big.len() != small.len() {
+        return None;
+    }
+    let k = (0..=small.len())
+        .rev()
+        .find(|&k| small[..k] == big[..k])
+        .unwrap_or(0);
+    small[k..]
+        .iter()
+        .all(|&d| d == 1)
+        .then(|| big[k..].iter().product())
 }
 
 /// Constant `t` broadcast against `out` (batch-1 shape) as `(values, inner)`: element `i` of
@@ -631,12 +683,20 @@ impl Plan {
                     let &[(_, av, a), (_, bv, b)] = rt.as_slice() else {
                         return Err(unsupported(node, "needs two operands"));
                     };
-                    if sample(av)? != sample(bv)? {
+                    let (sa, sb) = (sample(av)?, sample(bv)?);
+                    let (a, b, b_inner) = if let Some(i) = broadcast_runs(&sa, &sb) {
+                        (a, b, i)
+                    } else if let Some(i) = broadcast_runs(&sb, &sa) {
+                        (b, a, i)
+                    } else {
                         return Err(unsupported(
                             node,
-                            "the engine adds tensors of equal shape only (no broadcasting)",
+                            format!(
+                                "the engine adds tensors of equal shape or broadcasts one per \
+                                 channel ([C, 1, 1] against [C, H, W]); got {sa:?} and {sb:?}"
+                            ),
                         ));
-                    }
+                    };
                     let o = new_tensor(
                         &mut p,
                         &mut slot_uses,
@@ -654,7 +714,158 @@ impl Plan {
                         output: o,
                         lo: None,
                         hi: None,
+                        b_inner,
                     });
+                    slot.insert(out_v, o);
+                }
+                Op::Mul => {
+                    let &[(_, av, a), (_, bv, b)] = rt.as_slice() else {
+                        return Err(unsupported(node, "needs two operands"));
+                    };
+                    let (sa, sb) = (sample(av)?, sample(bv)?);
+                    let (a, b, inner) = if let Some(i) = broadcast_runs(&sa, &sb) {
+                        (a, b, i)
+                    } else if let Some(i) = broadcast_runs(&sb, &sa) {
+                        (b, a, i)
+                    } else {
+                        return Err(unsupported(
+                            node,
+                            format!(
+                                "the engine multiplies tensors of equal shape or broadcasts one \
+                                 per channel ([C, 1, 1] against [C, H, W]); got {sa:?} and {sb:?}"
+                            ),
+                        ));
+                    };
+                    let o = new_tensor(
+                        &mut p,
+                        &mut slot_uses,
+                        &mut producer,
+                        g.values[out_v].name.clone(),
+                        out_shape,
+                        false,
+                        uses[out_v],
+                    );
+                    producer[o] = Some(p.steps.len());
+                    p.steps.push(FStep::Mul {
+                        name: node.name.clone(),
+                        a,
+                        b,
+                        output: o,
+                        inner,
+                    });
+                    slot.insert(out_v, o);
+                }
+                Op::Concat { axis } => {
+                    if rt.len() != node.inputs.iter().flatten().count() {
+                        return Err(unsupported(
+                            node,
+                            "the engine concatenates computed tensors only (no constant inputs)",
+                        ));
+                    }
+                    let rank = out_shape.len() + 1;
+                    let ax = mixprec_graph::shape::norm_axis(*axis, rank)
+                        .filter(|&a| a >= 1)
+                        .ok_or_else(|| {
+                            unsupported(node, "the concat axis must not be the batch")
+                        })?;
+                    let outer: usize = out_shape[..ax - 1].iter().product();
+                    let mut blocks = Vec::with_capacity(rt.len());
+                    for &(_, v, _) in &rt {
+                        let sh = sample(v)?;
+                        if sh.len() != out_shape.len() || sh[..ax - 1] != out_shape[..ax - 1] {
+                            return Err(unsupported(
+                                node,
+                                format!("input shape {sh:?} does not fit output {out_shape:?}"),
+                            ));
+                        }
+                        blocks.push(sh[ax - 1..].iter().product::<usize>());
+                    }
+                    if outer * blocks.iter().sum::<usize>() != out_shape.iter().product::<usize>() {
+                        return Err(unsupported(node, "input sizes do not add up to the output"));
+                    }
+                    let o = new_tensor(
+                        &mut p,
+                        &mut slot_uses,
+                        &mut producer,
+                        g.values[out_v].name.clone(),
+                        out_shape,
+                        false,
+                        uses[out_v],
+                    );
+                    producer[o] = Some(p.steps.len());
+                    p.steps.push(FStep::Concat {
+                        name: node.name.clone(),
+                        inputs: rt.iter().map(|&(_, _, s)| s).collect(),
+                        output: o,
+                        outer,
+                        blocks,
+                    });
+                    slot.insert(out_v, o);
+                }
+                Op::Sigmoid | Op::Tanh | Op::LeakyRelu { .. } => {
+                    let function = match node.op {
+                        Op::Sigmoid => UnaryFn::Sigmoid,
+                        Op::Tanh => UnaryFn::Tanh,
+                        Op::LeakyRelu { alpha } => UnaryFn::LeakyRelu { alpha },
+                        _ => return Err(unsupported(node, SUPPORTED)),
+                    };
+                    let (_, _, s_in) = rt[0];
+                    let o = new_tensor(
+                        &mut p,
+                        &mut slot_uses,
+                        &mut producer,
+                        g.values[out_v].name.clone(),
+                        out_shape,
+                        false,
+                        uses[out_v],
+                    );
+                    producer[o] = Some(p.steps.len());
+                    p.steps.push(FStep::Lookup {
+                        name: node.name.clone(),
+                        input: s_in,
+                        output: o,
+                        function,
+                    });
+                    slot.insert(out_v, o);
+                }
+                Op::Transpose { perm } => {
+                    let (_, x_v, s_in) = rt[0];
+                    let ish = sample(x_v)?;
+                    let rank = ish.len() + 1;
+                    let perm: Vec<usize> =
+                        perm.clone().unwrap_or_else(|| (0..rank).rev().collect());
+                    if perm.len() != rank || perm[0] != 0 {
+                        return Err(unsupported(
+                            node,
+                            "the permutation must keep the batch as the first axis",
+                        ));
+                    }
+                    let perm: Vec<usize> = perm[1..].iter().map(|&a| a.saturating_sub(1)).collect();
+                    let mut seen = vec![false; ish.len()];
+                    if perm
+                        .iter()
+                        .any(|&a| a >= ish.len() || std::mem::replace(&mut seen[a], true))
+                        || perm.iter().map(|&a| ish[a]).collect::<Vec<_>>() != out_shape
+                    {
+                        return Err(unsupported(node, "invalid permutation"));
+                    }
+                    let o = new_tensor(
+                        &mut p,
+                        &mut slot_uses,
+                        &mut producer,
+                        g.values[out_v].name.clone(),
+                        out_shape,
+                        false,
+                        uses[out_v],
+                    );
+                    producer[o] = Some(p.steps.len());
+                    p.steps.push(FStep::Transpose(TransposeStep {
+                        name: node.name.clone(),
+                        input: s_in,
+                        output: o,
+                        in_shape: ish,
+                        perm,
+                    }));
                     slot.insert(out_v, o);
                 }
                 Op::Relu | Op::Clip => {
@@ -704,7 +915,10 @@ impl Plan {
                         }
                     }
                 }
-                Op::MaxPool(_) | Op::AveragePool { .. } | Op::GlobalAveragePool => {
+                Op::MaxPool(_)
+                | Op::AveragePool { .. }
+                | Op::GlobalAveragePool
+                | Op::GlobalMaxPool => {
                     let (_, x_v, s_in) = rt[0];
                     let ish = sample(x_v)?;
                     let &[c, h, w] = ish.as_slice() else {
@@ -742,7 +956,7 @@ impl Plan {
                             format!("output shape {out_shape:?} disagrees with the window"),
                         ));
                     }
-                    let is_max = matches!(node.op, Op::MaxPool(_));
+                    let is_max = matches!(node.op, Op::MaxPool(_) | Op::GlobalMaxPool);
                     if !is_max && geo.dilations != [1, 1] {
                         return Err(unsupported(node, "dilated average pooling"));
                     }
@@ -966,16 +1180,64 @@ impl Plan {
                         y
                     }
                     FStep::Add {
-                        a, b: bb, lo, hi, ..
-                    } => get(*a)?
-                        .iter()
-                        .zip(get(*bb)?)
-                        .map(|(x, y)| clamp_f64(x + y, *lo, *hi))
-                        .collect(),
+                        a,
+                        b: bb,
+                        lo,
+                        hi,
+                        b_inner,
+                        ..
+                    } => {
+                        let y = get(*bb)?;
+                        get(*a)?
+                            .iter()
+                            .enumerate()
+                            .map(|(i, x)| clamp_f64(x + y[i / b_inner], *lo, *hi))
+                            .collect()
+                    }
                     FStep::Clamp { input, lo, hi, .. } => get(*input)?
                         .iter()
                         .map(|&x| clamp_f64(x, *lo, *hi))
                         .collect(),
+                    FStep::Lookup {
+                        input, function, ..
+                    } => get(*input)?.iter().map(|&x| function.eval(x)).collect(),
+                    FStep::Mul {
+                        a, b: bb, inner, ..
+                    } => {
+                        let y = get(*bb)?;
+                        get(*a)?
+                            .iter()
+                            .enumerate()
+                            .map(|(i, x)| x * y[i / inner])
+                            .collect()
+                    }
+                    FStep::Concat {
+                        inputs,
+                        outer,
+                        blocks,
+                        ..
+                    } => {
+                        let ins = inputs.iter().map(|&t| get(t)).collect::<Result<Vec<_>>>()?;
+                        let mut out = Vec::new();
+                        for s in 0..b {
+                            for o in 0..*outer {
+                                for (x, &blk) in ins.iter().zip(blocks) {
+                                    let start = (s * outer + o) * blk;
+                                    out.extend_from_slice(&x[start..start + blk]);
+                                }
+                            }
+                        }
+                        out
+                    }
+                    FStep::Transpose(t) => {
+                        let x = get(t.input)?;
+                        let per: usize = t.in_shape.iter().product();
+                        let mut out = Vec::with_capacity(x.len());
+                        for sample in x.chunks_exact(per.max(1)) {
+                            t.apply(sample, &mut out);
+                        }
+                        out
+                    }
                     FStep::MaxPool(fp) => pool_windows(get(fp.input)?, b, &fp.geo, |v, _| {
                         v.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x))
                     }),
@@ -1037,7 +1299,8 @@ impl Plan {
         let mut head: Vec<bool> = vec![true; nt];
         for st in &self.steps {
             if let FStep::MaxPool(FPool { input, output, .. })
-            | FStep::Clamp { input, output, .. } = st
+            | FStep::Clamp { input, output, .. }
+            | FStep::Transpose(TransposeStep { input, output, .. }) = st
             {
                 let (a, b) = (find(&mut parent, *input), find(&mut parent, *output));
                 parent[b] = a;
@@ -1191,6 +1454,73 @@ impl Plan {
                     });
                 }
                 FStep::MaxPool(fp) => steps.push(Step::MaxPool(pool_step(fp, Vec::new()))),
+                FStep::Transpose(t) => steps.push(Step::Transpose(t)),
+                FStep::Lookup {
+                    name,
+                    input,
+                    output,
+                    function,
+                } => {
+                    let table = function.table(&p_of(&tensors, input)?, &p_of(&tensors, output)?);
+                    steps.push(Step::Lookup(LookupStep {
+                        name,
+                        input,
+                        output,
+                        function,
+                        table,
+                    }));
+                }
+                FStep::Mul {
+                    name,
+                    a,
+                    b,
+                    output,
+                    inner,
+                } => {
+                    let (pa, pb, po) = (
+                        p_of(&tensors, a)?,
+                        p_of(&tensors, b)?,
+                        p_of(&tensors, output)?,
+                    );
+                    let m = pa.scale as f64 * pb.scale as f64 / po.scale as f64;
+                    steps.push(Step::Mul(MulStep {
+                        multiplier: dyadic(&name, m)?,
+                        range: po.range(),
+                        name,
+                        a,
+                        b,
+                        output,
+                        inner,
+                    }));
+                }
+                FStep::Concat {
+                    name,
+                    inputs,
+                    output,
+                    outer,
+                    blocks,
+                } => {
+                    let po = p_of(&tensors, output)?;
+                    let multipliers = inputs
+                        .iter()
+                        .map(|&t| {
+                            let pi = p_of(&tensors, t)?;
+                            if pi == po {
+                                Ok(None)
+                            } else {
+                                dyadic(&name, pi.scale as f64 / po.scale as f64).map(Some)
+                            }
+                        })
+                        .collect::<Result<_>>()?;
+                    steps.push(Step::Concat(ConcatStep {
+                        name,
+                        inputs,
+                        output,
+                        outer,
+                        blocks,
+                        multipliers,
+                    }));
+                }
                 FStep::AvgPool(fp) => {
                     let (si, so) = (
                         p_of(&tensors, fp.input)?.scale,
@@ -1209,6 +1539,7 @@ impl Plan {
                     output,
                     lo,
                     hi,
+                    b_inner,
                 } => {
                     let (pa, pb, po) = (
                         p_of(&tensors, a)?,
@@ -1230,6 +1561,7 @@ impl Plan {
                         ma: (ma * scale).round() as i64,
                         mb: (mb * scale).round() as i64,
                         shift,
+                        b_inner,
                     }));
                 }
                 FStep::Layer(l) => {
@@ -1283,6 +1615,12 @@ fn why(p: &Plan, t: usize) -> String {
         "it is the input of an average pool".into()
     } else if readers.iter().any(|s| matches!(s, FStep::Add { .. })) {
         "it is an operand of a residual Add".into()
+    } else if readers.iter().any(|s| matches!(s, FStep::Concat { .. })) {
+        "it is an input of a Concat".into()
+    } else if readers.iter().any(|s| matches!(s, FStep::Mul { .. })) {
+        "it is an operand of a Mul".into()
+    } else if readers.iter().any(|s| matches!(s, FStep::Lookup { .. })) {
+        "it is the input of a Sigmoid / Tanh / LeakyRelu table".into()
     } else {
         "no layer reads it".into()
     }

@@ -23,7 +23,18 @@
 //!   A layer whose result only feeds the model output (possibly through Softmax) skips the
 //!   requantization: `y = (acc + bias)·s_x·s_w[c]` is dequantized to `f32` directly;
 //! - `Add` (residual): `clamp(z_o + round((m_a·(q_a - z_a) + m_b·(q_b - z_b)) / 2^s))`, both
-//!   sides rescaled to the output scale with one shared shift (the spirit of Eq. 25);
+//!   sides rescaled to the output scale with one shared shift (the spirit of Eq. 25); `b` may
+//!   be broadcast per channel (`[C, 1, 1]` against `[C, H, W]`);
+//! - `Concat` (Inception / DenseNet / SqueezeNet): each input requantized to the output's
+//!   parameters with its own dyadic `s_i/s_o` (`clamp(z_o + D_i(q - z_i))`, as a residual Add
+//!   rescales each operand), or copied when its parameters are the output's;
+//! - `Mul` of two activations (squeeze-and-excitation gates, SiLU `x·sigmoid(x)`): the exact
+//!   `i32` product `(q_a - z_a)(q_b - z_b)` then Eq. 24 with the dyadic `s_a·s_b/s_o`, the
+//!   same shape or `b` broadcast per channel;
+//! - `Lookup`: Sigmoid / Tanh / LeakyRelu as a 256-entry table `input code → output code`
+//!   built at lowering time in `f64` from both tensors' parameters — exact by construction
+//!   for 8-bit codes, no floating point at run time;
+//! - `Transpose`: a permutation of the per-sample axes, codes moved unchanged;
 //! - `MaxPool` on codes (max commutes with the monotone quantizer); `AvgPool` /
 //!   `GlobalAveragePool`: the sum of `q - z_in` times the dyadic `s_in/(s_o·count)`;
 //! - `Clamp` (a ReLU / Clip that could not be fused), `Requant` (a tensor read by two layers
@@ -256,7 +267,8 @@ pub struct PoolStep {
     pub multipliers: Vec<Dyadic>,
 }
 
-/// Residual addition of two quantized tensors of equal shape.
+/// Residual addition of two quantized tensors of equal shape, or with `b` broadcast per
+/// channel (element `i` of a sample of `a` plus element `i / b_inner` of `b`'s sample).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddStep {
@@ -276,6 +288,160 @@ pub struct AddStep {
     pub shift: u32,
     /// Output zero point and clamp.
     pub range: OutputRange,
+    /// Consecutive elements of `a` sharing one element of `b` (1: equal shapes).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub b_inner: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
+/// Concatenation of code tensors along one axis (per sample: `outer` blocks, each the
+/// concatenation of one block of every input). An input whose quantization differs from the
+/// output's is requantized on the way, `clamp(z_o + D_i(q - z_i))` with `D_i ≈ s_i/s_o`;
+/// otherwise its codes are copied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcatStep {
+    /// Node name.
+    pub name: String,
+    /// Input tensors, in order.
+    pub inputs: Vec<usize>,
+    /// Output tensor.
+    pub output: usize,
+    /// Product of the per-sample dimensions before the axis.
+    pub outer: usize,
+    /// Per input: elements of one block (its axis length times the dimensions after it).
+    pub blocks: Vec<usize>,
+    /// Per input: the dyadic `s_i/s_o`, or `None` when its codes are copied unchanged.
+    pub multipliers: Vec<Option<Dyadic>>,
+}
+
+/// Elementwise function of a [`LookupStep`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum UnaryFn {
+    /// `1 / (1 + e^-x)`.
+    Sigmoid,
+    /// `tanh(x)`.
+    Tanh,
+    /// `x` if `x ≥ 0`, else `alpha·x`.
+    LeakyRelu {
+        /// Slope for negative inputs.
+        alpha: f32,
+    },
+}
+
+impl UnaryFn {
+    /// The function in `f64`.
+    pub fn eval(self, x: f64) -> f64 {
+        match self {
+            UnaryFn::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            UnaryFn::Tanh => x.tanh(),
+            UnaryFn::LeakyRelu { alpha } => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    alpha as f64 * x
+                }
+            }
+        }
+    }
+
+    /// The 256-entry table `input code → output code` for `u8` codes quantized with `input`
+    /// and `output`: `clamp(round_half_even(f((q - z_i)·s_i) / s_o) + z_o)`, in `f64`.
+    pub fn table(self, input: &ActParams, output: &ActParams) -> Vec<u8> {
+        (0..256)
+            .map(|q: i32| {
+                let x = (q - input.zero_point) as f64 * input.scale as f64;
+                let y = (self.eval(x) / output.scale as f64).round_ties_even()
+                    + output.zero_point as f64;
+                y.clamp(output.qmin as f64, output.qmax as f64) as u8
+            })
+            .collect()
+    }
+}
+
+/// An elementwise function of one code tensor as a lookup table computed at lowering time
+/// (Sigmoid, Tanh, LeakyRelu): exact by construction for 8-bit codes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupStep {
+    /// Node name.
+    pub name: String,
+    /// Input tensor.
+    pub input: usize,
+    /// Output tensor.
+    pub output: usize,
+    /// The function the table holds.
+    pub function: UnaryFn,
+    /// Output code of every input code (256 entries).
+    pub table: Vec<u8>,
+}
+
+/// Product of two code tensors: `clamp(z_o + D((q_a - z_a)·(q_b - z_b)))` with
+/// `D ≈ s_a·s_b/s_o`, the product exact in `i32`. `b` may be broadcast per channel: element `i`
+/// of a sample of `a` is multiplied by element `i / inner` of the same sample of `b`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MulStep {
+    /// Node name.
+    pub name: String,
+    /// The full-size operand.
+    pub a: usize,
+    /// The operand broadcast over runs of `inner` elements (1: same shape).
+    pub b: usize,
+    /// Output tensor.
+    pub output: usize,
+    /// Consecutive elements of `a` sharing one element of `b`.
+    pub inner: usize,
+    /// `s_a·s_b/s_o`.
+    pub multiplier: Dyadic,
+    /// Output zero point and clamp.
+    pub range: OutputRange,
+}
+
+/// Permutation of the per-sample axes of a code tensor (pure data movement).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransposeStep {
+    /// Node name.
+    pub name: String,
+    /// Input tensor.
+    pub input: usize,
+    /// Output tensor (same quantization).
+    pub output: usize,
+    /// Per-sample input shape.
+    pub in_shape: Vec<usize>,
+    /// Output axis `k` is input axis `perm[k]` (per-sample axes).
+    pub perm: Vec<usize>,
+}
+
+impl TransposeStep {
+    /// Moves one sample's elements (any element type).
+    pub fn apply<T: Copy>(&self, x: &[T], out: &mut Vec<T>) {
+        let rank = self.in_shape.len();
+        let out_shape: Vec<usize> = self.perm.iter().map(|&a| self.in_shape[a]).collect();
+        let in_strides = mixprec_graph::tensor::strides(&self.in_shape);
+        let total: usize = out_shape.iter().product();
+        let mut idx = vec![0usize; rank];
+        for _ in 0..total {
+            let src: usize = (0..rank).map(|k| idx[k] * in_strides[self.perm[k]]).sum();
+            out.push(x[src]);
+            for k in (0..rank).rev() {
+                idx[k] += 1;
+                if idx[k] < out_shape[k] {
+                    break;
+                }
+                idx[k] = 0;
+            }
+        }
+    }
 }
 
 /// Which elementwise operation an [`InputOp`] applies to the input `x` and its constant `c`.
@@ -357,6 +523,14 @@ pub enum Step {
     Layer(LayerStep),
     /// Residual Add.
     Add(AddStep),
+    /// Concatenation along an axis.
+    Concat(ConcatStep),
+    /// Elementwise function by table lookup.
+    Lookup(LookupStep),
+    /// Product of two code tensors.
+    Mul(MulStep),
+    /// Axis permutation.
+    Transpose(TransposeStep),
     /// Max pooling on codes.
     MaxPool(PoolStep),
     /// Average pooling with dyadic rescaling.
@@ -420,6 +594,10 @@ impl Step {
             | Step::Softmax { input, .. } => vec![*input],
             Step::Layer(l) => vec![l.input],
             Step::Add(a) => vec![a.a, a.b],
+            Step::Concat(c) => c.inputs.clone(),
+            Step::Lookup(l) => vec![l.input],
+            Step::Mul(m) => vec![m.a, m.b],
+            Step::Transpose(t) => vec![t.input],
             Step::MaxPool(p) | Step::AvgPool(p) => vec![p.input],
         }
     }
@@ -434,6 +612,10 @@ impl Step {
             | Step::Softmax { output, .. } => *output,
             Step::Layer(l) => l.output,
             Step::Add(a) => a.output,
+            Step::Concat(c) => c.output,
+            Step::Lookup(l) => l.output,
+            Step::Mul(m) => m.output,
+            Step::Transpose(t) => t.output,
             Step::MaxPool(p) | Step::AvgPool(p) => p.output,
         }
     }
@@ -448,6 +630,10 @@ impl Step {
             }
             Step::Layer(l) => &l.name,
             Step::Add(a) => &a.name,
+            Step::Concat(c) => &c.name,
+            Step::Lookup(l) => &l.name,
+            Step::Mul(m) => &m.name,
+            Step::Transpose(t) => &t.name,
             Step::MaxPool(p) | Step::AvgPool(p) => &p.name,
         }
     }
@@ -725,7 +911,7 @@ impl QuantModel {
             Step::Add(a) => {
                 let (x, y) = (codes(a.a)?, codes(a.b)?);
                 let (za, zb) = (self.params(a.a)?.zero_point, self.params(a.b)?.zero_point);
-                if x.len() != y.len() {
+                if a.b_inner == 0 || x.len() != y.len() * a.b_inner {
                     return Err(EngineError::Invalid(format!(
                         "Add '{}' operands differ in length",
                         a.name
@@ -733,8 +919,9 @@ impl QuantModel {
                 }
                 Buf::Codes(
                     x.iter()
-                        .zip(y)
-                        .map(|(&p, &q)| {
+                        .enumerate()
+                        .map(|(i, &p)| {
+                            let q = y[i / a.b_inner];
                             let s = a.ma * (p as i32 - za) as i64 + a.mb * (q as i32 - zb) as i64;
                             (rounding_shift(s, a.shift) + a.range.zero_point as i64)
                                 .clamp(a.range.qmin as i64, a.range.qmax as i64)
@@ -742,6 +929,90 @@ impl QuantModel {
                         })
                         .collect(),
                 )
+            }
+            Step::Concat(c) => {
+                let zo = self.params(c.output)?.range();
+                let ins = c
+                    .inputs
+                    .iter()
+                    .map(|&t| Ok((codes(t)?, self.params(t)?.zero_point)))
+                    .collect::<Result<Vec<_>>>()?;
+                let per: usize = c.outer * c.blocks.iter().sum::<usize>();
+                let mut out = Vec::with_capacity(batch * per);
+                for s in 0..batch {
+                    for o in 0..c.outer {
+                        for (((x, zi), &blk), m) in ins.iter().zip(&c.blocks).zip(&c.multipliers) {
+                            let start = (s * c.outer + o) * blk;
+                            let src = x.get(start..start + blk).ok_or_else(|| {
+                                EngineError::Invalid(format!(
+                                    "Concat '{}': an input is shorter than its blocks",
+                                    c.name
+                                ))
+                            })?;
+                            match m {
+                                None => out.extend_from_slice(src),
+                                Some(d) => out.extend(
+                                    src.iter().map(|&q| d.requant(q as i32 - zi, zo) as u8),
+                                ),
+                            }
+                        }
+                    }
+                }
+                Buf::Codes(out)
+            }
+            Step::Lookup(l) => {
+                if l.table.len() != 256 {
+                    return Err(EngineError::Invalid(format!(
+                        "'{}': the lookup table has {} entries, not 256",
+                        l.name,
+                        l.table.len()
+                    )));
+                }
+                Buf::Codes(
+                    codes(l.input)?
+                        .iter()
+                        .map(|&q| l.table[q as usize])
+                        .collect(),
+                )
+            }
+            Step::Mul(m) => {
+                let (x, y) = (codes(m.a)?, codes(m.b)?);
+                let (za, zb) = (self.params(m.a)?.zero_point, self.params(m.b)?.zero_point);
+                if m.inner == 0 || x.len() != y.len() * m.inner {
+                    return Err(EngineError::Invalid(format!(
+                        "Mul '{}': operands of {} and {} codes do not broadcast with runs of {}",
+                        m.name,
+                        x.len(),
+                        y.len(),
+                        m.inner
+                    )));
+                }
+                Buf::Codes(
+                    x.iter()
+                        .enumerate()
+                        .map(|(i, &p)| {
+                            let v = (p as i32 - za) * (y[i / m.inner] as i32 - zb);
+                            m.multiplier.requant(v, m.range) as u8
+                        })
+                        .collect(),
+                )
+            }
+            Step::Transpose(t) => {
+                let x = codes(t.input)?;
+                let per = checked_numel(&t.in_shape).unwrap_or(0);
+                if per == 0 || x.len() != per * batch {
+                    return Err(EngineError::Invalid(format!(
+                        "Transpose '{}': {} codes for samples of shape {:?}",
+                        t.name,
+                        x.len(),
+                        t.in_shape
+                    )));
+                }
+                let mut out = Vec::with_capacity(x.len());
+                for sample in x.chunks_exact(per) {
+                    t.apply(sample, &mut out);
+                }
+                Buf::Codes(out)
             }
             Step::MaxPool(p) => Buf::Codes(max_pool(p, codes(p.input)?, batch)),
             Step::AvgPool(p) => {
@@ -1029,6 +1300,51 @@ mod tests {
             avg_pool(&p, &[11, 13, 15, 17], 1, 10, r).unwrap(),
             vec![10 + 4, 10 + 5, 10 + 6, 10 + 7]
         );
+    }
+
+    #[test]
+    fn lookup_tables_round_half_to_even_and_saturate() {
+        let p = |scale: f32, zero_point: i32| ActParams {
+            scale,
+            zero_point,
+            qmin: 0,
+            qmax: 255,
+            offset: 0,
+        };
+        // Sigmoid from [-12.8, 12.7] (step 0.1) onto [0, 255/256] (step 1/256).
+        let t = UnaryFn::Sigmoid.table(&p(0.1, 128), &p(1.0 / 256.0, 0));
+        assert_eq!(t.len(), 256);
+        assert_eq!((t[0], t[128], t[255]), (0, 128, 255));
+        assert!(t.windows(2).all(|w| w[0] <= w[1]));
+        // LeakyRelu(0.5) at step 1 around 128: -28 -> -14; -1 -> -0.5 rounds to even (0).
+        let t = UnaryFn::LeakyRelu { alpha: 0.5 }.table(&p(1.0, 128), &p(1.0, 128));
+        assert_eq!((t[100], t[127], t[125], t[200]), (114, 128, 126, 200));
+        // Tanh saturates at the output range.
+        let t = UnaryFn::Tanh.table(&p(0.1, 128), &p(0.5 / 127.0, 128));
+        assert_eq!((t[0], t[128], t[255]), (0, 128, 255));
+    }
+
+    #[test]
+    fn transpose_moves_each_element_to_its_permuted_index() {
+        let t = TransposeStep {
+            name: "t".into(),
+            input: 0,
+            output: 1,
+            in_shape: vec![2, 3],
+            perm: vec![1, 0],
+        };
+        let mut out = Vec::new();
+        t.apply(&[1u8, 2, 3, 4, 5, 6], &mut out);
+        assert_eq!(out, vec![1, 4, 2, 5, 3, 6]);
+        // [2, 1, 2] -> perm [2, 0, 1] -> [2, 2, 1].
+        let t = TransposeStep {
+            in_shape: vec![2, 1, 2],
+            perm: vec![2, 0, 1],
+            ..t
+        };
+        let mut out = Vec::new();
+        t.apply(&[1u8, 2, 3, 4], &mut out);
+        assert_eq!(out, vec![1, 3, 2, 4]);
     }
 
     #[test]

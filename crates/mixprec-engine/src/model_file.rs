@@ -17,9 +17,13 @@
 //! | 8 | FNV-1a 64 checksum of everything before it |
 //!
 //! Version 2 adds the input normalisation of the input quantization step (`ops` of
-//! [`Step::Quantize`], see [`crate::model::InputOp`]); a model without it is written as version 1,
-//! byte for byte what earlier builds wrote, so they still read it. This build reads both; a
-//! version-1 file that carries input normalisation is rejected.
+//! [`Step::Quantize`], see [`crate::model::InputOp`]); version 3 adds the Concat, Lookup
+//! (Sigmoid / Tanh / LeakyRelu tables), Mul and Transpose steps and the per-channel broadcast
+//! of an Add (`b_inner`). A model is written with the
+//! oldest version that holds it (a model without those features as version 1, byte for byte
+//! what earlier builds wrote), so older builds still read what they can run and reject the
+//! rest by its version. This build reads all three; a file whose version is too old for the
+//! steps it carries is rejected.
 //!
 //! Reading checks the magic, version, every length, the checksum and then the whole model
 //! ([`QuantModel::validate`]), so a truncated or corrupt file is an error, never a panic.
@@ -40,9 +44,10 @@ use crate::model::{
 pub const MAGIC: &[u8; 4] = b"MPQM";
 
 /// The newest format version this build reads and writes. Version 2 adds the input
-/// normalisation of the input quantization step (`ops`); a model without it is written as
-/// version 1, which every build reads. Versions 1 and 2 are read.
-pub const FORMAT_VERSION: u32 = 2;
+/// normalisation of the input quantization step (`ops`), version 3 the Concat, Lookup, Mul and
+/// Transpose steps and broadcast Adds; a model without them is written as version 1, which every build reads.
+/// Versions 1 to 3 are read.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Oldest format version this build reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
@@ -55,9 +60,21 @@ impl QuantModel {
             .any(|s| matches!(s, Step::Quantize { ops, .. } if !ops.is_empty()))
     }
 
+    /// Whether the model has a step kind of format version 3.
+    fn has_v3_steps(&self) -> bool {
+        self.steps.iter().any(|s| {
+            matches!(
+                s,
+                Step::Concat(_) | Step::Lookup(_) | Step::Mul(_) | Step::Transpose(_)
+            ) || matches!(s, Step::Add(a) if a.b_inner != 1)
+        })
+    }
+
     /// The format version this model is written with: the oldest that holds it.
     pub fn format_version(&self) -> u32 {
-        if self.has_input_ops() {
+        if self.has_v3_steps() {
+            3
+        } else if self.has_input_ops() {
             2
         } else {
             1
@@ -287,7 +304,12 @@ impl QuantModel {
         model.validate().map_err(|e| fmt(e.to_string()))?;
         if version < model.format_version() {
             return Err(fmt(format!(
-                "format version {version} cannot hold input normalisation (needs version {})",
+                "format version {version} cannot hold {} (needs version {})",
+                if model.has_v3_steps() {
+                    "Concat / Lookup / Mul / Transpose steps or broadcast Adds"
+                } else {
+                    "input normalisation"
+                },
                 model.format_version()
             )));
         }
@@ -380,12 +402,76 @@ impl QuantModel {
                 Step::Add(a) => {
                     if !codes_io(&[a.a, a.b], true)
                         || numel[a.a] != numel[out]
-                        || numel[a.b] != numel[out]
+                        || a.b_inner == 0
+                        || numel[a.b].checked_mul(a.b_inner) != Some(numel[out])
                         || a.shift > 62
                         || !(0..=1i64 << 31).contains(&a.ma)
                         || !(0..=1i64 << 31).contains(&a.mb)
                     {
                         return err("bad residual Add");
+                    }
+                }
+                Step::Concat(c) => {
+                    let n = c.inputs.len();
+                    let sizes_ok = c
+                        .inputs
+                        .iter()
+                        .zip(&c.blocks)
+                        .all(|(&i, &b)| c.outer.checked_mul(b) == Some(numel[i]) && b > 0);
+                    let total = c
+                        .blocks
+                        .iter()
+                        .try_fold(0usize, |a, &b| a.checked_add(b))
+                        .and_then(|b| b.checked_mul(c.outer));
+                    if n == 0
+                        || c.blocks.len() != n
+                        || c.multipliers.len() != n
+                        || !codes_io(&c.inputs, true)
+                        || !sizes_ok
+                        || total != Some(numel[out])
+                    {
+                        return err("bad concatenation");
+                    }
+                }
+                Step::Lookup(l) => {
+                    if !codes_io(&[l.input], true)
+                        || numel[l.input] != numel[out]
+                        || l.table.len() != 256
+                    {
+                        return err("bad lookup table");
+                    }
+                }
+                Step::Mul(m) => {
+                    if !codes_io(&[m.a, m.b], true)
+                        || m.inner == 0
+                        || numel[m.a] != numel[out]
+                        || numel[m.b].checked_mul(m.inner) != Some(numel[m.a])
+                        || !(0 <= m.range.qmin
+                            && m.range.qmin <= m.range.qmax
+                            && m.range.qmax <= 255)
+                    {
+                        return err("bad product");
+                    }
+                }
+                Step::Transpose(t) => {
+                    let rank = t.in_shape.len();
+                    let mut seen = vec![false; rank];
+                    let perm_ok = t.perm.len() == rank
+                        && t.perm
+                            .iter()
+                            .all(|&a| a < rank && !std::mem::replace(&mut seen[a], true));
+                    let out_shape: Vec<usize> = if perm_ok {
+                        t.perm.iter().map(|&a| t.in_shape[a]).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    if !perm_ok
+                        || !codes_io(&[t.input], true)
+                        || checked_numel(&t.in_shape) != Some(numel[t.input])
+                        || self.tensors[out].shape != out_shape
+                        || self.tensors[t.input].params != self.tensors[out].params
+                    {
+                        return err("bad transpose");
                     }
                 }
                 Step::Softmax {

@@ -8,7 +8,10 @@
 //! stream, not from the kernels' panels). Since every partial sum is an integer below `2^53`,
 //! this is exactly the real-valued fake-quant product divided by `s_x·s_w[c]`; it is then
 //! requantized with the SAME dyadic multipliers as the engine, rounded half away from zero in
-//! 128-bit arithmetic. Pooling runs on the same `f64` window loops. So any difference from
+//! 128-bit arithmetic. Pooling runs on the same `f64` window loops. Concat, Mul and broadcast
+//! Adds use the same dyadic numbers on centred `f64` codes; a Sigmoid / Tanh / LeakyRelu is
+//! evaluated per element in `f64` and quantized with the fake-quant rule (round half to even),
+//! not read from the engine's lookup table; a Transpose is recomputed by index arithmetic. So any difference from
 //! [`QuantModel::trace`] is a bug in the packed kernels or the engine's bookkeeping.
 //! Complexity: that of the direct loops (no threads): use a handful of samples.
 
@@ -162,10 +165,17 @@ impl QuantModel {
                 }
                 Step::Add(a) => {
                     let (x, y) = (centred(a.a)?, centred(a.b)?);
+                    if a.b_inner == 0 || x.len() != y.len() * a.b_inner {
+                        return Err(EngineError::Invalid(format!(
+                            "Add '{}': operands do not broadcast",
+                            a.name
+                        )));
+                    }
                     Val::Codes(
                         x.iter()
-                            .zip(&y)
-                            .map(|(&p, &q)| {
+                            .enumerate()
+                            .map(|(i, &p)| {
+                                let q = y[i / a.b_inner];
                                 let s = a.ma as i128 * p as i128 + a.mb as i128 * q as i128;
                                 let d = 1i128 << a.shift;
                                 let r = (s.abs() + d / 2) / d;
@@ -173,6 +183,90 @@ impl QuantModel {
                             })
                             .collect(),
                     )
+                }
+                Step::Concat(c) => {
+                    let r = params(c.output)?.range();
+                    let ins = c
+                        .inputs
+                        .iter()
+                        .map(|&t| centred(t))
+                        .collect::<Result<Vec<_>>>()?;
+                    let mut out = Vec::new();
+                    for s in 0..batch {
+                        for o in 0..c.outer {
+                            for ((x, &blk), m) in ins.iter().zip(&c.blocks).zip(&c.multipliers) {
+                                let start = (s * c.outer + o) * blk;
+                                let Some(src) = x.get(start..start + blk) else {
+                                    return Err(EngineError::Invalid(format!(
+                                        "Concat '{}': an input is too short",
+                                        c.name
+                                    )));
+                                };
+                                out.extend(src.iter().map(|&v| match m {
+                                    // Same quantization: the centred value re-offset.
+                                    None => store(v as i64, &r),
+                                    Some(d) => apply(d, v as i64, &r),
+                                }));
+                            }
+                        }
+                    }
+                    Val::Codes(out)
+                }
+                Step::Lookup(l) => {
+                    // The function evaluated per element, quantized with the fake-quant rule
+                    // (round half to even), not read from the step's table.
+                    let (pi, po) = (params(l.input)?, params(l.output)?);
+                    let x = centred(l.input)?;
+                    Val::Codes(
+                        x.iter()
+                            .map(|&v| {
+                                let y = l.function.eval(v * pi.scale as f64);
+                                let q =
+                                    (y / po.scale as f64).round_ties_even() + po.zero_point as f64;
+                                q.clamp(po.qmin as f64, po.qmax as f64) as u8
+                            })
+                            .collect(),
+                    )
+                }
+                Step::Mul(m) => {
+                    let (x, y) = (centred(m.a)?, centred(m.b)?);
+                    if m.inner == 0 || x.len() != y.len() * m.inner {
+                        return Err(EngineError::Invalid(format!(
+                            "Mul '{}': operands do not broadcast",
+                            m.name
+                        )));
+                    }
+                    Val::Codes(
+                        x.iter()
+                            .enumerate()
+                            .map(|(i, &p)| {
+                                apply(&m.multiplier, (p * y[i / m.inner]) as i64, &m.range)
+                            })
+                            .collect(),
+                    )
+                }
+                Step::Transpose(t) => {
+                    // Direct index arithmetic on the centred values.
+                    let x = centred(t.input)?;
+                    let r = params(t.output)?.range();
+                    let rank = t.in_shape.len();
+                    let per: usize = t.in_shape.iter().product();
+                    let out_shape: Vec<usize> = t.perm.iter().map(|&a| t.in_shape[a]).collect();
+                    let mut out = vec![0u8; x.len()];
+                    for (i, &v) in x.iter().enumerate() {
+                        let (s, mut rem) = (i / per.max(1), i % per.max(1));
+                        let mut idx = vec![0usize; rank];
+                        for a in (0..rank).rev() {
+                            idx[a] = rem % t.in_shape[a];
+                            rem /= t.in_shape[a];
+                        }
+                        let mut o = 0;
+                        for k in 0..rank {
+                            o = o * out_shape[k] + idx[t.perm[k]];
+                        }
+                        out[s * per + o] = store(v as i64, &r);
+                    }
+                    Val::Codes(out)
                 }
                 Step::MaxPool(p) => {
                     // Input and output share one quantization: the centred maximum, re-offset.
