@@ -6,12 +6,16 @@
 //! - `int8`: [`PackedI8`] weights × `u8` activations (zero point 128) → `i32` (`gemm_ms`), and
 //! - `int4`: [`PackedI4`] weights (values in `[-8, 7]`) × the same activations → `i32`,
 //!
-//! and, separately, the engine's requantization of that `i32` output back to `u8` (per-channel
-//! [`Dyadic`] multipliers + bias, `requant_ms`). `gemm_ms` excludes the requantization and includes
-//! everything else one call does (widening the activations, threads, allocating the output).
+//! and the same product requantized to `u8` (per-channel [`Dyadic`] multipliers + bias) by
+//! [`gemm_requantize_with`], which fuses the requantization into the GEMM (`fused_ms`;
+//! `requant_ms = fused_ms - gemm_ms` is the extra cost of the requantization, so `gemm_ms +
+//! requant_ms` is the fused call; `requant_separate_ms` times [`requantize`] on the `i32` output
+//! alone, and the two `u8` results are checked to be equal). `gemm_ms` includes everything one
+//! call does (widening the activations, threads, allocating the output).
 //! Weight packing is done once, outside the timing. Each figure is the median of `--reps` timed
 //! calls after `--warmup` untimed ones. One JSON object per line on stdout:
-//! `{"kernel","m","n","k","threads","backend","reps","gemm_ms","requant_ms","gops"}` with
+//! `{"kernel","m","n","k","threads","backend","reps","gemm_ms","requant_ms","fused_ms",
+//! "requant_separate_ms","gops"}` with
 //! `gops = 2·M·N·K / gemm_ms` (giga-operations per second, one multiply-add = 2 operations).
 //!
 //! Run: `cargo run --release -p mixprec-engine --example gemm_vs_ort -- --threads 2`
@@ -22,8 +26,8 @@
 use std::time::Instant;
 
 use mixprec_engine::kernels::{
-    gemm_with, max_threads, requantize, set_max_threads, Dyadic, OutputRange, PackedI4, PackedI8,
-    PackedWeights,
+    gemm_requantize_with, gemm_with, max_threads, requantize, set_max_threads, Dyadic, OutputRange,
+    PackedI4, PackedI8, PackedWeights,
 };
 use mixprec_engine::Backend;
 
@@ -171,11 +175,41 @@ fn bench<W: PackedWeights>(
             acc = gemm_with(o.backend, a, m, A_ZP, w)?;
             Ok(())
         })?;
-        let requant_s = median(o.warmup, reps, || {
+        let fused_s = median(o.warmup, reps, || {
+            let q: Vec<u8> = gemm_requantize_with(
+                o.backend,
+                a,
+                m,
+                A_ZP,
+                w,
+                Some(bias),
+                mults,
+                OutputRange::u8(0),
+            )?;
+            std::hint::black_box(q);
+            Ok(())
+        })?;
+        let separate_s = median(o.warmup, reps, || {
             let q: Vec<u8> = requantize(&acc, [m, n, 1], Some(bias), mults, OutputRange::u8(0))?;
             std::hint::black_box(q);
             Ok(())
         })?;
+        let fused: Vec<u8> = gemm_requantize_with(
+            o.backend,
+            a,
+            m,
+            A_ZP,
+            w,
+            Some(bias),
+            mults,
+            OutputRange::u8(0),
+        )?;
+        let separate: Vec<u8> = requantize(&acc, [m, n, 1], Some(bias), mults, OutputRange::u8(0))?;
+        if fused != separate {
+            return Err(
+                format!("{name} m={m}: fused requantization differs from requantize").into(),
+            );
+        }
         let line = serde_json::json!({
             "kernel": name,
             "m": m,
@@ -189,7 +223,9 @@ fn bench<W: PackedWeights>(
             },
             "reps": reps,
             "gemm_ms": gemm_s * 1e3,
-            "requant_ms": requant_s * 1e3,
+            "requant_ms": (fused_s - gemm_s) * 1e3,
+            "fused_ms": fused_s * 1e3,
+            "requant_separate_ms": separate_s * 1e3,
             "gops": 2.0 * (m * n * k) as f64 / gemm_s / 1e9,
         });
         println!("{line}");

@@ -36,10 +36,15 @@
 //!   `4j + e`, so one `vpdpbusd` covers 16 channels × 4 k. Activations enter unsigned
 //!   (`a - T::MIN`, exact for `u8·i8`) and `(a_zp - T::MIN)·rowsum(W)` is subtracted after.
 //!
-//! Work is split over panels (output channels) across threads with `std::thread::scope` when
-//! `M·N·K ≥` [`PARALLEL_THRESHOLD`].
+//! Work is split over panels (output channels) across threads when `M·N·K ≥`
+//! [`PARALLEL_THRESHOLD`]: the calling thread runs the first part, persistent parked workers
+//! the others (waking one costs microseconds where spawning a thread costs tens). The int8
+//! AVX-512 VNNI path hands out whole groups of four panels and stores each finished group
+//! straight into the output, the zero-point correction applied on the way, or requantized to
+//! 8-bit codes by [`gemm_requantize`] (the fused Eq. 24 epilogue).
 
 use super::pack::PackedBits;
+use super::requant::{Dyadic, OutputRange};
 use super::{check_len, check_signed, Backend, KernelError, Result};
 
 /// Output channels per packed panel.
@@ -417,34 +422,12 @@ pub fn gemm_with<T: Activation, W: PackedWeights + ?Sized>(
     match backend {
         Backend::Generic => Ok(gemm_generic(a, m, a_zp, w)),
         Backend::Avx512Vnni if view.bits == 8 => {
-            // Raw unsigned activations `a - T::MIN`, rows zero-padded to whole k-quads; the kernel
-            // returns Σ a·w, corrected below by `- (a_zp - T::MIN)·Σw`.
-            let kq = vnni_kq(k);
-            let built;
-            let packed = if view.vnni.is_empty() {
-                built = pack_vnni(&w.to_row_major(), n, k);
-                &built[..]
-            } else {
-                view.vnni
-            };
-            let mut a8 = vec![0u8; m * kq];
-            for (dst, src) in a8.chunks_exact_mut(kq).zip(a.chunks_exact(k)) {
-                for (d, &s) in dst.iter_mut().zip(src) {
-                    *d = (s.to_i32() - T::MIN) as u8;
-                }
-            }
-            let mut c = run_panels(m, &view, |panels, out| {
-                dispatch_vnni(&a8, m, kq, packed, panels, out)
-            });
-            let zp = a_zp - T::MIN;
-            if zp != 0 {
-                let w_sums = w.row_sums();
-                for row in c.chunks_exact_mut(n) {
-                    for (x, &sw) in row.iter_mut().zip(w_sums) {
-                        *x -= zp * sw;
-                    }
-                }
-            }
+            // Left uninitialised: `vnni_gemm` writes every element.
+            let mut c: Vec<i32> = Vec::with_capacity(m * n);
+            vnni_gemm(a, m, a_zp, w, VnniOut::I32(c.spare_capacity_mut()));
+            // SAFETY: every panel goes to exactly one thread, which stores all `m` rows of its
+            // valid columns, so all `m·n` values are written.
+            unsafe { c.set_len(m * n) };
             Ok(c)
         }
         Backend::Avx2 | Backend::Avx512Vnni if view.bits == 4 => {
@@ -491,6 +474,238 @@ pub fn gemm_with<T: Activation, W: PackedWeights + ?Sized>(
     }
 }
 
+/// `requantize(gemm(a, m, a_zp, w), [m, N, 1], bias, multipliers, range)` in one pass, code for
+/// code: on AVX-512 VNNI CPUs the zero-point correction, bias, dyadic multiply with rounding
+/// half away from zero, clamp and narrowing run on each finished block of output channels
+/// while it is still in cache (see [`super::requantize`] for the formula and the arguments).
+pub fn gemm_requantize<T: Activation, O: Activation, W: PackedWeights + ?Sized>(
+    a: &[T],
+    m: usize,
+    a_zp: i32,
+    w: &W,
+    bias: Option<&[i32]>,
+    multipliers: &[Dyadic],
+    range: OutputRange,
+) -> Result<Vec<O>> {
+    gemm_requantize_with(Backend::best(), a, m, a_zp, w, bias, multipliers, range)
+}
+
+/// [`gemm_requantize`] on an explicit backend (fails when the CPU lacks it).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_requantize_with<T: Activation, O: Activation, W: PackedWeights + ?Sized>(
+    backend: Backend,
+    a: &[T],
+    m: usize,
+    a_zp: i32,
+    w: &W,
+    bias: Option<&[i32]>,
+    multipliers: &[Dyadic],
+    range: OutputRange,
+) -> Result<Vec<O>> {
+    let backend = backend.check()?;
+    let view = w.view();
+    let (n, k) = (view.n, view.k);
+    check_len("gemm activations [M, K]", m * k, a.len())?;
+    check_zero_point::<T>("gemm activation zero point", a_zp)?;
+    super::requant::check_args::<O>(m * n, [m, n, 1], bias, multipliers, range)?;
+    let fused = backend == Backend::Avx512Vnni && view.bits == 8 && m > 0 && n > 0 && k > 0;
+    if !fused {
+        let acc = gemm_with(backend, a, m, a_zp, w)?;
+        return super::requantize::<O>(&acc, [m, n, 1], bias, multipliers, range);
+    }
+    // Left uninitialised: `vnni_gemm` writes every element.
+    let mut out: Vec<O> = Vec::with_capacity(m * n);
+    let zlh = [range.zero_point, range.qmin, range.qmax].map(i64::from);
+    let spare = out.spare_capacity_mut();
+    // SAFETY: `O` is `u8` or `i8` (sealed): one byte, so the spare capacity is `m·n` bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(
+            spare.as_mut_ptr() as *mut std::mem::MaybeUninit<u8>,
+            spare.len(),
+        )
+    };
+    vnni_gemm(
+        a,
+        m,
+        a_zp,
+        w,
+        VnniOut::Bytes {
+            out: bytes,
+            bias,
+            multipliers,
+            zlh,
+        },
+    );
+    // SAFETY: as for the `i32` output, all `m·n` codes are written; `O` is `u8` or `i8`
+    // (sealed), one byte.
+    unsafe { out.set_len(m * n) };
+    Ok(out)
+}
+
+/// Where the VNNI kernel's finished blocks go.
+enum VnniOut<'a> {
+    /// `C [m, N]` as `i32` (zero point corrected).
+    I32(&'a mut [std::mem::MaybeUninit<i32>]),
+    /// Requantized codes `[m, N]` (as [`super::requantize`] with these arguments; `zlh` is
+    /// `[zero point, qmin, qmax]`).
+    Bytes {
+        out: &'a mut [std::mem::MaybeUninit<u8>],
+        bias: Option<&'a [i32]>,
+        multipliers: &'a [Dyadic],
+        zlh: [i64; 3],
+    },
+}
+
+/// A pointer that threads writing disjoint parts of one buffer share.
+#[derive(Clone, Copy)]
+struct SharedPtr<P>(*mut P);
+// SAFETY: every thread writes only its own output channels (disjoint columns).
+unsafe impl<P> Send for SharedPtr<P> {}
+// SAFETY: as above.
+unsafe impl<P> Sync for SharedPtr<P> {}
+
+/// The int8 AVX-512 VNNI GEMM (`m, N, K > 0`, the backend checked by the caller): unsigned
+/// activations `a - T::MIN` padded to whole k-quads, panel groups split over threads, each
+/// finished group corrected by `(a_zp - T::MIN)·Σw` and stored (or requantized) at once.
+#[cfg(target_arch = "x86_64")]
+fn vnni_gemm<T: Activation, W: PackedWeights + ?Sized>(
+    a: &[T],
+    m: usize,
+    a_zp: i32,
+    w: &W,
+    out: VnniOut<'_>,
+) {
+    use super::avx512::{GROUP_W, PR};
+    let view = w.view();
+    let (n, k) = (view.n, view.k);
+    let kq = vnni_kq(k);
+    let built;
+    let packed = if view.vnni.is_empty() {
+        built = pack_vnni(&w.to_row_major(), n, k);
+        &built[..]
+    } else {
+        view.vnni
+    };
+    let mut a8 = vec![0u8; m * kq];
+    for (dst, src) in a8.chunks_exact_mut(kq).zip(a.chunks_exact(k)) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = (s.to_i32() - T::MIN) as u8;
+        }
+    }
+    let n_panels = n.div_ceil(NR);
+    let zp = a_zp - T::MIN;
+    let mut corr = vec![0i32; n_panels * NR];
+    for (c, &sw) in corr.iter_mut().zip(w.row_sums()) {
+        *c = zp * sw;
+    }
+    let (i32_out, byte_out) = match out {
+        VnniOut::I32(c) => (Some(SharedPtr(c.as_mut_ptr() as *mut i32)), None),
+        VnniOut::Bytes {
+            out,
+            bias,
+            multipliers,
+            zlh,
+        } => (
+            None,
+            Some((
+                SharedPtr(out.as_mut_ptr() as *mut u8),
+                bias,
+                multipliers,
+                zlh,
+            )),
+        ),
+    };
+    let groups = n_panels.div_ceil(PR);
+    let threads = if m * n * k >= PARALLEL_THRESHOLD {
+        super::max_threads().min(groups).max(1)
+    } else {
+        1
+    };
+    // Threads take chunks of panel groups from a shared counter, so a thread that starts late
+    // (or is descheduled on a busy machine) leaves its share to the others. From 8 rows on one
+    // group is enough work per take (and the threads finish within one group of each other);
+    // fewer rows take about an eighth of a thread's share at once.
+    let chunk = if m >= 8 {
+        1
+    } else {
+        (groups / (8 * threads)).max(1)
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let run = |_: usize| {
+        let mut scratch = vec![0i32; m * GROUP_W];
+        let mut sink = |p: usize, np: usize, block: &[i32]| {
+            let valid = (n - p * NR).min(np * NR);
+            // SAFETY: AVX-512 F/BW/VNNI checked by the caller; `corr` and the constants cover
+            // every panel; only this thread took panels `p..p + np` from the counter, so it
+            // alone writes columns `p·NR..p·NR + valid` of the `[m, n]` output.
+            unsafe {
+                if let Some(c) = i32_out {
+                    super::avx512::store_i32(
+                        block,
+                        m,
+                        np,
+                        corr.as_ptr().add(p * NR),
+                        c.0.add(p * NR),
+                        n,
+                        valid,
+                    );
+                }
+                if let Some((o, bias, mults, zlh)) = byte_out {
+                    // The group's bias, multipliers and shifts (zero past `valid`).
+                    let mut chan = [[0i32; GROUP_W]; 3];
+                    let [cb, cm, cs] = &mut chan;
+                    let lanes = cb.iter_mut().zip(cm.iter_mut()).zip(cs.iter_mut());
+                    for (c, ((b, mm), sh)) in (p * NR..p * NR + valid).zip(lanes) {
+                        let d = mults[if mults.len() == 1 { 0 } else { c }];
+                        *b = bias.map_or(0, |b| b[c]);
+                        *mm = d.multiplier();
+                        *sh = d.shift() as i32;
+                    }
+                    super::avx512::store_requant(
+                        block,
+                        m,
+                        np,
+                        [
+                            chan[0].as_ptr(),
+                            corr.as_ptr().add(p * NR),
+                            chan[1].as_ptr(),
+                            chan[2].as_ptr(),
+                        ],
+                        zlh,
+                        o.0.add(p * NR),
+                        n,
+                        valid,
+                    );
+                }
+            }
+        };
+        loop {
+            let g = next.fetch_add(chunk, std::sync::atomic::Ordering::Relaxed);
+            if g >= groups {
+                break;
+            }
+            let panels = g * PR..((g + chunk) * PR).min(n_panels);
+            // SAFETY: callers reach this only after `Backend::Avx512Vnni.check()` confirmed
+            // AVX-512F/BW and VNNI support.
+            unsafe {
+                super::avx512::gemm_panels_vnni(&a8, m, kq, packed, panels, &mut scratch, &mut sink)
+            }
+        }
+    };
+    pool::run(threads, &run);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn vnni_gemm<T: Activation, W: PackedWeights + ?Sized>(
+    _: &[T],
+    _: usize,
+    _: i32,
+    _: &W,
+    _: VnniOut<'_>,
+) {
+    unreachable!("AVX-512 VNNI is never available off x86-64")
+}
+
 #[cfg(target_arch = "x86_64")]
 fn dispatch_avx2(
     a16: &[i16],
@@ -513,25 +728,6 @@ fn dispatch_avx2_i4(
 ) {
     // SAFETY: callers reach this only after `Backend::Avx2.check()` confirmed AVX2 support.
     unsafe { super::avx2::gemm_panels_i4(a8, m, view, panels, out) }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn dispatch_vnni(
-    a8: &[u8],
-    m: usize,
-    kq: usize,
-    packed: &[u8],
-    panels: std::ops::Range<usize>,
-    out: &mut [i32],
-) {
-    // SAFETY: callers reach this only after `Backend::Avx512Vnni.check()` confirmed AVX-512F/BW
-    // and VNNI support.
-    unsafe { super::avx512::gemm_panels_vnni(a8, m, kq, packed, panels, out) }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn dispatch_vnni(_: &[u8], _: usize, _: usize, _: &[u8], _: std::ops::Range<usize>, _: &mut [i32]) {
-    unreachable!("AVX-512 VNNI is never available off x86-64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -605,28 +801,193 @@ where
         .step_by(chunk)
         .map(|s| s..(s + chunk).min(n_panels))
         .collect();
-    let blocks: Vec<Vec<i32>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = ranges
-            .iter()
-            .map(|r| {
-                let r = r.clone();
-                let kernel = &kernel;
-                scope.spawn(move || {
-                    let mut block = vec![0i32; m * r.len() * NR];
-                    kernel(r, &mut block);
-                    block
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
+    let blocks: Vec<std::sync::Mutex<Vec<i32>>> = ranges
+        .iter()
+        .map(|_| std::sync::Mutex::new(Vec::new()))
+        .collect();
+    pool::run(ranges.len(), &|t: usize| {
+        let r = ranges[t].clone();
+        let mut block = vec![0i32; m * r.len() * NR];
+        kernel(r, &mut block);
+        *blocks[t].lock().unwrap_or_else(|e| e.into_inner()) = block;
     });
+    let blocks: Vec<Vec<i32>> = blocks
+        .into_iter()
+        .map(|b| b.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect();
     for (r, block) in ranges.into_iter().zip(&blocks) {
         gather(&mut c, r, block);
     }
     c
+}
+
+/// A small persistent pool for the GEMM's panel split: the calling thread runs part 0, parked
+/// workers (started on first use, kept for later calls) run the others; a part no worker has
+/// picked up by the time the caller is done is taken back and run by the caller. Waking a
+/// parked thread costs a few microseconds where spawning one costs tens, which matters for GEMV.
+mod pool {
+    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, TryLockError};
+    use std::thread::{self, Thread};
+    use std::time::{Duration, Instant};
+
+    /// How long an idle worker or a waiting caller spins before parking.
+    const SPIN: Duration = Duration::from_micros(50);
+
+    /// One part of a run, lent to a worker; the caller keeps it alive until `pending` is 0.
+    struct Task {
+        f: &'static (dyn Fn(usize) + Sync),
+        index: usize,
+        pending: &'static AtomicUsize,
+        panicked: &'static AtomicBool,
+        caller: Thread,
+    }
+
+    struct Worker {
+        slot: Arc<AtomicPtr<Task>>,
+        thread: Thread,
+    }
+
+    static WORKERS: Mutex<Vec<Worker>> = Mutex::new(Vec::new());
+
+    fn spawn_worker() -> Option<Worker> {
+        let slot = Arc::new(AtomicPtr::<Task>::new(std::ptr::null_mut()));
+        let mine = Arc::clone(&slot);
+        let handle = thread::Builder::new()
+            .name("mixprec-gemm".into())
+            .spawn(move || loop {
+                let start = Instant::now();
+                let task = loop {
+                    let t = mine.swap(std::ptr::null_mut(), Ordering::Acquire);
+                    if !t.is_null() {
+                        break t;
+                    }
+                    if start.elapsed() < SPIN {
+                        std::hint::spin_loop();
+                    } else {
+                        thread::park();
+                    }
+                };
+                // SAFETY: the caller keeps the task alive until `pending` drops to 0 below.
+                let task = unsafe { &*task };
+                let caller = task.caller.clone();
+                let f = task.f;
+                let index = task.index;
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(index)));
+                if r.is_err() {
+                    task.panicked.store(true, Ordering::Relaxed);
+                }
+                // Last touch of the task: the caller may free it as soon as this lands.
+                task.pending.fetch_sub(1, Ordering::Release);
+                caller.unpark();
+            })
+            .ok()?;
+        Some(Worker {
+            slot,
+            thread: handle.thread().clone(),
+        })
+    }
+
+    /// Waits (spin, then park) until `pending` is 0, also when unwinding.
+    struct WaitAll<'a>(&'a AtomicUsize);
+
+    impl Drop for WaitAll<'_> {
+        fn drop(&mut self) {
+            let start = Instant::now();
+            while self.0.load(Ordering::Acquire) != 0 {
+                if start.elapsed() < SPIN {
+                    std::hint::spin_loop();
+                } else {
+                    thread::park();
+                }
+            }
+        }
+    }
+
+    /// Runs `f(0), …, f(parts - 1)`, each part on its own thread (part 0 on the caller), and
+    /// returns when all are done. Falls back to scoped threads when the pool is busy.
+    pub(super) fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        if parts <= 1 {
+            if parts == 1 {
+                f(0);
+            }
+            return;
+        }
+        let mut workers = match WORKERS.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return run_scoped(parts, f),
+        };
+        while workers.len() < parts - 1 {
+            match spawn_worker() {
+                Some(w) => workers.push(w),
+                None => {
+                    drop(workers);
+                    return run_scoped(parts, f);
+                }
+            }
+        }
+        let pending = AtomicUsize::new(parts - 1);
+        let panicked = AtomicBool::new(false);
+        // SAFETY (lifetime erasure): `WaitAll` below does not return, even when unwinding,
+        // before every worker has finished with its task, `f`, `pending` and `panicked`.
+        let (f_s, pending_s, panicked_s) = unsafe {
+            (
+                std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f),
+                &*(&pending as *const AtomicUsize),
+                &*(&panicked as *const AtomicBool),
+            )
+        };
+        let tasks: Vec<Task> = (1..parts)
+            .map(|index| Task {
+                f: f_s,
+                index,
+                pending: pending_s,
+                panicked: panicked_s,
+                caller: thread::current(),
+            })
+            .collect();
+        let wait = WaitAll(&pending);
+        for (task, w) in tasks.iter().zip(workers.iter()) {
+            w.slot
+                .store(task as *const Task as *mut Task, Ordering::Release);
+            w.thread.unpark();
+        }
+        f(0);
+        // Parts no worker has picked up yet (a busy machine may not have scheduled it) are
+        // taken back and run here instead of waiting for the worker.
+        for (task, w) in tasks.iter().zip(workers.iter()) {
+            let ptr = task as *const Task as *mut Task;
+            let revoked = w
+                .slot
+                .compare_exchange(
+                    ptr,
+                    std::ptr::null_mut(),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+            if revoked {
+                pending.fetch_sub(1, Ordering::Release);
+                f(task.index);
+            }
+        }
+        drop(wait);
+        drop(tasks);
+        drop(workers);
+        if panicked.load(Ordering::Relaxed) {
+            panic!("a GEMM worker thread panicked");
+        }
+    }
+
+    fn run_scoped(parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        thread::scope(|s| {
+            for index in 1..parts {
+                s.spawn(move || f(index));
+            }
+            f(0);
+        });
+    }
 }
 
 #[cfg(test)]

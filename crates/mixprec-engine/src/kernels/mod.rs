@@ -11,7 +11,8 @@
 //! - [`requant`]: dyadic multipliers ([`Dyadic`]) and saturating integer-only requantization.
 //! - [`gemm`](mod@gemm): `C[M,N] (i32) = (A - a_zp)·Bᵀ` for 8-bit activations (`u8` or `i8`) and 8-bit
 //!   ([`PackedI8`]) or 4-bit ([`PackedI4`]) weights, generic, AVX2 and AVX-512 VNNI (selected
-//!   at run time).
+//!   at run time); [`gemm_requantize`] adds the Eq. 24 requantization to 8-bit codes, fused into
+//!   the AVX-512 VNNI kernel's output path.
 //! - [`conv`]: 2-D convolution through im2col + GEMM, and a direct depthwise kernel.
 //! - `avx512_fused` (crate-internal): the fast executor's implicit-GEMM `vpdpbusd` kernel with
 //!   the dyadic requantization in its epilogue, and the vector residual Add
@@ -44,7 +45,10 @@ pub(crate) mod avx512_fused;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use conv::{conv2d, conv2d_with, Conv2dParams, ConvOutput, ConvWeights};
-pub use gemm::{gemm, gemm_with, gemv, Activation, PackedI4, PackedI8, PackedWeights};
+pub use gemm::{
+    gemm, gemm_requantize, gemm_requantize_with, gemm_with, gemv, Activation, PackedI4, PackedI8,
+    PackedWeights,
+};
 pub use pack::{pack_bits, pack_int4_x8_i32, unpack_bits, unpack_int4_x8_i32, PackedBits};
 pub use requant::{requantize, rounding_shift, Dyadic, OutputRange};
 

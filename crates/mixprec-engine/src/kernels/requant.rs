@@ -221,12 +221,35 @@ pub fn requantize<T: Activation>(
     multipliers: &[Dyadic],
     range: OutputRange,
 ) -> Result<Vec<T>> {
+    check_args::<T>(acc.len(), shape, bias, multipliers, range)?;
+    let [_, channels, inner] = shape;
+    let mut out = Vec::with_capacity(acc.len());
+    if acc.is_empty() {
+        return Ok(out);
+    }
+    for block in acc.chunks_exact(channels * inner) {
+        for (c, row) in block.chunks_exact(inner).enumerate() {
+            let d = multipliers[if multipliers.len() == 1 { 0 } else { c }];
+            let b = bias.map_or(0, |b| b[c]);
+            out.extend(
+                row.iter()
+                    .map(|&x| T::from_i32_unchecked(d.requant(x.saturating_add(b), range))),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the arguments of [`requantize`] (`len` accumulators of `shape`).
+pub(crate) fn check_args<T: Activation>(
+    len: usize,
+    shape: [usize; 3],
+    bias: Option<&[i32]>,
+    multipliers: &[Dyadic],
+    range: OutputRange,
+) -> Result<()> {
     let [outer, channels, inner] = shape;
-    check_len(
-        "requantize accumulators",
-        outer * channels * inner,
-        acc.len(),
-    )?;
+    check_len("requantize accumulators", outer * channels * inner, len)?;
     if let Some(b) = bias {
         check_len("requantize bias", channels, b.len())?;
     }
@@ -247,21 +270,7 @@ pub fn requantize<T: Activation>(
             max: T::MAX,
         });
     }
-    let mut out = Vec::with_capacity(acc.len());
-    if acc.is_empty() {
-        return Ok(out);
-    }
-    for block in acc.chunks_exact(channels * inner) {
-        for (c, row) in block.chunks_exact(inner).enumerate() {
-            let d = multipliers[if multipliers.len() == 1 { 0 } else { c }];
-            let b = bias.map_or(0, |b| b[c]);
-            out.extend(
-                row.iter()
-                    .map(|&x| T::from_i32_unchecked(d.requant(x.saturating_add(b), range))),
-            );
-        }
-    }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
