@@ -3,8 +3,9 @@
 
 Shapes: weights N x K (default 4096 x 4096) times activations M x K for M in --m (default
 1, 16, 128). mixprec side: `examples/gemm_vs_ort.rs` of mixprec-engine (int8 weights x u8
-activations -> i32, packed int4 weights x u8 activations -> i32, and the engine's dyadic
-requantization of the i32 result back to u8 timed separately). ONNX Runtime side: tiny one-node
+activations -> i32, packed int4 weights x u8 activations -> i32, and int8 GEMM with the
+dyadic requantization to u8 fused into it, `gemm_requantize`, reported as the GEMM time plus
+the difference `requant_ms`). ONNX Runtime side: tiny one-node
 models built with the `onnx` helper and a symbolic M:
   - MatMulInteger   u8 [M,K] x i8 [K,N] -> i32        (vs our int8 GEMM, i32 out)
   - QLinearMatMul   u8 x i8 -> u8, per-tensor scales  (vs our int8 GEMM + requantization)
