@@ -242,6 +242,24 @@ struct FTensor {
     float: bool,
 }
 
+/// Adds tensor `t` (read `n_uses` times) and the step `step(t's index)` that writes it;
+/// returns the tensor's index.
+fn produce(
+    p: &mut Plan,
+    slot_uses: &mut Vec<usize>,
+    producer: &mut Vec<Option<usize>>,
+    t: FTensor,
+    n_uses: usize,
+    step: impl FnOnce(usize) -> FStep,
+) -> usize {
+    p.tensors.push(t);
+    slot_uses.push(n_uses);
+    let o = p.tensors.len() - 1;
+    producer.push(Some(p.steps.len()));
+    p.steps.push(step(o));
+    o
+}
+
 /// The structure pass's result.
 struct Plan {
     name: String,
@@ -311,6 +329,30 @@ fn per_channel(t: &Tensor, out: &[usize], axis: usize) -> Option<Vec<f32>> {
 /// Elements of `big` sharing one element of `small` when `small` broadcasts against `big` per
 /// leading block: `small` equals `big`'s first dimensions followed by ones (same shape: 1;
 /// `[C, 1, 1]` against `[C, H, W]`: `H·W`). `None` for any other broadcast.
+/// Orders the two operands of an element-wise node so that the second one is the operand
+/// broadcast per channel (or both have one shape): `(a, b, elements per channel)`, or an error
+/// naming the node and what the engine `verb`s.
+fn broadcast_pair(
+    node: &Node,
+    (a, sa): (usize, &[usize]),
+    (b, sb): (usize, &[usize]),
+    verb: &str,
+) -> Result<(usize, usize, usize)> {
+    if let Some(i) = broadcast_runs(sa, sb) {
+        Ok((a, b, i))
+    } else if let Some(i) = broadcast_runs(sb, sa) {
+        Ok((b, a, i))
+    } else {
+        Err(unsupported(
+            node,
+            format!(
+                "the engine {verb} tensors of equal shape or broadcasts one per channel \
+                 ([C, 1, 1] against [C, H, W]); got {sa:?} and {sb:?}"
+            ),
+        ))
+    }
+}
+
 fn broadcast_runs(big: &[usize], small: &[usize]) -> Option<usize> {
     if big.len() != small.len() {
         return None;
@@ -430,6 +472,12 @@ impl Plan {
             producer.push(None);
             p.tensors.len() - 1
         };
+        // The code tensor written by a node's output value `v`.
+        let out_tensor = |v: ValueId, shape: Vec<usize>| FTensor {
+            name: g.values[v].name.clone(),
+            shape,
+            float: false,
+        };
         let in_name = g.values[in_v].name.clone();
         let in_shape = sample(in_v)?;
         p.input = new_tensor(
@@ -527,17 +575,14 @@ impl Plan {
                         return Err(unsupported(node, "only the data input may be non-constant"));
                     };
                     let fl = build_layer(g, node, layer, x_v, x_s, &sample(x_v)?, &out_shape)?;
-                    let o = new_tensor(
+                    let o = produce(
                         &mut p,
                         &mut slot_uses,
                         &mut producer,
-                        g.values[out_v].name.clone(),
-                        out_shape,
-                        false,
+                        out_tensor(out_v, out_shape),
                         uses[out_v],
+                        |o| FStep::Layer(FLayer { output: o, ..fl }),
                     );
-                    producer[o] = Some(p.steps.len());
-                    p.steps.push(FStep::Layer(FLayer { output: o, ..fl }));
                     slot.insert(out_v, o);
                 }
                 Op::BatchNorm { epsilon } => {
@@ -684,38 +729,23 @@ impl Plan {
                         return Err(unsupported(node, "needs two operands"));
                     };
                     let (sa, sb) = (sample(av)?, sample(bv)?);
-                    let (a, b, b_inner) = if let Some(i) = broadcast_runs(&sa, &sb) {
-                        (a, b, i)
-                    } else if let Some(i) = broadcast_runs(&sb, &sa) {
-                        (b, a, i)
-                    } else {
-                        return Err(unsupported(
-                            node,
-                            format!(
-                                "the engine adds tensors of equal shape or broadcasts one per \
-                                 channel ([C, 1, 1] against [C, H, W]); got {sa:?} and {sb:?}"
-                            ),
-                        ));
-                    };
-                    let o = new_tensor(
+                    let (a, b, b_inner) = broadcast_pair(node, (a, &sa), (b, &sb), "adds")?;
+                    let o = produce(
                         &mut p,
                         &mut slot_uses,
                         &mut producer,
-                        g.values[out_v].name.clone(),
-                        out_shape,
-                        false,
+                        out_tensor(out_v, out_shape),
                         uses[out_v],
+                        |o| FStep::Add {
+                            name: node.name.clone(),
+                            a,
+                            b,
+                            output: o,
+                            lo: None,
+                            hi: None,
+                            b_inner,
+                        },
                     );
-                    producer[o] = Some(p.steps.len());
-                    p.steps.push(FStep::Add {
-                        name: node.name.clone(),
-                        a,
-                        b,
-                        output: o,
-                        lo: None,
-                        hi: None,
-                        b_inner,
-                    });
                     slot.insert(out_v, o);
                 }
                 Op::Mul => {
@@ -723,36 +753,21 @@ impl Plan {
                         return Err(unsupported(node, "needs two operands"));
                     };
                     let (sa, sb) = (sample(av)?, sample(bv)?);
-                    let (a, b, inner) = if let Some(i) = broadcast_runs(&sa, &sb) {
-                        (a, b, i)
-                    } else if let Some(i) = broadcast_runs(&sb, &sa) {
-                        (b, a, i)
-                    } else {
-                        return Err(unsupported(
-                            node,
-                            format!(
-                                "the engine multiplies tensors of equal shape or broadcasts one \
-                                 per channel ([C, 1, 1] against [C, H, W]); got {sa:?} and {sb:?}"
-                            ),
-                        ));
-                    };
-                    let o = new_tensor(
+                    let (a, b, inner) = broadcast_pair(node, (a, &sa), (b, &sb), "multiplies")?;
+                    let o = produce(
                         &mut p,
                         &mut slot_uses,
                         &mut producer,
-                        g.values[out_v].name.clone(),
-                        out_shape,
-                        false,
+                        out_tensor(out_v, out_shape),
                         uses[out_v],
+                        |o| FStep::Mul {
+                            name: node.name.clone(),
+                            a,
+                            b,
+                            output: o,
+                            inner,
+                        },
                     );
-                    producer[o] = Some(p.steps.len());
-                    p.steps.push(FStep::Mul {
-                        name: node.name.clone(),
-                        a,
-                        b,
-                        output: o,
-                        inner,
-                    });
                     slot.insert(out_v, o);
                 }
                 Op::Concat { axis } => {
@@ -783,23 +798,20 @@ impl Plan {
                     if outer * blocks.iter().sum::<usize>() != out_shape.iter().product::<usize>() {
                         return Err(unsupported(node, "input sizes do not add up to the output"));
                     }
-                    let o = new_tensor(
+                    let o = produce(
                         &mut p,
                         &mut slot_uses,
                         &mut producer,
-                        g.values[out_v].name.clone(),
-                        out_shape,
-                        false,
+                        out_tensor(out_v, out_shape),
                         uses[out_v],
+                        |o| FStep::Concat {
+                            name: node.name.clone(),
+                            inputs: rt.iter().map(|&(_, _, s)| s).collect(),
+                            output: o,
+                            outer,
+                            blocks,
+                        },
                     );
-                    producer[o] = Some(p.steps.len());
-                    p.steps.push(FStep::Concat {
-                        name: node.name.clone(),
-                        inputs: rt.iter().map(|&(_, _, s)| s).collect(),
-                        output: o,
-                        outer,
-                        blocks,
-                    });
                     slot.insert(out_v, o);
                 }
                 Op::Sigmoid | Op::Tanh | Op::LeakyRelu { .. } => {
@@ -810,22 +822,19 @@ impl Plan {
                         _ => return Err(unsupported(node, SUPPORTED)),
                     };
                     let (_, _, s_in) = rt[0];
-                    let o = new_tensor(
+                    let o = produce(
                         &mut p,
                         &mut slot_uses,
                         &mut producer,
-                        g.values[out_v].name.clone(),
-                        out_shape,
-                        false,
+                        out_tensor(out_v, out_shape),
                         uses[out_v],
+                        |o| FStep::Lookup {
+                            name: node.name.clone(),
+                            input: s_in,
+                            output: o,
+                            function,
+                        },
                     );
-                    producer[o] = Some(p.steps.len());
-                    p.steps.push(FStep::Lookup {
-                        name: node.name.clone(),
-                        input: s_in,
-                        output: o,
-                        function,
-                    });
                     slot.insert(out_v, o);
                 }
                 Op::Transpose { perm } => {
@@ -849,23 +858,22 @@ impl Plan {
                     {
                         return Err(unsupported(node, "invalid permutation"));
                     }
-                    let o = new_tensor(
+                    let o = produce(
                         &mut p,
                         &mut slot_uses,
                         &mut producer,
-                        g.values[out_v].name.clone(),
-                        out_shape,
-                        false,
+                        out_tensor(out_v, out_shape),
                         uses[out_v],
+                        |o| {
+                            FStep::Transpose(TransposeStep {
+                                name: node.name.clone(),
+                                input: s_in,
+                                output: o,
+                                in_shape: ish,
+                                perm,
+                            })
+                        },
                     );
-                    producer[o] = Some(p.steps.len());
-                    p.steps.push(FStep::Transpose(TransposeStep {
-                        name: node.name.clone(),
-                        input: s_in,
-                        output: o,
-                        in_shape: ish,
-                        perm,
-                    }));
                     slot.insert(out_v, o);
                 }
                 Op::Relu | Op::Clip => {
@@ -894,23 +902,20 @@ impl Plan {
                             slot.insert(out_v, s);
                         }
                         _ => {
-                            let o = new_tensor(
+                            let o = produce(
                                 &mut p,
                                 &mut slot_uses,
                                 &mut producer,
-                                g.values[out_v].name.clone(),
-                                out_shape,
-                                false,
+                                out_tensor(out_v, out_shape),
                                 uses[out_v],
+                                |o| FStep::Clamp {
+                                    name: node.name.clone(),
+                                    input: s_in,
+                                    output: o,
+                                    lo,
+                                    hi,
+                                },
                             );
-                            producer[o] = Some(p.steps.len());
-                            p.steps.push(FStep::Clamp {
-                                name: node.name.clone(),
-                                input: s_in,
-                                output: o,
-                                lo,
-                                hi,
-                            });
                             slot.insert(out_v, o);
                         }
                     }
@@ -1044,24 +1049,25 @@ impl Plan {
                         });
                         f
                     };
-                    let o = new_tensor(
+                    let o = produce(
                         &mut p,
                         &mut slot_uses,
                         &mut producer,
-                        g.values[out_v].name.clone(),
-                        out_shape,
-                        true,
+                        FTensor {
+                            name: g.values[out_v].name.clone(),
+                            shape: out_shape,
+                            float: true,
+                        },
                         uses[out_v],
+                        |o| FStep::Softmax {
+                            name: node.name.clone(),
+                            input,
+                            output: o,
+                            outer,
+                            len,
+                            inner,
+                        },
                     );
-                    producer[o] = Some(p.steps.len());
-                    p.steps.push(FStep::Softmax {
-                        name: node.name.clone(),
-                        input,
-                        output: o,
-                        outer,
-                        len,
-                        inner,
-                    });
                     slot.insert(out_v, o);
                 }
                 _ => return Err(unsupported(node, SUPPORTED)),
