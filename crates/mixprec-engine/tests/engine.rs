@@ -10,6 +10,8 @@ use mixprec_engine::{
 };
 use mixprec_exec::{calibrate, evaluate, Executor, FakeQuant};
 use mixprec_graph::{load_onnx, Graph};
+mod common;
+use common::{odd_policy, policy};
 use mixprec_quant::{Granularity, Policy, QScheme, QuantKind};
 
 fn graph(model: &str) -> Graph {
@@ -30,42 +32,6 @@ fn executor(g: &Graph) -> Executor {
     let mut e = Executor::new(g.clone()).unwrap();
     e.free_batch_dim();
     e
-}
-
-fn uniform(bits: u8, symmetric: bool, g: Granularity) -> QScheme {
-    QScheme::new(QuantKind::Uniform, bits, symmetric, g)
-}
-
-/// Per-layer weight bits (cycled over the layers), 8-bit asymmetric activations.
-fn policy(g: &Graph, bits: &[u8]) -> Policy {
-    let mut p = Policy::new();
-    for (i, l) in g.layers().iter().enumerate() {
-        p.set_weight(
-            &l.name,
-            uniform(bits[i % bits.len()], true, Granularity::Channel),
-        );
-        p.set_activation(&l.name, uniform(8, false, Granularity::Tensor));
-    }
-    p
-}
-
-/// Per-tensor weights of 8, 6 and 3 bits, activations alternately 8-bit asymmetric and 7-bit
-/// symmetric (signed codes, stored offset by 128).
-fn odd_policy(g: &Graph) -> Policy {
-    let mut p = Policy::new();
-    for (i, l) in g.layers().iter().enumerate() {
-        p.set_weight(
-            &l.name,
-            uniform([8, 6, 3][i % 3], true, Granularity::Tensor),
-        );
-        let a = if i % 2 == 0 {
-            uniform(8, false, Granularity::Tensor)
-        } else {
-            uniform(7, true, Granularity::Tensor)
-        };
-        p.set_activation(&l.name, a);
-    }
-    p
 }
 
 /// 32×32 CIFAR images upsampled ×3 (nearest) to 96×96 and scaled to 0..1 (VWW's input).
