@@ -895,7 +895,12 @@ fn cbw_direct(g: &Geom, x: &[f32], gy: &[f32], dw: &mut [f32]) {
 // ---------------------------------------------------------------------------------------------
 
 /// The contiguous f32 data of a CPU operand.
-fn f32_data<'a>(op: &str, what: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn f32_data<'a>(
+    op: &str,
+    what: &str,
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
         other => bail!(

@@ -18,20 +18,9 @@
 
 use std::sync::Arc;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-/// The contiguous f32 data of a CPU operand.
-fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        other => bail!("{op}: only f32 is supported, got {:?}", other.dtype()),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("{op}: the operand must be contiguous"),
-    }
-}
+use crate::conv2d::f32_data;
 
 /// `y[n, c, …] = (x[n, c, …] − m[c]) · a[c] + b[c]` with constant coefficients.
 #[derive(Clone)]
@@ -50,7 +39,7 @@ impl CustomOp1 for ChannelAffine {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let x = f32_slice(op, s, l)?;
+        let x = f32_data(op, "input", s, l)?;
         let dims = l.dims();
         let c = self.a.len();
         if dims.len() < 2 || dims[1] != c {
@@ -113,7 +102,7 @@ impl CustomOp1 for Relu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(self.name(), s, l)?;
+        let x = f32_data(self.name(), "input", s, l)?;
         let y = x.iter().map(|&v| v.max(0.0)).collect();
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -139,7 +128,10 @@ impl CustomOp2 for PositiveMask {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let (g, x) = (f32_slice(op, s1, l1)?, f32_slice(op, s2, l2)?);
+        let (g, x) = (
+            f32_data(op, "gradient", s1, l1)?,
+            f32_data(op, "input", s2, l2)?,
+        );
         if l1.dims() != l2.dims() {
             bail!("{op}: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
         }
