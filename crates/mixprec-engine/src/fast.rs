@@ -1428,9 +1428,12 @@ pub(crate) struct FusedLayer {
 }
 
 impl FusedLayer {
-    /// A convolution (`weights` `[Cout, Cin, kh, kw]`, one group) over `input` `[N, C, H, W]`
-    /// whose random channels-last codes are `x`; `None` when the fast executor would not run
-    /// it (no AVX-512 VNNI, grouped or depthwise, dilated over channels not a multiple of 4).
+    /// A convolution (`weights` `[Cout, Cin/groups, kh, kw]`) over `input` `[N, C, H, W]` whose
+    /// random channels-last codes are `x`, on the plan the executor builds for it: the
+    /// implicit-GEMM kernel for one group, the channels-last depthwise kernel ([`DwPlan::new`])
+    /// for one filter per channel. `None` when the executor would keep the reference kernels (no
+    /// AVX-512 VNNI; other groupings; dilated over channels not a multiple of 4; a depthwise sum
+    /// that could saturate `i32`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn conv(
         weights: &[i8],
@@ -1445,12 +1448,19 @@ impl FusedLayer {
         range: OutputRange,
     ) -> Option<Self> {
         let [n, c, h, w] = input;
+        let step = Self::step(bias, multipliers, range);
+        let outputs = n * out_hw[0] * out_hw[1] * shape[0];
+        if params.groups != 1 {
+            let dp = DwPlan::new(&step, weights, &shape, params, [c, h, w], out_hw, zp as i32)
+                .ok()
+                .flatten()?;
+            return Self::with(FusedPlan::Depthwise(dp), x, zp, n, outputs);
+        }
         let dilated_ok = params.dilations[1] == 1 || c % 4 == 0 || shape[3] == 1;
-        if params.groups != 1 || shape[1] != c || !dilated_ok {
+        if shape[1] != c || !dilated_ok {
             return None;
         }
         let fw = FastWeights::new(weights, &shape, 1)?;
-        let step = Self::step(bias, multipliers, range);
         let kreal = c * shape[2] * shape[3];
         let ep = epilogue(&step, fw.n, zp as i32, &fw.row_sums, kreal).ok()?;
         let lp = LayerPlan {
@@ -1463,40 +1473,7 @@ impl FusedLayer {
             out_hw,
             ep,
         };
-        let plan = FusedPlan::Layer { fw, lp };
-        Self::with(plan, x, zp, n, n * out_hw[0] * out_hw[1] * shape[0])
-    }
-
-    /// A depthwise convolution (`weights` `[C, 1, kh, kw]`, `groups = C`) over `input`
-    /// `[N, C, H, W]` whose random channels-last codes are `x`, on the plan the executor builds
-    /// for it ([`DwPlan::new`]); `None` when the executor would keep the reference kernels
-    /// (no AVX-512 VNNI, not one filter per channel, fewer than 2 channels, or a sum that could
-    /// saturate `i32`).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn depthwise(
-        weights: &[i8],
-        shape: [usize; 4],
-        params: &crate::kernels::Conv2dParams,
-        input: [usize; 4],
-        out_hw: [usize; 2],
-        x: Vec<u8>,
-        zp: u8,
-        bias: Vec<i32>,
-        multipliers: Vec<crate::kernels::Dyadic>,
-        range: OutputRange,
-    ) -> Option<Self> {
-        let [n, c, h, w] = input;
-        let step = Self::step(bias, multipliers, range);
-        let dp = DwPlan::new(&step, weights, &shape, params, [c, h, w], out_hw, zp as i32)
-            .ok()
-            .flatten()?;
-        Self::with(
-            FusedPlan::Depthwise(dp),
-            x,
-            zp,
-            n,
-            n * out_hw[0] * out_hw[1] * c,
-        )
+        Self::with(FusedPlan::Layer { fw, lp }, x, zp, n, outputs)
     }
 
     /// A matrix product `[m, k]·[n, k]ᵀ` over random codes `x`; `None` without AVX-512 VNNI.
@@ -2467,7 +2444,7 @@ mod tests {
             // The profiler's timed entry runs the same plan and produces the same codes.
             let mut xh = vec![0u8; x.len()];
             to_hwc(&x, c, h * w, &mut xh);
-            let mut fl = FusedLayer::depthwise(
+            let mut fl = FusedLayer::conv(
                 &wt, [c, 1, kh, kw], &p, [n, c, h, w], [ho, wo], xh, zp, bias.clone(), mults.clone(), range,
             )
             .expect("a fused depthwise layer on an AVX-512 VNNI CPU");

@@ -760,9 +760,8 @@ impl Bench {
                     .collect();
                 // The executor's choice: the implicit-GEMM kernel for one group, the
                 // channels-last depthwise kernel for one filter per channel.
-                let fused = match (fast, params.groups) {
-                    (false, _) => None,
-                    (true, 1) => FusedLayer::conv(
+                let fused = if fast {
+                    FusedLayer::conv(
                         &wq,
                         weight,
                         &params,
@@ -773,19 +772,9 @@ impl Bench {
                         bias.clone(),
                         mults.clone(),
                         range,
-                    ),
-                    (true, _) => FusedLayer::depthwise(
-                        &wq,
-                        weight,
-                        &params,
-                        input,
-                        out_hw,
-                        x.clone(),
-                        0,
-                        bias.clone(),
-                        mults.clone(),
-                        range,
-                    ),
+                    )
+                } else {
+                    None
                 };
                 if let Some(mut fl) = fused {
                     return Bench::checked(
