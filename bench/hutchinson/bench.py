@@ -83,11 +83,13 @@ def main():
     ap.add_argument("--probes-per-pass", type=int, default=4)
     ap.add_argument("--mode", choices=["joint", "per-layer"], default="joint")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--estimator", choices=["auto", "exact", "hutchinson"], default="hutchinson",
+    ap.add_argument("--estimator", choices=["auto", "exact", "hutchinson", "logit-hutchinson"], default="hutchinson",
                     help="mixprec's estimator (auto/exact: exact traces of piecewise-linear "
-                         "networks, no probes)")
-    ap.add_argument("--torch-estimator", choices=["hutchinson", "exact"], default="hutchinson",
-                    help="the PyTorch script's estimator (exact: the same factorisation)")
+                         "networks, no probes; logit-hutchinson: Hutchinson with Rademacher probes "
+                         "in the logit space of the same factorisation)")
+    ap.add_argument("--torch-estimator", choices=["hutchinson", "exact", "logit-hutchinson"], default="hutchinson",
+                    help="the PyTorch script's estimator (exact / logit-hutchinson: the same "
+                         "factorisation as mixprec's)")
     ap.add_argument("--resnet20-steps", type=int, default=60)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     a = ap.parse_args()

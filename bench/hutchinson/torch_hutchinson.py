@@ -8,7 +8,9 @@ input of a final Softmax), H·z comes from torch.autograd.grad(g·z) on the kept
 for ReLU networks a layer's Hessian block is its Gauss-Newton block, so
 Tr(H_i) = (1/N) sum_n sum_c ||d(u_nc . z_n)/dW_i||^2 with u_nc = sqrt(p_nc) (e_c - p_n): one
 backward pass over the batch replicated once per class, then per-row weight gradients (unfold +
-batched matmul for convolutions, outer products for Gemm).
+batched matmul for convolutions, outer products for Gemm). `--estimator logit-hutchinson` runs
+Hutchinson's estimator on that factorisation with Rademacher probes in the logit space of each
+sample (one row per sample and probe), as mixprec's `logit-hutchinson` does.
 Prints one JSON object on stdout.
 """
 
@@ -128,6 +130,31 @@ def estimate(s):
     return {"trace": float(mean), "probes": m, "rel_stderr": float(rel)}
 
 
+def row_norms(net, xr, u):
+    """Per layer, the per-row squared norms ||d(u_r . z_r)/dW||^2 (one backward pass)."""
+    net.taps = {}
+    z = net(xr)
+    (z * u).sum().backward()
+    out = {}
+    for name, _ in net.layers:
+        xin, a, y = net.taps[name]
+        d = y.grad
+        if d.dim() == 4:
+            if a.get("group", 1) != 1:
+                raise SystemExit(f"{name}: grouped convolutions are not supported here")
+            w = net.params[dict(net.layers)[name]]
+            cols = F.unfold(xin.detach(), w.shape[2:], dilation=tuple(a.get("dilations", [1, 1])),
+                            padding=(a["pads"][0], a["pads"][1]), stride=tuple(a.get("strides", [1, 1])))
+            g = torch.bmm(d.flatten(2), cols.transpose(1, 2))
+            out[name] = g.double().pow(2).flatten(1).sum(1)
+        else:
+            out[name] = xin.detach().double().pow(2).sum(1) * d.double().pow(2).sum(1)
+    net.taps = None
+    for w in net.params.values():
+        w.grad = None
+    return out
+
+
 def exact_traces(net, x, rows):
     """Exact per-layer traces of the mean cross-entropy (see the module doc)."""
     with torch.no_grad():
@@ -139,27 +166,48 @@ def exact_traces(net, x, rows):
         cls = list(range(c0, min(c, c0 + per)))
         xr = x.repeat(len(cls), 1, 1, 1)
         u = torch.cat([p[:, k:k + 1].sqrt() * (F.one_hot(torch.full((n,), k), c).float() - p) for k in cls])
-        net.taps = {}
-        z = net(xr)
-        (z * u).sum().backward()
-        for name, _ in net.layers:
-            xin, a, y = net.taps[name]
-            d = y.grad
-            if d.dim() == 4:
-                if a.get("group", 1) != 1:
-                    raise SystemExit(f"{name}: grouped convolutions are not supported here")
-                w = net.params[dict(net.layers)[name]]
-                cols = F.unfold(xin.detach(), w.shape[2:], dilation=tuple(a.get("dilations", [1, 1])),
-                                padding=(a["pads"][0], a["pads"][1]), stride=tuple(a.get("strides", [1, 1])))
-                g = torch.bmm(d.flatten(2), cols.transpose(1, 2))
-                sums[name] += float(g.double().pow(2).sum())
-            else:
-                sums[name] += float((xin.detach().double().pow(2).sum(1) * d.double().pow(2).sum(1)).sum())
-        net.taps = None
-        for w in net.params.values():
-            w.grad = None
+        for name, v in row_norms(net, xr, u).items():
+            sums[name] += float(v.sum())
     return [dict(name=name, trace=sums[name] / n, probes=0, rel_stderr=0.0, joint=False, dropped=0, exact=True)
             for name, _ in net.layers]
+
+
+def logit_hutchinson_traces(net, x, a, gen):
+    """Hutchinson with Rademacher probes eps_n in the logit space of the same factorisation:
+    r_n = sqrt(p_n) * eps_n - p_n (sqrt(p_n) . eps_n), E||J_n^T r_n||^2 = sum_c ||J_n^T u_nc||^2;
+    one row per sample and round, rounds drawn in blocks of the number predicted to reach tol
+    (at most doubling)
+    (as mixprec's `logit-hutchinson`)."""
+    with torch.no_grad():
+        p = F.softmax(net(x), dim=1)
+    n, c = p.shape
+    q = p.sqrt()
+    names = [name for name, _ in net.layers]
+    samples = {name: [] for name in names}
+    out = {}
+    rounds, drawn, passes = a.min_probes, 0, 0
+    while len(out) < len(names):
+        for _ in range(rounds):
+            eps = torch.randint(0, 2, (n, c), generator=gen, dtype=torch.float32) * 2 - 1
+            e = q * eps
+            u = e - p * e.sum(1, keepdim=True)
+            norms = row_norms(net, x, u)
+            passes += 1
+            for name in names:
+                if name not in out:
+                    samples[name].append(float(norms[name].sum()) / n)
+        drawn += rounds
+        more = 1
+        for name in names:
+            if name in out:
+                continue
+            est = estimate(samples[name])
+            if drawn >= a.max_probes or est["rel_stderr"] < a.tol:
+                out[name] = dict(est, joint=True, dropped=0, exact=False)
+            else:
+                more = max(more, int(np.ceil(drawn * (est["rel_stderr"] / a.tol) ** 2)) - drawn)
+        rounds = max(1, min(more, drawn, a.max_probes - drawn))
+    return [dict(name=name, **out[name]) for name in names], passes
 
 
 def main():
@@ -173,7 +221,7 @@ def main():
     ap.add_argument("--max-probes", type=int, default=256)
     ap.add_argument("--mode", choices=["joint", "per-layer"], default="joint")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--estimator", choices=["hutchinson", "exact"], default="hutchinson")
+    ap.add_argument("--estimator", choices=["hutchinson", "exact", "logit-hutchinson"], default="hutchinson")
     ap.add_argument("--rows", type=int, default=32, help="exact: (sample, class) rows per pass")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -184,12 +232,15 @@ def main():
     gen = torch.Generator().manual_seed(a.seed)
     ws = [net.params[w] for _, w in net.layers]
     t1 = time.perf_counter()
-    if a.estimator == "exact":
-        layers = exact_traces(net, x, a.rows)
+    if a.estimator in ("exact", "logit-hutchinson"):
+        if a.estimator == "exact":
+            layers, passes = exact_traces(net, x, a.rows), 0
+        else:
+            layers, passes = logit_hutchinson_traces(net, x, a, gen)
         t2 = time.perf_counter()
         print(json.dumps({
             "tool": "torch " + torch.__version__, "threads": torch.get_num_threads(),
-            "setup_s": t1 - t0, "estimate_s": t2 - t1, "passes": 0, "layers": layers,
+            "setup_s": t1 - t0, "estimate_s": t2 - t1, "passes": passes, "layers": layers,
             "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         }))
         return

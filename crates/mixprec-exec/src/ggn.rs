@@ -136,7 +136,7 @@ pub fn non_linear_tail(g: &Graph, layer: &Layer, logits: ValueId) -> Option<Stri
 }
 
 /// Exact traces of one layer's Hessian blocks.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LayerTraces {
     /// Tr(H) of the mean loss with respect to the layer's weight.
     pub weight: f64,
@@ -191,17 +191,75 @@ impl Executor {
         x: &Tensor,
         rows: usize,
     ) -> Result<Vec<LayerTraces>> {
+        let (target, n, c, p) = self.factor_setup(layers, x)?;
+        // Row r = cls·n + s: u_{s,cls} = √p_{s,cls} (e_cls − p_s).
+        let norms = self.factor_rows(layers, x, target, n * c, rows, |r, u| {
+            let (cls, s) = (r / n, r % n);
+            let ps = &p[s * c..(s + 1) * c];
+            let k = ps[cls].max(0.0).sqrt();
+            u.extend((0..c).map(|j| k * (f32::from(u8::from(j == cls)) - ps[j])));
+            s
+        })?;
+        Ok(mean_over_rows(&norms, layers.len(), n, 1)
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// Hutchinson samples of the same traces with Rademacher probes in the logit space of the
+    /// factorisation: Tr(H_ii) = (1/N) Σ_n Tr(U_nᵀ J_n J_nᵀ U_n) with U_n = [u_n1 … u_nC], so
+    /// for ε_n ∈ {±1}^C, r_n = U_n ε_n = √p_n ⊙ ε_n − p_n (√p_n · ε_n) and
+    /// E‖J_nᵀ r_n‖² = Tr(J_nᵀ U_n U_nᵀ J_n). One sample (`rounds` of them, a fresh ε_n per
+    /// sample and round) costs one row per sample instead of C; the same rows give the input
+    /// traces. Same preconditions and errors as [`Self::exact_layer_traces`].
+    pub fn probed_layer_traces<R: rand::Rng>(
+        &self,
+        layers: &[Layer],
+        x: &Tensor,
+        rows: usize,
+        rounds: usize,
+        rng: &mut R,
+    ) -> Result<Vec<Vec<LayerTraces>>> {
+        if rounds == 0 {
+            return Ok(Vec::new());
+        }
+        let (target, n, c, p) = self.factor_setup(layers, x)?;
+        let sqrt_p: Vec<f32> = p.iter().map(|&v| v.max(0.0).sqrt()).collect();
+        // Row r = round·n + s, drawn in order (the passes visit the rows in order).
+        let norms = self.factor_rows(layers, x, target, n * rounds, rows, |r, u| {
+            let s = r % n;
+            let (ps, qs) = (&p[s * c..(s + 1) * c], &sqrt_p[s * c..(s + 1) * c]);
+            let start = u.len();
+            let mut dot = 0f32;
+            for &q in qs {
+                let e = if rng.random::<bool>() { q } else { -q };
+                dot += e;
+                u.push(e);
+            }
+            for (v, &pj) in u[start..].iter_mut().zip(ps) {
+                *v -= pj * dot;
+            }
+            s
+        })?;
+        Ok(mean_over_rows(&norms, layers.len(), n, rounds))
+    }
+
+    /// Checks the layers, runs the float model on `x` and returns the loss target, the batch
+    /// size, the class count and the softmax probabilities (row-major N × C).
+    fn factor_setup(
+        &self,
+        layers: &[Layer],
+        x: &Tensor,
+    ) -> Result<(ValueId, usize, usize, Vec<f32>)> {
         let g = self.graph();
         let target = loss_target(self)?;
         for l in layers {
             if let Some(why) = non_linear_tail(g, l, target.value) {
                 return Err(ExecError::Invalid(format!(
-                    "layer '{}': the exact Hessian trace needs a piecewise-linear network after the layer, but {why}",
+                    "layer '{}': the Gauss–Newton factorisation of the Hessian needs a piecewise-linear network after the layer, but {why}",
                     l.name
                 )));
             }
         }
-        // Softmax probabilities of the float model.
         let opts = RunOptions {
             keep: vec![target.value],
             ..RunOptions::default()
@@ -214,51 +272,46 @@ impl Executor {
             .flatten_from(1)?;
         let (n, c) = logits.dims2()?;
         let p = to_vec_f32(&ops::softmax(&logits, 1, false).map_err(ExecError::Invalid)?)?;
-        // Rows r = (class, sample): `sn` samples × `per` classes per pass.
-        let sn = rows.clamp(1, n.max(1));
-        let per = (rows / sn).clamp(1, c);
-        let mut sums = vec![(0f64, 0f64); layers.len()];
-        for s0 in (0..n).step_by(sn) {
-            let s1 = (s0 + sn).min(n);
-            for c0 in (0..c).step_by(per) {
-                let c1 = (c0 + per).min(c);
-                let idx: Vec<u32> = (c0..c1).flat_map(|_| s0 as u32..s1 as u32).collect();
-                let idx = Tensor::from_slice(&idx, idx.len(), x.device())?;
-                let xr = x.index_select(&idx, 0)?;
-                let mut u = Vec::with_capacity((c1 - c0) * (s1 - s0) * c);
-                for cls in c0..c1 {
-                    for s in s0..s1 {
-                        let ps = &p[s * c..(s + 1) * c];
-                        let k = ps[cls].max(0.0).sqrt();
-                        u.extend((0..c).map(|j| k * (f32::from(u8::from(j == cls)) - ps[j])));
-                    }
-                }
-                let u = Tensor::from_vec(u, ((c1 - c0) * (s1 - s0), c), x.device())?;
-                let norms = self.row_gradient_norms(layers, &xr, &u, target.value)?;
-                for (s, v) in sums.iter_mut().zip(norms) {
-                    s.0 += v.0;
-                    s.1 += v.1;
-                }
-            }
-        }
-        Ok(sums
-            .into_iter()
-            .map(|(w, i)| LayerTraces {
-                weight: w / n as f64,
-                input: i / n as f64,
-            })
-            .collect())
+        Ok((target.value, n, c, p))
     }
 
-    /// (Σ_r ‖∂(u_rᵀ z_r)/∂W‖², Σ_r ‖∂(u_rᵀ z_r)/∂x_r‖²) for every layer: rows r of the input
-    /// `x` with logits z_r.
+    /// Per-row (‖∂(u_rᵀ z_s)/∂W‖², ‖∂(u_rᵀ z_s)/∂x_s‖²) of every layer, `[row][layer]`, for
+    /// `count` rows; `row(r, u)` appends row r's logit-space vector u_r to `u` and returns
+    /// its sample s. At most `chunk` rows per pass.
+    fn factor_rows(
+        &self,
+        layers: &[Layer],
+        x: &Tensor,
+        logits: ValueId,
+        count: usize,
+        chunk: usize,
+        mut row: impl FnMut(usize, &mut Vec<f32>) -> usize,
+    ) -> Result<Vec<Vec<(f64, f64)>>> {
+        let chunk = chunk.max(1);
+        let mut out = Vec::with_capacity(count);
+        let mut u = Vec::new();
+        for r0 in (0..count).step_by(chunk) {
+            let r1 = (r0 + chunk).min(count);
+            u.clear();
+            let idx: Vec<u32> = (r0..r1).map(|r| row(r, &mut u) as u32).collect();
+            let c = u.len() / (r1 - r0);
+            let idx = Tensor::from_slice(&idx, idx.len(), x.device())?;
+            let xr = x.index_select(&idx, 0)?;
+            let ut = Tensor::from_slice(&u, (r1 - r0, c), x.device())?;
+            out.extend(self.row_gradient_norms(layers, &xr, &ut, logits)?);
+        }
+        Ok(out)
+    }
+
+    /// Per-row (‖∂(u_rᵀ z_r)/∂W‖², ‖∂(u_rᵀ z_r)/∂x_r‖²) of every layer, `[row][layer]`, for the
+    /// rows of the input `x` with logits z_r.
     fn row_gradient_norms(
         &self,
         layers: &[Layer],
         x: &Tensor,
         u: &Tensor,
         logits: ValueId,
-    ) -> Result<Vec<(f64, f64)>> {
+    ) -> Result<Vec<Vec<(f64, f64)>>> {
         let taps = OutputTaps {
             layers: layers
                 .iter()
@@ -279,11 +332,12 @@ impl Executor {
             .get(&logits)
             .ok_or_else(|| ExecError::Invalid("the logits were not kept".into()))?
             .flatten_from(1)?;
+        let rows = z.dims()[0];
         let grads = (z * u)?.sum_all()?.backward()?;
         drop(r);
         let inputs = std::mem::take(&mut *lock(&taps.inputs)?);
         let tap_vars = std::mem::take(&mut *lock(&taps.taps)?);
-        let mut out = Vec::with_capacity(layers.len());
+        let mut out = vec![Vec::with_capacity(layers.len()); rows];
         for ((l, xin), tap) in layers.iter().zip(inputs).zip(tap_vars) {
             let (Some((xin, xtap)), Some(tap)) = (xin, tap) else {
                 return Err(ExecError::Invalid(format!(
@@ -296,16 +350,28 @@ impl Executor {
                 None => Tensor::zeros(tap.as_tensor().dims(), DType::F32, x.device())?,
             };
             let dx = match grads.get(xtap.as_tensor()) {
-                Some(d) => to_vec_f32(d)?.iter().map(|&v| f64::from(v).powi(2)).sum(),
-                None => 0.0,
+                Some(d) => row_sq_norms(d)?,
+                None => vec![0.0; rows],
             };
-            out.push((self.row_weight_gradient_norms(l, &xin, &delta)?, dx));
+            let dw = self.row_weight_gradient_norms(l, &xin, &delta)?;
+            if dw.len() != rows || dx.len() != rows {
+                return Err(ExecError::Invalid(format!(
+                    "layer '{}': {} weight-gradient and {} input-gradient rows for {rows} rows",
+                    l.name,
+                    dw.len(),
+                    dx.len()
+                )));
+            }
+            for (o, (w, i)) in out.iter_mut().zip(dw.into_iter().zip(dx)) {
+                o.push((w, i));
+            }
         }
         Ok(out)
     }
 
-    /// Σ_r ‖∂⟨y_r, δ_r⟩/∂W‖² of one layer with per-row input `x` and output gradient `delta`.
-    fn row_weight_gradient_norms(&self, l: &Layer, x: &Tensor, delta: &Tensor) -> Result<f64> {
+    /// ‖∂⟨y_r, δ_r⟩/∂W‖² of every row r of one layer with per-row input `x` and output
+    /// gradient `delta`.
+    fn row_weight_gradient_norms(&self, l: &Layer, x: &Tensor, delta: &Tensor) -> Result<Vec<f64>> {
         let node = &self.graph().nodes[l.node];
         let w = self
             .var(l.weight)
@@ -338,7 +404,7 @@ impl Executor {
                     cv.dilation,
                     *group,
                 )?;
-                return Ok(norms.iter().sum());
+                return Ok(norms);
             }
             Op::Gemm { alpha, trans_a, .. } => {
                 // ‖α δ_r a_rᵀ‖² = α² ‖δ_r‖² ‖a_r‖².
@@ -348,8 +414,11 @@ impl Executor {
                 }
                 let na = a.sqr()?.sum(1)?;
                 let nd = delta.sqr()?.sum(1)?;
-                let s = (na * nd)?.sum_all()?.to_scalar::<f32>()? as f64;
-                return Ok(s * (*alpha as f64).powi(2));
+                let a2 = (*alpha as f64).powi(2);
+                return Ok(to_vec_f32(&(na * nd)?)?
+                    .into_iter()
+                    .map(|v| f64::from(v) * a2)
+                    .collect());
             }
             Op::MatMul => {
                 // Σ over the positions of a row: A_rᵀ Δ_r.
@@ -370,9 +439,45 @@ impl Executor {
             }
             _ => return Err(bad("not a Conv / Gemm / MatMul layer")),
         };
-        Ok(to_vec_f32(&g)?
-            .iter()
-            .map(|&v| (v as f64) * (v as f64))
-            .sum())
+        row_sq_norms(&g)
     }
+}
+
+/// Σ over the non-leading axes of the squares of `t`, one value per leading index.
+fn row_sq_norms(t: &Tensor) -> Result<Vec<f64>> {
+    let rows = t.dims().first().copied().unwrap_or(0);
+    let v = to_vec_f32(t)?;
+    let per = v.len().checked_div(rows).unwrap_or(0);
+    Ok((0..rows)
+        .map(|r| {
+            v[r * per..(r + 1) * per]
+                .iter()
+                .map(|&a| f64::from(a) * f64::from(a))
+                .sum()
+        })
+        .collect())
+}
+
+/// `[round][layer]` sums over each of `rounds` equal consecutive blocks of the per-row norms
+/// `[row][layer]`, divided by the `n` samples.
+fn mean_over_rows(
+    norms: &[Vec<(f64, f64)>],
+    layers: usize,
+    n: usize,
+    rounds: usize,
+) -> Vec<Vec<LayerTraces>> {
+    let rounds = rounds.max(1);
+    let per = norms.len().div_ceil(rounds).max(1);
+    let mut out = vec![vec![LayerTraces::default(); layers]; rounds];
+    for (r, row) in norms.iter().enumerate() {
+        for (t, &(w, i)) in out[r / per].iter_mut().zip(row) {
+            t.weight += w;
+            t.input += i;
+        }
+    }
+    for t in out.iter_mut().flatten() {
+        t.weight /= n.max(1) as f64;
+        t.input /= n.max(1) as f64;
+    }
+    out
 }

@@ -13,11 +13,18 @@
 //!   squared per-(sample, class) gradient norms: one forward and backward pass per class, no
 //!   probes and no estimator error. It also gives the traces for input activations (Eq. 22),
 //!   so activation options (`a4`, `a8`) are scored with Ω = Tr(H_x)/n_x · E‖Q(x) − x‖².
+//! * `logit-hutchinson` ([`crate::Executor::probed_layer_traces`]): Hutchinson's estimator
+//!   (Eq. 21) on the same factorisation, with Rademacher probes ε_n ∈ {±1}^C in the logit space
+//!   of every sample (Tr(H_i) = (1/N) Σ_n E‖J_nᵀ U_n ε_n‖², U_nU_nᵀ the softmax Hessian): one
+//!   row per sample and probe instead of one per class, a fresh probe per sample. Same
+//!   preconditions as `exact`, weights and activations; rounds are drawn until every layer's
+//!   relative standard error (of the weight trace, and of the input trace when activation
+//!   options are scored) is below `tol`, after at least `min_probes`, at most `max_probes`.
 //! * `hutchinson`: the estimator below, for any twice-differentiable model (weights only).
-//! * `auto` (default): `exact` for every layer followed by a piecewise-linear network and
-//!   `hutchinson` for the others (e.g. the layers before a Sigmoid gate), when the exact passes
-//!   (≈ 3 per class) cost less than the Hutchinson budget (≈ 5 per probe, `max_probes`
-//!   probes); else `hutchinson` everywhere.
+//! * `auto` (default): for every layer followed by a piecewise-linear network, `exact` when the
+//!   class count C is at most 4·`min_probes` (C rows per sample against at least `min_probes`),
+//!   else `logit-hutchinson`; `hutchinson` for the other layers (e.g. the layers before a
+//!   Sigmoid gate), and for every layer when the factorisation fails.
 //!
 //! Hutchinson: H·z is exact: double backward ([`crate::grad::GradGraph::hvp`]) on a first-order graph kept
 //! per sample batch, of a model copy whose only tracked parameters are the weights probed
@@ -79,8 +86,8 @@ pub struct Config {
     pub joint: bool,
     /// How the traces are computed.
     pub estimator: Estimator,
-    /// (sample, class) rows per pass of the exact computation: its memory grows linearly
-    /// with them (≈ 17 MB per row on ResNet-8 and 34 MB on ResNet-20 at 32×32), and 8 was
+    /// (sample, logit-space vector) rows per pass of `exact` and `logit-hutchinson`: their
+    /// memory grows linearly with them (≈ 17 MB per row on ResNet-8 and 34 MB on ResNet-20 at 32×32), and 8 was
     /// also the fastest there.
     pub exact_rows: usize,
 }
@@ -89,12 +96,16 @@ pub struct Config {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Estimator {
-    /// Exact when every layer's Hessian block is its Gauss–Newton block (a piecewise-linear
-    /// network after each layer, [`crate::ggn`]) and the exact passes (≈ 3 per class) cost less
-    /// than the Hutchinson budget (≈ 5 per probe, `max_probes` probes); Hutchinson otherwise.
+    /// The Gauss–Newton factorisation ([`crate::ggn`]) for the layers followed by a
+    /// piecewise-linear network (exact for at most 4·`min_probes` classes, else probed in the
+    /// logit space), weight-space Hutchinson for the others.
     Auto,
     /// Exact traces through the Gauss–Newton factorisation; an error for other networks.
     Exact,
+    /// Hutchinson's estimator with Rademacher probes in the logit space of the Gauss–Newton
+    /// factorisation; an error for networks `exact` cannot take.
+    #[serde(rename = "logit-hutchinson")]
+    LogitHutchinson,
     /// Hutchinson's estimator (Eq. 21–22) with Rademacher probes.
     Hutchinson,
 }
@@ -165,26 +176,31 @@ impl HessianTrace {
         Ok(HessianTrace { cfg })
     }
 
-    /// Estimates of Tr(H_i) for every layer of `ctx` (Eq. 21–22): exact for the layers
-    /// [`Self::exact_layers`] picks, Hutchinson's estimate (joint probes over those layers
-    /// first, layers whose estimate cannot converge that way probed alone; see the module doc)
-    /// for the others.
+    /// Estimates of Tr(H_i) for every layer of `ctx` (Eq. 21–22): through the Gauss–Newton
+    /// factorisation for the layers [`Self::factored_layers`] picks (exact or probed in the
+    /// logit space), Hutchinson's estimate (joint probes over the other layers first, layers
+    /// whose estimate cannot converge that way probed alone; see the module doc) for the others.
     pub fn traces(&self, ctx: &SensCtx) -> Result<Vec<TraceEstimate>> {
-        let exact = self.exact_layers(ctx)?;
-        if exact.iter().all(|&e| !e) {
+        let (factored, exact) = self.factored_layers(ctx)?;
+        if factored.iter().all(|&e| !e) {
             return self.hutchinson(ctx);
         }
         let pick = |want: bool| -> Vec<Layer> {
             ctx.layers
                 .iter()
-                .zip(&exact)
+                .zip(&factored)
                 .filter(|(_, &e)| e == want)
                 .map(|(l, _)| l.clone())
                 .collect()
         };
-        let exact_est = match self.exact_traces(ctx, &pick(true)) {
+        let fact_est = if exact {
+            self.exact_traces(ctx, &pick(true))
+        } else {
+            self.logit_hutchinson(ctx, &pick(true))
+        };
+        let fact_est = match fact_est {
             Ok(t) => t,
-            // `auto`: a model the exact computation cannot take gets Hutchinson everywhere.
+            // `auto`: a model the factorisation cannot take gets Hutchinson everywhere.
             Err(_) if self.cfg.estimator == Estimator::Auto => return self.hutchinson(ctx),
             Err(e) => return Err(e),
         };
@@ -203,11 +219,11 @@ impl HessianTrace {
             self.hutchinson(&sub)?
         }
         .into_iter();
-        let mut exact_est = exact_est.into_iter();
-        exact
+        let mut fact_est = fact_est.into_iter();
+        factored
             .iter()
             .map(|&e| {
-                if e { exact_est.next() } else { probed.next() }.ok_or_else(|| {
+                if e { fact_est.next() } else { probed.next() }.ok_or_else(|| {
                     ExecError::Invalid("hessian-trace: a layer has no estimate".into())
                 })
             })
@@ -216,18 +232,21 @@ impl HessianTrace {
 
     /// Whether every layer's trace is computed exactly on `ctx`.
     pub fn use_exact(&self, ctx: &SensCtx) -> Result<bool> {
-        Ok(self.exact_layers(ctx)?.iter().all(|&e| e))
+        let (factored, exact) = self.factored_layers(ctx)?;
+        Ok(exact && factored.iter().all(|&e| e))
     }
 
-    /// The layers whose traces the configured estimator computes exactly: none with
-    /// `hutchinson`, all with `exact`; with `auto`, the layers followed by a piecewise-linear
-    /// network ([`crate::ggn::non_linear_tail`]), when the exact passes (≈ 3 per class) cost
-    /// less than the Hutchinson budget (≈ 5 per probe, `max_probes` probes).
-    pub fn exact_layers(&self, ctx: &SensCtx) -> Result<Vec<bool>> {
+    /// The layers whose traces the configured estimator computes through the Gauss–Newton
+    /// factorisation, and whether exactly (else probed in the logit space): none with
+    /// `hutchinson`, all with `exact` and `logit-hutchinson`; with `auto`, the layers followed
+    /// by a piecewise-linear network ([`crate::ggn::non_linear_tail`]), exactly when the class
+    /// count is at most 4·`min_probes`.
+    pub fn factored_layers(&self, ctx: &SensCtx) -> Result<(Vec<bool>, bool)> {
         let n = ctx.layers.len();
         match self.cfg.estimator {
-            Estimator::Hutchinson => return Ok(vec![false; n]),
-            Estimator::Exact => return Ok(vec![true; n]),
+            Estimator::Hutchinson => return Ok((vec![false; n], false)),
+            Estimator::Exact => return Ok((vec![true; n], true)),
+            Estimator::LogitHutchinson => return Ok((vec![true; n], false)),
             Estimator::Auto => {}
         }
         let g = ctx.exec.graph();
@@ -246,14 +265,12 @@ impl HessianTrace {
             }
             None => usize::MAX,
         };
-        if 3 * classes > 5 * self.cfg.max_probes {
-            return Ok(vec![false; n]);
-        }
-        Ok(ctx
+        let factored = ctx
             .layers
             .iter()
             .map(|l| crate::ggn::non_linear_tail(g, l, target.value).is_none())
-            .collect())
+            .collect();
+        Ok((factored, classes <= 4 * self.cfg.min_probes))
     }
 
     /// Exact traces ([`crate::ggn`]) of `layers`, averaged over the samples of every batch.
@@ -293,6 +310,87 @@ impl HessianTrace {
                 })
             })
             .collect()
+    }
+
+    /// Hutchinson's estimate in the logit space of the Gauss–Newton factorisation
+    /// ([`crate::Executor::probed_layer_traces`]) of `layers`: each round draws a fresh probe
+    /// per sample of every batch and gives one sample of every unfinished layer's weight and
+    /// input traces; rounds are drawn in blocks of the number predicted to reach `tol`, at most doubling.
+    fn logit_hutchinson(&self, ctx: &SensCtx, layers: &[Layer]) -> Result<Vec<TraceEstimate>> {
+        let cfg = &self.cfg;
+        let need_input = ctx
+            .options
+            .iter()
+            .any(|o| o.target == OptionTarget::Activation);
+        let total: usize = ctx
+            .batches
+            .iter()
+            .map(|(x, _)| x.dims().first().copied().unwrap_or(0))
+            .sum();
+        let mut rng = ChaCha8Rng::seed_from_u64(layer_seed(ctx.seed, layers.len()));
+        let mut samples = vec![(Vec::new(), Vec::new()); layers.len()];
+        let mut done: Vec<Option<TraceEstimate>> = vec![None; layers.len()];
+        let (mut drawn, mut rounds) = (0usize, cfg.min_probes);
+        loop {
+            let active: Vec<usize> = (0..layers.len()).filter(|&i| done[i].is_none()).collect();
+            if active.is_empty() {
+                break;
+            }
+            let sub: Vec<Layer> = active.iter().map(|&i| layers[i].clone()).collect();
+            let mut acc = vec![vec![(0f64, 0f64); sub.len()]; rounds];
+            for (x, _) in &ctx.batches {
+                let n = x.dims().first().copied().unwrap_or(0) as f64;
+                let t = ctx
+                    .exec
+                    .probed_layer_traces(&sub, x, cfg.exact_rows, rounds, &mut rng)?;
+                for (a, round) in acc.iter_mut().zip(t) {
+                    for (a, v) in a.iter_mut().zip(round) {
+                        a.0 += v.weight * n;
+                        a.1 += v.input * n;
+                    }
+                }
+            }
+            for round in acc {
+                for (&i, (w, x)) in active.iter().zip(round) {
+                    samples[i].0.push(w / total.max(1) as f64);
+                    samples[i].1.push(x / total.max(1) as f64);
+                }
+            }
+            drawn += rounds;
+            let mut more = 1usize;
+            for &i in &active {
+                let (w, x) = (estimate(&samples[i].0), estimate(&samples[i].1));
+                let rel = if need_input {
+                    w.rel_stderr.max(x.rel_stderr)
+                } else {
+                    w.rel_stderr
+                };
+                if drawn >= cfg.max_probes || rel < cfg.tol {
+                    if !w.trace.is_finite() || !x.trace.is_finite() {
+                        return Err(ExecError::Invalid(format!(
+                            "layer '{}': the Hessian trace estimate is not finite",
+                            layers[i].name
+                        )));
+                    }
+                    done[i] = Some(TraceEstimate {
+                        input_trace: Some(x.trace),
+                        joint: layers.len() > 1,
+                        ..w
+                    });
+                } else {
+                    // Rounds still needed at this variance: m·(rel/tol)² − m.
+                    let need = drawn as f64 * (rel / cfg.tol).powi(2);
+                    more = more.max((need.ceil() as usize).saturating_sub(drawn));
+                }
+            }
+            // At most double the rounds: early variance estimates of these heavy-tailed
+            // samples are noisy, and an overestimate would overshoot `tol`.
+            rounds = more
+                .min(drawn)
+                .min(cfg.max_probes.saturating_sub(drawn))
+                .max(1);
+        }
+        Ok(done.into_iter().flatten().collect())
     }
 
     /// Hutchinson's estimate (see the module doc).
@@ -604,18 +702,18 @@ impl SensitivityMetric for HessianTrace {
             .iter()
             .find(|o| o.target == OptionTarget::Activation);
         if let Some(o) = act {
-            let exact = self.exact_layers(ctx)?;
-            if let Some((l, _)) = ctx.layers.iter().zip(&exact).find(|(_, &e)| !e) {
+            let (factored, _) = self.factored_layers(ctx)?;
+            if let Some((l, _)) = ctx.layers.iter().zip(&factored).find(|(_, &e)| !e) {
                 return Err(ExecError::Invalid(format!(
-                    "metric {} scores activation options ('{}') only with exact traces, which need a piecewise-linear network after every layer (not after '{}') and `\"estimator\"` auto or exact; drop the activation options or use output-mse, kl or sqnr",
+                    "metric {} scores activation options ('{}') only through the Gauss–Newton factorisation, which needs a piecewise-linear network after every layer (not after '{}') and `\"estimator\"` auto, exact or logit-hutchinson; drop the activation options or use output-mse, kl or sqnr",
                     ENTRY.name, o.label, l.name
                 )));
             }
         }
         let traces = self.traces(ctx)?;
-        if let (Some(o), true) = (act, traces.iter().any(|t| !t.exact)) {
+        if let (Some(o), true) = (act, traces.iter().any(|t| t.input_trace.is_none())) {
             return Err(ExecError::Invalid(format!(
-                "metric {}: the exact traces failed on this model, and Hutchinson probes score weights only; drop '{}' from the options",
+                "metric {}: the Gauss–Newton factorisation failed on this model, and weight-space Hutchinson probes score weights only; drop '{}' from the options",
                 ENTRY.name, o.label
             )));
         }

@@ -427,6 +427,96 @@ fn exact_input_traces_equal_the_trace_of_the_input_hessian() {
     }
 }
 
+/// Mean and standard error of the mean of `v`.
+fn mean_and_se(v: &[f64]) -> (f64, f64) {
+    let m = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / m;
+    let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (m - 1.0);
+    (mean, (var / m).sqrt())
+}
+
+#[test]
+fn logit_probes_are_unbiased_for_the_exact_traces() {
+    // Rademacher probes in the logit space (one row per sample and round): the mean over
+    // many rounds equals the exact weight and input traces within 4 standard errors, and
+    // single rounds scatter (the probes are random).
+    for exec in [mlp(11), small_cnn(4), branchy_cnn(2)] {
+        let data = samples(10, 2);
+        let ctx = SensCtx::new(&exec, &data, options("w4"), 10, 5).unwrap();
+        let x = &ctx.batches[0].0;
+        let exact = exec.exact_layer_traces(&ctx.layers, x, 64).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let rounds = exec
+            .probed_layer_traces(&ctx.layers, x, 7, 400, &mut rng)
+            .unwrap();
+        assert_eq!(rounds.len(), 400);
+        for (k, l) in ctx.layers.iter().enumerate() {
+            let w: Vec<f64> = rounds.iter().map(|r| r[k].weight).collect();
+            let i: Vec<f64> = rounds.iter().map(|r| r[k].input).collect();
+            for (what, v, want) in [("weight", w, exact[k].weight), ("input", i, exact[k].input)] {
+                let (mean, se) = mean_and_se(&v);
+                assert!(v.iter().all(|&a| a >= 0.0), "{}: {what}", l.name);
+                assert!(se > 1e-6 * want, "{} {what}: no scatter", l.name);
+                assert!(
+                    (mean - want).abs() <= 4.0 * se,
+                    "{} {what}: probed {mean} ± {se} vs exact {want}",
+                    l.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn logit_hutchinson_metric_reaches_its_tolerance() {
+    // Two batches (6 + 4 samples), weight and activation options: every layer stops below
+    // the tolerance on both traces and lands near the exact traces; the table is finite.
+    let exec = small_cnn(4);
+    let data = samples(10, 2);
+    let ctx = SensCtx::new(&exec, &data, options("w4,a8"), 6, 5).unwrap();
+    let exact = hessian_trace::HessianTrace::new(hessian_trace::Config {
+        estimator: hessian_trace::Estimator::Exact,
+        ..hessian_trace::Config::default()
+    })
+    .unwrap()
+    .traces(&ctx)
+    .unwrap();
+    let tol = 0.03;
+    let metric = hessian_trace::HessianTrace::new(hessian_trace::Config {
+        estimator: hessian_trace::Estimator::LogitHutchinson,
+        tol,
+        max_probes: 100_000,
+        ..hessian_trace::Config::default()
+    })
+    .unwrap();
+    assert!(!metric.use_exact(&ctx).unwrap());
+    let est = metric.traces(&ctx).unwrap();
+    for ((e, x), l) in est.iter().zip(&exact).zip(&ctx.layers) {
+        assert!(
+            !e.exact && e.probes >= 8 && e.rel_stderr < tol,
+            "{}: {e:?}",
+            l.name
+        );
+        assert!(
+            (e.trace - x.trace).abs() <= 4.0 * tol * x.trace,
+            "{}: {} vs exact {}",
+            l.name,
+            e.trace,
+            x.trace
+        );
+        let (got, want) = (e.input_trace.unwrap(), x.input_trace.unwrap());
+        assert!(
+            (got - want).abs() <= 4.0 * tol * want,
+            "{} input: {got} vs exact {want}",
+            l.name
+        );
+    }
+    // Deterministic for a seed.
+    assert_eq!(metric.traces(&ctx).unwrap(), est);
+    let t = metric.compute(&ctx).unwrap();
+    assert!(t.values.iter().flatten().all(|v| v.is_finite()));
+}
+
 #[test]
 fn activation_options_use_the_input_trace() {
     // Ω = Tr(H_x)/n_x · E‖Q(x) − x‖² (Eq. 23 for the input activation), by hand for the first
@@ -498,7 +588,10 @@ fn exact_traces_refuse_a_network_that_is_not_piecewise_linear() {
     // `auto`: fc1 (Sigmoid after it) by Hutchinson probes, fc2 exactly; `exact` is an error.
     let auto = hessian_trace::HessianTrace::new(hessian_trace::Config::default()).unwrap();
     assert!(!auto.use_exact(&ctx).unwrap());
-    assert_eq!(auto.exact_layers(&ctx).unwrap(), [false, true]);
+    assert_eq!(
+        auto.factored_layers(&ctx).unwrap(),
+        (vec![false, true], true)
+    );
     let est = auto.traces(&ctx).unwrap();
     assert!(!est[0].exact && est[0].probes > 0, "{est:?}");
     assert!(
