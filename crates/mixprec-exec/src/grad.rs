@@ -133,28 +133,40 @@ impl Executor {
 
     /// The gradients of `loss` with respect to `weights`, graph kept.
     fn grads_of(&self, loss: &Tensor, weights: &[ValueId]) -> Result<GradGraph> {
-        let mut vars = Vec::with_capacity(weights.len());
+        self.grads_of_with(loss, weights, Vec::new())
+    }
+
+    /// As [`Self::grads_of`], followed by blocks for the extra (name, variable) pairs.
+    fn grads_of_with(
+        &self,
+        loss: &Tensor,
+        weights: &[ValueId],
+        extra: Vec<(String, Tensor)>,
+    ) -> Result<GradGraph> {
+        let mut vars = Vec::with_capacity(weights.len() + extra.len());
         for &w in weights {
             let var = self
                 .var(w)
                 .ok_or_else(|| ExecError::Invalid(format!("value {w} is not a weight")))?;
             vars.push(var.as_tensor().clone());
         }
+        let mut names: Vec<String> = weights
+            .iter()
+            .map(|&w| self.graph().values[w].name.clone())
+            .collect();
+        for (name, var) in extra {
+            names.push(name);
+            vars.push(var);
+        }
         let grads = loss.backward()?;
-        let mut out = Vec::with_capacity(weights.len());
-        for (&w, var) in weights.iter().zip(&vars) {
+        let mut out = Vec::with_capacity(vars.len());
+        for (name, var) in names.iter().zip(&vars) {
             out.push(grads.get(var).cloned().ok_or_else(|| {
-                ExecError::Invalid(format!(
-                    "the loss does not depend on '{}'",
-                    self.graph().values[w].name
-                ))
+                ExecError::Invalid(format!("the loss does not depend on '{name}'"))
             })?);
         }
         Ok(GradGraph {
-            names: weights
-                .iter()
-                .map(|&w| self.graph().values[w].name.clone())
-                .collect(),
+            names,
             vars,
             grads: out,
         })
@@ -289,7 +301,25 @@ impl SecondOrder {
 
     /// The kept first-order graph of one batch (as [`Executor::grad_graph`]).
     pub fn grad_graph(&self, x: &Tensor, labels: &[u32]) -> Result<GradGraph> {
+        self.grad_graph_tapped(x, labels, &[])
+    }
+
+    /// As [`Self::grad_graph`], with a zero variable added to the input activation of each
+    /// layer of `taps` (matched by node; each must be a layer of this copy, i.e. its weight is
+    /// tracked): the graph's blocks are the listed weights, then one block per tap shaped like
+    /// that input for this batch, so [`GradGraph::hvp`] also gives H·v with respect to the
+    /// layers' input activations (survey Eq. 22).
+    pub fn grad_graph_tapped(
+        &self,
+        x: &Tensor,
+        labels: &[u32],
+        taps: &[mixprec_graph::Layer],
+    ) -> Result<GradGraph> {
         let target = loss_target(&self.exec)?;
+        let hook = InputTaps {
+            nodes: taps.iter().enumerate().map(|(k, l)| (l.node, k)).collect(),
+            vars: std::sync::Mutex::new(vec![None; taps.len()]),
+        };
         let mut inputs = Vec::with_capacity(1 + self.fixed.len());
         inputs.push(x.clone());
         inputs.extend(self.fixed.iter().cloned());
@@ -299,7 +329,7 @@ impl SecondOrder {
                 track: true,
                 train_bn: false,
                 keep: vec![target.value],
-                hook: None,
+                hook: (!taps.is_empty()).then_some(&hook as &dyn LayerHook),
             },
         )?;
         let logits = r
@@ -307,7 +337,41 @@ impl SecondOrder {
             .get(&target.value)
             .ok_or_else(|| ExecError::Invalid("logits were not produced".into()))?;
         let loss = cross_entropy(logits, labels)?;
-        self.exec.grads_of(&loss, &self.weights)
+        let vars = hook
+            .vars
+            .into_inner()
+            .map_err(|_| ExecError::Invalid("an input tap was poisoned".into()))?;
+        let mut tapped = Vec::with_capacity(taps.len());
+        for (l, v) in taps.iter().zip(vars) {
+            let v = v.ok_or_else(|| {
+                ExecError::Invalid(format!(
+                    "layer '{}' is not a tracked layer of this second-order copy",
+                    l.name
+                ))
+            })?;
+            tapped.push((format!("input of {}", l.name), v.as_tensor().clone()));
+        }
+        self.exec.grads_of_with(&loss, &self.weights, tapped)
+    }
+}
+
+/// Adds a zero variable to the input activation of the listed layers (by node).
+struct InputTaps {
+    nodes: std::collections::HashMap<usize, usize>,
+    vars: std::sync::Mutex<Vec<Option<candle_core::Var>>>,
+}
+
+impl LayerHook for InputTaps {
+    fn input(&self, layer: &mixprec_graph::Layer, x: Tensor) -> Result<Tensor> {
+        let Some(&k) = self.nodes.get(&layer.node) else {
+            return Ok(x);
+        };
+        let z = candle_core::Var::zeros(x.dims(), x.dtype(), x.device())?;
+        let out = (&x + z.as_tensor())?;
+        self.vars
+            .lock()
+            .map_err(|_| ExecError::Invalid("an input tap was poisoned".into()))?[k] = Some(z);
+        Ok(out)
     }
 }
 
@@ -328,6 +392,14 @@ impl GradGraph {
     /// True when no weight is listed.
     pub fn is_empty(&self) -> bool {
         self.vars.is_empty()
+    }
+
+    /// The shape of block `i` (a weight or an input tap).
+    pub fn block_dims(&self, i: usize) -> Result<&[usize]> {
+        self.vars
+            .get(i)
+            .map(Tensor::dims)
+            .ok_or_else(|| ExecError::Invalid(format!("block index {i} out of range")))
     }
 
     /// The detached first-order gradient of weight `i`.

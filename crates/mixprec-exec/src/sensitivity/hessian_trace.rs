@@ -20,7 +20,7 @@
 //!   preconditions as `exact`, weights and activations; rounds are drawn until every layer's
 //!   relative standard error (of the weight trace, and of the input trace when activation
 //!   options are scored) is below `tol`, after at least `min_probes`, at most `max_probes`.
-//! * `hutchinson`: the estimator below, for any twice-differentiable model (weights only).
+//! * `hutchinson`: the estimator below, for any twice-differentiable model.
 //! * `auto` (default): for every layer followed by a piecewise-linear network, `exact` when the
 //!   class count C is at most 4·`min_probes` (C rows per sample against at least `min_probes`),
 //!   else `logit-hutchinson`; `hutchinson` for the other layers (e.g. the layers before a
@@ -35,6 +35,13 @@
 //! of a layer's estimate drops below `tol` (after at least `min_probes`) or `max_probes` is
 //! reached; a finished layer leaves the probe. The trace may be negative away from a minimum;
 //! Ω keeps its sign.
+//!
+//! Input activations (Eq. 22), when activation options are scored: a zero variable is added
+//! to each layer's input in the copy over all layers ([`crate::grad::SecondOrder::grad_graph_tapped`]),
+//! and the same estimator (joint, then alone) probes those blocks on one tapped first-order graph
+//! per sample batch. The Hessian of the mean loss in the batch activation is block-diagonal
+//! over the samples (BatchNorm in inference mode), so its trace is the mean per-sample trace
+//! Tr ∇²_{x_n} L_n, the quantity `exact` computes.
 //!
 //! Joint probes (`joint`): one Rademacher vector z = (z_1, …, z_L) over all layers' weights and
 //! one double-backward pass give (Hz)_i = Σ_j H_ij z_j for every
@@ -139,9 +146,12 @@ pub struct TraceEstimate {
     pub dropped: usize,
     /// Computed exactly (no probes, no estimator error).
     pub exact: bool,
-    /// Exact per-sample trace of the Hessian with respect to the layer's input activation,
-    /// averaged over the samples (exact traces only).
+    /// Per-sample trace of the Hessian with respect to the layer's input activation,
+    /// averaged over the samples (computed when activation options are scored, and always
+    /// through the Gauss–Newton factorisation).
     pub input_trace: Option<f64>,
+    /// Relative standard error of `input_trace` (0 when exact).
+    pub input_rel_stderr: Option<f64>,
 }
 
 /// The HAWQ-V2 metric.
@@ -307,6 +317,7 @@ impl HessianTrace {
                     dropped: 0,
                     exact: true,
                     input_trace: Some(input_trace),
+                    input_rel_stderr: Some(0.0),
                 })
             })
             .collect()
@@ -374,6 +385,7 @@ impl HessianTrace {
                     }
                     done[i] = Some(TraceEstimate {
                         input_trace: Some(x.trace),
+                        input_rel_stderr: Some(x.rel_stderr),
                         joint: layers.len() > 1,
                         ..w
                     });
@@ -393,21 +405,37 @@ impl HessianTrace {
         Ok(done.into_iter().flatten().collect())
     }
 
-    /// Hutchinson's estimate (see the module doc).
+    /// Hutchinson's estimate (see the module doc); of the input activations' traces too when
+    /// `ctx` has activation options.
     fn hutchinson(&self, ctx: &SensCtx) -> Result<Vec<TraceEstimate>> {
         let cfg = &self.cfg;
+        let need_input = ctx
+            .options
+            .iter()
+            .any(|o| o.target == OptionTarget::Activation);
         let weights: Vec<_> = ctx.layers.iter().map(|l| l.weight).collect();
         let mut st = Vec::with_capacity(ctx.layers.len());
-        for (i, layer) in ctx.layers.iter().enumerate() {
-            st.push(LayerState {
-                dims: ctx.weight(layer)?.1,
-                rng: ChaCha8Rng::seed_from_u64(layer_seed(ctx.seed, i)),
-                samples: Vec::new(),
-                joint: cfg.joint && ctx.layers.len() > 1,
-                dropped: 0,
-                done: None,
-            });
+        for i in 0..ctx.layers.len() {
+            st.push(LayerState::new(
+                layer_seed(ctx.seed, i),
+                cfg.joint && ctx.layers.len() > 1,
+            ));
         }
+        // Input activations (Eq. 22), when activation options are scored: probed on `model`
+        // with a zero tap on every layer input (its Hessian in the batch activation is
+        // block-diagonal over the samples, so its trace is the mean per-sample trace).
+        let mut ist: Vec<LayerState> = if need_input {
+            (0..ctx.layers.len())
+                .map(|i| {
+                    LayerState::new(
+                        layer_seed(ctx.seed ^ INPUT_SEED, i),
+                        cfg.joint && ctx.layers.len() > 1,
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let model = ctx
             .exec
             .second_order(&weights)
@@ -423,7 +451,7 @@ impl HessianTrace {
             model.restrict(&w).map_err(|e| second_order_error(ctx, e))
         };
         let mut block = 0usize;
-        while st.iter().any(|s| s.done.is_none()) {
+        while st.iter().chain(&ist).any(|s| s.done.is_none()) {
             // Block k reads batch k mod #batches (Eq. 22): `probes_per_pass` rounds share the
             // first-order graph of a batch, one graph alive at a time.
             let (x, labels) = &ctx.batches[block % ctx.batches.len()];
@@ -489,14 +517,64 @@ impl HessianTrace {
                     alone_model[i] = None;
                 }
             }
+            let open: Vec<usize> = (0..ist.len()).filter(|&i| ist[i].done.is_none()).collect();
+            if !open.is_empty() {
+                // One tapped first-order graph of the batch serves the joint probe over the
+                // inputs still probed jointly and one probe per input probed alone.
+                let taps: Vec<Layer> = open.iter().map(|&i| ctx.layers[i].clone()).collect();
+                let g = model
+                    .grad_graph_tapped(x, labels, &taps)
+                    .map_err(|e| second_order_error(ctx, e))?;
+                let nw = model.weights().len();
+                let blocks = nw + taps.len();
+                let names: Vec<String> = ctx
+                    .layers
+                    .iter()
+                    .map(|l| format!("input of {}", l.name))
+                    .collect();
+                for _ in 0..cfg.probes_per_pass {
+                    let members: Vec<(usize, usize)> = open
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &i)| ist[i].active(true))
+                        .map(|(k, &i)| (nw + k, i))
+                        .collect();
+                    if !members.is_empty() {
+                        probe(ctx, &mut ist, &g, blocks, &members)?;
+                        for &(_, i) in &members {
+                            ist[i].update(cfg, &names[i], members.len())?;
+                        }
+                    }
+                    for (k, &i) in open.iter().enumerate() {
+                        if ist[i].active(false) {
+                            probe(ctx, &mut ist, &g, blocks, &[(nw + k, i)])?;
+                            ist[i].update(cfg, &names[i], 0)?;
+                        }
+                    }
+                }
+            }
         }
-        Ok(st.into_iter().flat_map(|s| s.done).collect())
+        let mut inputs = ist.into_iter().map(|s| s.done);
+        st.into_iter()
+            .map(|s| {
+                let mut e = s.done.ok_or_else(|| {
+                    ExecError::Invalid("hessian-trace: a layer has no estimate".into())
+                })?;
+                if let Some(x) = inputs.next().flatten() {
+                    e.input_trace = Some(x.trace);
+                    e.input_rel_stderr = Some(x.rel_stderr);
+                }
+                Ok(e)
+            })
+            .collect()
     }
 }
 
-/// Probing state of one layer.
+/// Seed offset of the input-activation probes.
+const INPUT_SEED: u64 = 0x1A7E_5EED_0000_0001;
+
+/// Probing state of one layer's weight or input activation.
 struct LayerState {
-    dims: Vec<usize>,
     rng: ChaCha8Rng,
     samples: Vec<f64>,
     joint: bool,
@@ -505,6 +583,16 @@ struct LayerState {
 }
 
 impl LayerState {
+    fn new(seed: u64, joint: bool) -> Self {
+        LayerState {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            samples: Vec::new(),
+            joint,
+            dropped: 0,
+            done: None,
+        }
+    }
+
     /// Still probed, jointly (`joint`) or alone.
     fn active(&self, joint: bool) -> bool {
         self.done.is_none() && self.joint == joint
@@ -543,17 +631,16 @@ impl LayerState {
         Ok(())
     }
 
-    /// A Rademacher probe shaped like the layer's weight.
-    fn draw(&mut self) -> Vec<f32> {
-        let n: usize = self.dims.iter().product();
+    /// A Rademacher probe of `n` elements.
+    fn draw(&mut self, n: usize) -> Vec<f32> {
         (0..n)
             .map(|_| if self.rng.random::<bool>() { 1.0 } else { -1.0 })
             .collect()
     }
 }
 
-/// One double-backward pass on `g` (over `blocks` weights) with a fresh Rademacher probe for
-/// each `(block, layer)` of `members` (zero elsewhere): adds z_iᵀ(Hz)_i to each layer's samples.
+/// One double-backward pass on `g` (over `blocks` blocks) with a fresh Rademacher probe for
+/// each `(block, entry)` of `members` (zero elsewhere): adds z_iᵀ(Hz)_i to each entry's samples.
 fn probe(
     ctx: &SensCtx,
     st: &mut [LayerState],
@@ -564,12 +651,9 @@ fn probe(
     let mut probes: Vec<Option<Tensor>> = vec![None; blocks];
     let mut signs = Vec::with_capacity(members.len());
     for &(k, i) in members {
-        let z = st[i].draw();
-        probes[k] = Some(Tensor::from_slice(
-            &z,
-            st[i].dims.as_slice(),
-            ctx.exec.device(),
-        )?);
+        let dims = g.block_dims(k)?;
+        let z = st[i].draw(dims.iter().product());
+        probes[k] = Some(Tensor::from_slice(&z, dims, ctx.exec.device())?);
         signs.push((k, i, z));
     }
     let refs: Vec<Option<&Tensor>> = probes.iter().map(Option::as_ref).collect();
@@ -613,6 +697,7 @@ fn estimate(samples: &[f64]) -> TraceEstimate {
         dropped: 0,
         exact: false,
         input_trace: None,
+        input_rel_stderr: None,
     }
 }
 
@@ -701,20 +786,17 @@ impl SensitivityMetric for HessianTrace {
             .options
             .iter()
             .find(|o| o.target == OptionTarget::Activation);
-        if let Some(o) = act {
-            let (factored, _) = self.factored_layers(ctx)?;
-            if let Some((l, _)) = ctx.layers.iter().zip(&factored).find(|(_, &e)| !e) {
-                return Err(ExecError::Invalid(format!(
-                    "metric {} scores activation options ('{}') only through the Gauss–Newton factorisation, which needs a piecewise-linear network after every layer (not after '{}') and `\"estimator\"` auto, exact or logit-hutchinson; drop the activation options or use output-mse, kl or sqnr",
-                    ENTRY.name, o.label, l.name
-                )));
-            }
-        }
         let traces = self.traces(ctx)?;
-        if let (Some(o), true) = (act, traces.iter().any(|t| t.input_trace.is_none())) {
+        if let (Some(o), Some((l, _))) = (
+            act,
+            ctx.layers
+                .iter()
+                .zip(&traces)
+                .find(|(_, t)| t.input_trace.is_none()),
+        ) {
             return Err(ExecError::Invalid(format!(
-                "metric {}: the Gauss–Newton factorisation failed on this model, and weight-space Hutchinson probes score weights only; drop '{}' from the options",
-                ENTRY.name, o.label
+                "metric {}: layer '{}' has no input-activation trace to score '{}' with",
+                ENTRY.name, l.name, o.label
             )));
         }
         let (in_err, in_size) = if act.is_some() {
@@ -754,6 +836,10 @@ impl SensitivityMetric for HessianTrace {
                 ]
                 .into_iter()
                 .chain(e.input_trace.map(|v| ("input_trace".to_string(), v)))
+                .chain(
+                    e.input_rel_stderr
+                        .map(|v| ("input_rel_stderr".to_string(), v)),
+                )
                 .collect()
             })
             .collect();
