@@ -696,6 +696,36 @@ impl Executor {
                 };
                 one(t.map_err(ce)?)
             }
+            Op::Recurrent(spec) => {
+                let lens = ins
+                    .get(4)
+                    .cloned()
+                    .flatten()
+                    .map(|t| crate::rnn::sequence_lengths(&t))
+                    .transpose()
+                    .map_err(e)?;
+                let arg = |i: usize| ins.get(i).and_then(|t| t.as_ref());
+                let outs = crate::rnn::recurrent(
+                    spec,
+                    &crate::rnn::RecurrentInputs {
+                        x: &x,
+                        w: &input(1)?,
+                        r: &input(2)?,
+                        b: arg(3),
+                        sequence_lens: lens.as_deref(),
+                        initial_h: arg(5),
+                        initial_c: arg(6),
+                        p: arg(7),
+                    },
+                )
+                .map_err(e)?;
+                let all = [Some(outs.y), Some(outs.y_h), outs.y_c];
+                all.into_iter()
+                    .zip(spec.outputs)
+                    .filter(|(_, produced)| *produced)
+                    .map(|(t, _)| t.ok_or_else(|| e("only LSTM has a Y_c output".into())))
+                    .collect()
+            }
             Op::Shape { .. } => Err(e(
                 "expected a value computable from shapes; the input shape could not be inferred"
                     .into(),

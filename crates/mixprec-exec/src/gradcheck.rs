@@ -3,6 +3,7 @@
 
 use crate::executor::{Executor, RunOptions};
 use candle_core::{Device, Tensor, Var};
+use mixprec_graph::ir::{Activation, ActivationKind, Recurrent, RecurrentKind, RnnDirection};
 use mixprec_graph::{AutoPad, Dim, Graph, Node, Op, PadMode, Tensor as HostTensor, Window};
 use rand::{Rng, SeedableRng};
 
@@ -459,6 +460,113 @@ fn shape_op_gradients() {
     check(
         "slice with negative step",
         b.node(Op::Slice, vec![x, s, e, a, st]),
+        EPS,
+        TOL,
+    );
+}
+
+fn recurrent(kind: RecurrentKind, direction: RnnDirection, acts: &[ActivationKind]) -> Recurrent {
+    Recurrent {
+        kind,
+        hidden_size: 2,
+        direction,
+        activations: (0..direction.count())
+            .flat_map(|_| acts.iter().map(|&k| Activation::plain(k)))
+            .collect(),
+        clip: None,
+        input_forget: false,
+        linear_before_reset: false,
+        batch_first: false,
+        outputs: [true, false, false],
+    }
+}
+
+#[test]
+fn recurrent_gradients() {
+    use ActivationKind::{Sigmoid, Tanh};
+    // Bidirectional LSTM with peepholes, initial states and per-batch lengths: gradients
+    // with respect to X, W, R, B, initial_h, initial_c and P.
+    let lstm = recurrent(
+        RecurrentKind::Lstm,
+        RnnDirection::Bidirectional,
+        &[Sigmoid, Tanh, Tanh],
+    );
+    let mut b = B::new(30);
+    let (x, w, r, bias) = (
+        b.input(&[3, 2, 3], 0.1, 1.0),
+        b.input(&[2, 8, 3], 0.1, 0.8),
+        b.input(&[2, 8, 2], 0.1, 0.8),
+        b.input(&[2, 16], 0.1, 0.5),
+    );
+    let lens = b.ints(&[3, 2]);
+    let (h0, c0, p) = (
+        b.input(&[2, 2, 2], 0.1, 1.0),
+        b.input(&[2, 2, 2], 0.1, 1.0),
+        b.input(&[2, 6], 0.1, 0.5),
+    );
+    check(
+        "lstm",
+        b.node(
+            Op::Recurrent(lstm.clone()),
+            vec![x, w, r, bias, lens, h0, c0, p],
+        ),
+        EPS,
+        TOL,
+    );
+    // Batch-first LSTM, last hidden state only.
+    let mut bf = recurrent(
+        RecurrentKind::Lstm,
+        RnnDirection::Reverse,
+        &[Sigmoid, Tanh, Tanh],
+    );
+    bf.batch_first = true;
+    bf.outputs = [false, true, false];
+    let mut b = B::new(31);
+    let (x, w, r) = (
+        b.input(&[2, 3, 3], 0.1, 1.0),
+        b.input(&[1, 8, 3], 0.1, 0.8),
+        b.input(&[1, 8, 2], 0.1, 0.8),
+    );
+    check(
+        "lstm batch-first Y_h",
+        b.node(Op::Recurrent(bf), vec![x, w, r]),
+        EPS,
+        TOL,
+    );
+    for lbr in [false, true] {
+        let mut gru = recurrent(
+            RecurrentKind::Gru,
+            RnnDirection::Bidirectional,
+            &[Sigmoid, Tanh],
+        );
+        gru.linear_before_reset = lbr;
+        let mut b = B::new(32);
+        let (x, w, r, bias) = (
+            b.input(&[3, 2, 3], 0.1, 1.0),
+            b.input(&[2, 6, 3], 0.1, 0.8),
+            b.input(&[2, 6, 2], 0.1, 0.8),
+            b.input(&[2, 12], 0.1, 0.5),
+        );
+        let lens = b.ints(&[2, 3]);
+        let h0 = b.input(&[2, 2, 2], 0.1, 1.0);
+        check(
+            &format!("gru linear_before_reset={lbr}"),
+            b.node(Op::Recurrent(gru), vec![x, w, r, bias, lens, h0]),
+            EPS,
+            TOL,
+        );
+    }
+    let rnn = recurrent(RecurrentKind::Rnn, RnnDirection::Forward, &[Tanh]);
+    let mut b = B::new(33);
+    let (x, w, r, bias) = (
+        b.input(&[3, 2, 3], 0.1, 1.0),
+        b.input(&[1, 2, 3], 0.1, 0.8),
+        b.input(&[1, 2, 2], 0.1, 0.8),
+        b.input(&[1, 4], 0.1, 0.5),
+    );
+    check(
+        "rnn",
+        b.node(Op::Recurrent(rnn), vec![x, w, r, bias]),
         EPS,
         TOL,
     );

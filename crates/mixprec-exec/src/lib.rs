@@ -16,6 +16,7 @@ pub mod models;
 pub mod ops;
 pub mod pointwise;
 pub mod qdq;
+pub mod rnn;
 pub mod sensitivity;
 pub mod train;
 

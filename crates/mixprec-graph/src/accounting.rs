@@ -1,9 +1,12 @@
 //! Per-layer accounting: parameters, multiply-accumulates and output activation sizes, for one
-//! sample (symbolic batch dimensions set to 1).
+//! sample (symbolic batch dimensions set to 1). Recurrent operators (RNN, GRU, LSTM) are
+//! counted apart: they stay float and are not quantizable layers. Per step, sample and
+//! direction they cost gates·H·(I + H) MACs (4 for LSTM, 3 for GRU, 1 for RNN); a symbolic
+//! sequence axis is set to 1 like the batch, so such a model is counted for one step.
 
 use crate::error::Result;
 use crate::infer::{infer, input_shapes_for_batch};
-use crate::ir::{Graph, LayerKind};
+use crate::ir::{Graph, LayerKind, Op};
 use serde::Serialize;
 
 /// Size and cost of one layer with weights.
@@ -31,6 +34,25 @@ pub struct LayerStats {
     pub output_shape: Vec<usize>,
 }
 
+/// Size and cost of one recurrent operator (float, not a quantizable layer).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecurrentStats {
+    /// Node name.
+    pub name: String,
+    /// ONNX operator (RNN, GRU, LSTM).
+    pub op: String,
+    /// Elements of W, R, B and P.
+    pub params: u64,
+    /// gates·hidden·(input + hidden): MACs of one step of one direction for one sample.
+    pub macs_per_step: u64,
+    /// Time steps for batch 1 (1 for a symbolic sequence axis).
+    pub steps: u64,
+    /// Directions (2 when bidirectional).
+    pub directions: u64,
+    /// macs_per_step · steps · directions.
+    pub macs: u64,
+}
+
 /// Whole-model totals.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ModelStats {
@@ -40,6 +62,10 @@ pub struct ModelStats {
     pub total_params: u64,
     /// Sum of the layers' MACs.
     pub total_macs: u64,
+    /// Recurrent operators, in node order (their MACs are not in `total_macs`).
+    pub recurrent: Vec<RecurrentStats>,
+    /// Sum of the recurrent operators' MACs.
+    pub recurrent_macs: u64,
     /// Sum of the layers' output activation elements.
     pub total_output_elems: u64,
     /// Number of nodes.
@@ -93,7 +119,44 @@ pub fn model_stats(g: &Graph) -> Result<ModelStats> {
             output_shape: out,
         });
     }
+    let mut recurrent = Vec::new();
+    for n in &g.nodes {
+        let Op::Recurrent(r) = &n.op else { continue };
+        let x = n
+            .input(0)
+            .map(|v| inf.shape(g, v).map(|s| s.to_vec()))
+            .transpose()?
+            .unwrap_or_default();
+        let (steps, input) = match x.as_slice() {
+            [a, b, i] => (if r.batch_first { *b } else { *a }, *i),
+            _ => (0, 0),
+        };
+        let params = [1usize, 2, 3, 7]
+            .iter()
+            .filter_map(|&i| n.input(i))
+            .filter_map(|v| g.initializers.get(&v))
+            .map(|t| t.len() as u64)
+            .sum();
+        let h = r.hidden_size as u64;
+        let macs_per_step = (r.kind.gates() as u64)
+            .saturating_mul(h)
+            .saturating_mul((input as u64).saturating_add(h));
+        let directions = r.direction.count() as u64;
+        recurrent.push(RecurrentStats {
+            name: n.name.clone(),
+            op: n.op.onnx_name().into(),
+            params,
+            macs_per_step,
+            steps: steps as u64,
+            directions,
+            macs: macs_per_step
+                .saturating_mul(steps as u64)
+                .saturating_mul(directions),
+        });
+    }
     Ok(ModelStats {
+        recurrent_macs: recurrent.iter().map(|r| r.macs).sum(),
+        recurrent,
         total_params: g.parameter_count() as u64,
         total_macs: layers.iter().map(|l| l.macs).sum(),
         total_output_elems: layers.iter().map(|l| l.output_elems).sum(),

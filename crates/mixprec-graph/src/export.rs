@@ -2,7 +2,7 @@
 //! The file is written to a temporary name and renamed, so a failed export leaves nothing.
 
 use crate::error::{GraphError, Result};
-use crate::ir::{AutoPad, Dim, Graph, Op, PadMode, ValueId, Window};
+use crate::ir::{AutoPad, Dim, Graph, Op, PadMode, Recurrent, RecurrentKind, ValueId, Window};
 use crate::onnx_proto::{self as pb, attr_type, data_type};
 use crate::tensor::{Tensor, TensorData};
 use prost::Message;
@@ -84,6 +84,54 @@ fn window_attrs(w: &Window, out: &mut Vec<pb::AttributeProto>) {
     }
     if w.ceil_mode {
         out.push(attr_i("ceil_mode", 1));
+    }
+}
+
+fn recurrent_attrs(r: &Recurrent, out: &mut Vec<pb::AttributeProto>) {
+    out.push(attr_i("hidden_size", r.hidden_size as i64));
+    out.push(attr_s("direction", r.direction.onnx_name()));
+    out.push(pb::AttributeProto {
+        name: "activations".into(),
+        r#type: attr_type::STRINGS,
+        strings: r
+            .activations
+            .iter()
+            .map(|a| a.kind.onnx_name().as_bytes().to_vec())
+            .collect(),
+        ..Default::default()
+    });
+    let mut alphas = Vec::new();
+    let mut betas = Vec::new();
+    for a in &r.activations {
+        let (ua, ub) = a.kind.uses_alpha_beta();
+        if ua {
+            alphas.push(a.alpha);
+        }
+        if ub {
+            betas.push(a.beta);
+        }
+    }
+    for (name, v) in [("activation_alpha", alphas), ("activation_beta", betas)] {
+        if !v.is_empty() {
+            out.push(pb::AttributeProto {
+                name: name.into(),
+                r#type: attr_type::FLOATS,
+                floats: v,
+                ..Default::default()
+            });
+        }
+    }
+    if let Some(c) = r.clip {
+        out.push(attr_f("clip", c));
+    }
+    if r.input_forget {
+        out.push(attr_i("input_forget", 1));
+    }
+    if r.kind == RecurrentKind::Gru {
+        out.push(attr_i("linear_before_reset", r.linear_before_reset as i64));
+    }
+    if r.batch_first {
+        out.push(attr_i("layout", 1));
     }
 }
 
@@ -224,6 +272,35 @@ pub fn to_model_proto(g: &Graph) -> Result<pb::ModelProto> {
                 ..Default::default()
             }),
             Op::Cast { to } => attribute.push(attr_i("to", *to as i64)),
+            Op::Recurrent(r) => {
+                recurrent_attrs(r, &mut attribute);
+                if r.batch_first {
+                    opset = opset.max(14);
+                }
+                // Omitted outputs keep their positions as empty names.
+                let mut output = Vec::with_capacity(3);
+                let mut produced = n.outputs.iter();
+                for k in 0..3 {
+                    if r.outputs[k] {
+                        output.push(produced.next().map(|&o| name(o)).unwrap_or_default());
+                    } else if r.outputs[k..].iter().any(|&b| b) {
+                        output.push(String::new());
+                    }
+                }
+                nodes.push(pb::NodeProto {
+                    input: n
+                        .inputs
+                        .iter()
+                        .map(|v| v.map(name).unwrap_or_default())
+                        .collect(),
+                    output,
+                    name: n.name.clone(),
+                    op_type,
+                    attribute,
+                    ..Default::default()
+                });
+                continue;
+            }
             _ => {}
         }
         nodes.push(pb::NodeProto {

@@ -4,7 +4,10 @@
 
 use crate::error::{GraphError, Result};
 use crate::eval::eval_host;
-use crate::ir::{AutoPad, Dim, Graph, Node, Op, PadMode, Value, ValueId, Window};
+use crate::ir::{
+    Activation, ActivationKind, AutoPad, Dim, Graph, Node, Op, PadMode, Recurrent, RecurrentKind,
+    RnnDirection, Value, ValueId, Window,
+};
 use crate::onnx_proto::{self as pb, data_type};
 use crate::tensor::{checked_numel, Tensor, TensorData};
 use prost::Message;
@@ -30,11 +33,13 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Gather",
     "Gemm",
     "GlobalAveragePool",
+    "GRU",
     "GlobalMaxPool",
     "Identity",
     "LeakyRelu",
     "Log",
     "LogSoftmax",
+    "LSTM",
     "MatMul",
     "MaxPool",
     "Mul",
@@ -42,6 +47,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Pad",
     "Relu",
     "Reshape",
+    "RNN",
     "Shape",
     "Sigmoid",
     "Slice",
@@ -358,6 +364,150 @@ impl Attrs<'_> {
         self.get(name)
             .map(|a| String::from_utf8_lossy(&a.s).into_owned())
     }
+    fn strings(&self, name: &str) -> Vec<String> {
+        self.get(name)
+            .map(|a| {
+                a.strings
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn floats(&self, name: &str) -> Vec<f32> {
+        self.get(name).map(|a| a.floats.clone()).unwrap_or_default()
+    }
+}
+
+/// Attributes of an ONNX RNN / GRU / LSTM node, checked. `r_shape` is the shape of R when it
+/// is a constant (for a missing `hidden_size`); `outputs` says which of Y, Y_h, Y_c are named.
+fn recurrent_attrs(
+    a: &Attrs,
+    kind: RecurrentKind,
+    r_shape: Option<&[usize]>,
+    outputs: [bool; 3],
+) -> std::result::Result<Recurrent, String> {
+    let direction = match a.string("direction").as_deref().unwrap_or("forward") {
+        "forward" => RnnDirection::Forward,
+        "reverse" => RnnDirection::Reverse,
+        "bidirectional" => RnnDirection::Bidirectional,
+        o => {
+            return Err(format!(
+                "direction '{o}' is not one of forward, reverse, bidirectional"
+            ))
+        }
+    };
+    let hidden_size = match a.get("hidden_size") {
+        Some(h) if h.i > 0 => h.i as usize,
+        Some(h) => return Err(format!("hidden_size {} must be positive", h.i)),
+        None => match r_shape {
+            Some([_, _, h]) if *h > 0 => *h,
+            _ => {
+                return Err(
+                    "hidden_size is missing and R is not a constant [num_directions, \
+                     gates·hidden, hidden] tensor to read it from"
+                        .into(),
+                )
+            }
+        },
+    };
+    let layout = a.int("layout", 0);
+    if layout != 0 && layout != 1 {
+        return Err(format!("layout {layout} is not 0 or 1"));
+    }
+    let clip = match a.get("clip") {
+        None => None,
+        Some(c) if c.f > 0.0 && c.f.is_finite() => Some(c.f),
+        Some(c) => return Err(format!("clip {} must be a positive finite threshold", c.f)),
+    };
+    let input_forget = a.int("input_forget", 0) != 0;
+    if input_forget && kind != RecurrentKind::Lstm {
+        return Err("input_forget applies to LSTM only".into());
+    }
+    let linear_before_reset = a.int("linear_before_reset", 0) != 0;
+    if linear_before_reset && kind != RecurrentKind::Gru {
+        return Err("linear_before_reset applies to GRU only".into());
+    }
+    if outputs[2] && kind != RecurrentKind::Lstm {
+        return Err("only LSTM has a third output (Y_c)".into());
+    }
+    let dirs = direction.count();
+    let per = kind.activation_count();
+    let mut names = a.strings("activations");
+    if names.is_empty() {
+        let defaults: &[&str] = match kind {
+            RecurrentKind::Rnn => &["Tanh"],
+            RecurrentKind::Gru => &["Sigmoid", "Tanh"],
+            RecurrentKind::Lstm => &["Sigmoid", "Tanh", "Tanh"],
+        };
+        names = (0..dirs)
+            .flat_map(|_| defaults.iter().map(|s| s.to_string()))
+            .collect();
+    } else if kind == RecurrentKind::Rnn && dirs == 1 && names.len() == 2 {
+        // The RNN schema's default lists two functions; a forward RNN uses the first.
+        names.truncate(1);
+    }
+    if names.len() != per * dirs {
+        return Err(format!(
+            "{} activations given ({}); a {} {} needs {} ({} per direction)",
+            names.len(),
+            names.join(", "),
+            direction.onnx_name(),
+            kind.onnx_name(),
+            per * dirs,
+            per
+        ));
+    }
+    let alphas = a.floats("activation_alpha");
+    let betas = a.floats("activation_beta");
+    let (mut ai, mut bi) = (alphas.iter(), betas.iter());
+    let mut activations = Vec::with_capacity(names.len());
+    for name in &names {
+        let kind = ActivationKind::ALL
+            .into_iter()
+            .find(|k| k.onnx_name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                format!(
+                    "activation '{name}' is not supported ({} are)",
+                    ActivationKind::ALL.map(|k| k.onnx_name()).join(", ")
+                )
+            })?;
+        // alpha and beta are consumed in order by the functions that take them, with the
+        // defaults of the ONNX operators of the same name.
+        let (default_alpha, default_beta) = match kind {
+            ActivationKind::LeakyRelu => (Some(0.01), None),
+            ActivationKind::HardSigmoid => (Some(0.2), Some(0.5)),
+            ActivationKind::Elu => (Some(1.0), None),
+            _ => (None, None),
+        };
+        let (uses_a, uses_b) = kind.uses_alpha_beta();
+        let mut act = Activation::plain(kind);
+        if uses_a {
+            act.alpha =
+                ai.next().copied().or(default_alpha).ok_or_else(|| {
+                    format!("activation {name} needs a value in activation_alpha")
+                })?;
+        }
+        if uses_b {
+            act.beta = bi
+                .next()
+                .copied()
+                .or(default_beta)
+                .ok_or_else(|| format!("activation {name} needs a value in activation_beta"))?;
+        }
+        activations.push(act);
+    }
+    Ok(Recurrent {
+        kind,
+        hidden_size,
+        direction,
+        activations,
+        clip,
+        input_forget,
+        linear_before_reset,
+        batch_first: layout == 1,
+        outputs,
+    })
 }
 
 impl Builder {
@@ -688,6 +838,37 @@ impl Builder {
             "Cast" => Op::Cast {
                 to: a.int("to", 1) as i32,
             },
+            "RNN" | "GRU" | "LSTM" => {
+                let kind = match np.op_type.as_str() {
+                    "RNN" => RecurrentKind::Rnn,
+                    "GRU" => RecurrentKind::Gru,
+                    _ => RecurrentKind::Lstm,
+                };
+                let max_inputs = if kind == RecurrentKind::Lstm { 8 } else { 6 };
+                if inputs.len() < 3 || inputs[..3].iter().any(|i| i.is_none()) {
+                    return Err(bad("needs inputs X, W and R"));
+                }
+                if inputs.len() > max_inputs {
+                    return Err(bad(&format!(
+                        "has {} inputs, {} takes at most {max_inputs}",
+                        inputs.len(),
+                        np.op_type
+                    )));
+                }
+                if np.output.len() > 3 {
+                    return Err(bad("has more than three outputs"));
+                }
+                let mut outputs = [false; 3];
+                for (k, o) in np.output.iter().enumerate() {
+                    outputs[k] = !o.is_empty();
+                }
+                let r_shape = inputs[2]
+                    .and_then(|r| self.g.initializers.get(&r))
+                    .map(|t| t.shape.clone());
+                Op::Recurrent(
+                    recurrent_attrs(&a, kind, r_shape.as_deref(), outputs).map_err(|d| bad(&d))?,
+                )
+            }
             _ => return Err(unsupported(np, opset)),
         };
         if matches!(

@@ -464,6 +464,7 @@ fn node_shapes(
             })?;
             Ok(vec![shape])
         }
+        Op::Recurrent(r) => recurrent_shapes(n, r, ins),
         Op::Shape { .. } => {
             let _ = g;
             Err(mismatch(
@@ -472,4 +473,81 @@ fn node_shapes(
             ))
         }
     }
+}
+
+/// Output shapes of RNN / GRU / LSTM (the produced ones among Y, Y_h, Y_c), after checking
+/// every input's shape against X, `hidden_size`, the direction count and the layout.
+fn recurrent_shapes(
+    n: &Node,
+    r: &crate::ir::Recurrent,
+    ins: &[Option<&[usize]>],
+) -> Result<Vec<Vec<usize>>> {
+    let x = ins.first().copied().flatten().unwrap_or(&[]);
+    if x.len() != 3 {
+        return Err(mismatch(
+            n,
+            format!(
+                "X must be 3-D ({}), got {x:?}",
+                if r.batch_first {
+                    "[batch, seq, input] for layout 1"
+                } else {
+                    "[seq, batch, input]"
+                }
+            ),
+        ));
+    }
+    let (seq, batch, input) = if r.batch_first {
+        (x[1], x[0], x[2])
+    } else {
+        (x[0], x[1], x[2])
+    };
+    let (h, d, g) = (r.hidden_size, r.direction.count(), r.kind.gates());
+    // Gate rows (W, R) and bias length; a huge hidden_size must not overflow.
+    let (gh, bias) = g
+        .checked_mul(h)
+        .and_then(|gh| Some((gh, gh.checked_mul(2)?)))
+        .ok_or_else(|| mismatch(n, format!("hidden_size {h} is too large")))?;
+    let peep = h
+        .checked_mul(3)
+        .ok_or_else(|| mismatch(n, format!("hidden_size {h} is too large")))?;
+    let state = if r.batch_first {
+        vec![batch, d, h]
+    } else {
+        vec![d, batch, h]
+    };
+    let expect: [(usize, &str, Vec<usize>); 7] = [
+        (1, "W", vec![d, gh, input]),
+        (2, "R", vec![d, gh, h]),
+        (3, "B", vec![d, bias]),
+        (4, "sequence_lens", vec![batch]),
+        (5, "initial_h", state.clone()),
+        (6, "initial_c", state.clone()),
+        (7, "P", vec![d, peep]),
+    ];
+    for (i, name, want) in expect {
+        if let Some(s) = ins.get(i).copied().flatten() {
+            if s != want.as_slice() {
+                return Err(mismatch(
+                    n,
+                    format!(
+                        "{name} has shape {s:?}, expected {want:?} (hidden_size {h}, {d} \
+                         direction(s), input size {input}, batch {batch})"
+                    ),
+                ));
+            }
+        }
+    }
+    if n.input(1).is_none() || n.input(2).is_none() {
+        return Err(mismatch(n, "W and R are required"));
+    }
+    let y = if r.batch_first {
+        vec![batch, seq, d, h]
+    } else {
+        vec![seq, d, batch, h]
+    };
+    let all = [y, state.clone(), state];
+    Ok((0..3)
+        .filter(|&k| r.outputs[k])
+        .map(|k| all[k].clone())
+        .collect())
 }

@@ -139,6 +139,200 @@ pub enum PadMode {
     Edge,
 }
 
+/// Cell of a recurrent operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecurrentKind {
+    /// Elman RNN: `Ht = f(Xt·Wᵀ + Ht-1·Rᵀ + Wb + Rb)`.
+    Rnn,
+    /// GRU, gates in ONNX order z, r, h.
+    Gru,
+    /// LSTM, gates in ONNX order i, o, f, c.
+    Lstm,
+}
+
+impl RecurrentKind {
+    /// Gates stacked in W and R (1, 3, 4).
+    pub fn gates(self) -> usize {
+        match self {
+            RecurrentKind::Rnn => 1,
+            RecurrentKind::Gru => 3,
+            RecurrentKind::Lstm => 4,
+        }
+    }
+    /// Activation functions per direction (f; f, g; f, g, h).
+    pub fn activation_count(self) -> usize {
+        match self {
+            RecurrentKind::Rnn => 1,
+            RecurrentKind::Gru => 2,
+            RecurrentKind::Lstm => 3,
+        }
+    }
+    /// ONNX operator name.
+    pub fn onnx_name(self) -> &'static str {
+        match self {
+            RecurrentKind::Rnn => "RNN",
+            RecurrentKind::Gru => "GRU",
+            RecurrentKind::Lstm => "LSTM",
+        }
+    }
+}
+
+/// `direction` of a recurrent operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RnnDirection {
+    /// First to last step.
+    Forward,
+    /// Last to first step.
+    Reverse,
+    /// Both; outputs stack forward then reverse on the direction axis.
+    Bidirectional,
+}
+
+impl RnnDirection {
+    /// 1, or 2 when bidirectional.
+    pub fn count(self) -> usize {
+        if self == RnnDirection::Bidirectional {
+            2
+        } else {
+            1
+        }
+    }
+    /// ONNX attribute value.
+    pub fn onnx_name(self) -> &'static str {
+        match self {
+            RnnDirection::Forward => "forward",
+            RnnDirection::Reverse => "reverse",
+            RnnDirection::Bidirectional => "bidirectional",
+        }
+    }
+}
+
+/// Activation functions of the recurrent operators (ONNX names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationKind {
+    /// max(0, x).
+    Relu,
+    /// tanh(x).
+    Tanh,
+    /// 1 / (1 + e^-x).
+    Sigmoid,
+    /// alpha·x + beta.
+    Affine,
+    /// x if x ≥ 0 else alpha·x.
+    LeakyRelu,
+    /// x if x > alpha else 0.
+    ThresholdedRelu,
+    /// alpha·tanh(beta·x).
+    ScaledTanh,
+    /// min(max(alpha·x + beta, 0), 1).
+    HardSigmoid,
+    /// x if x ≥ 0 else alpha·(e^x − 1).
+    Elu,
+    /// x / (1 + |x|).
+    Softsign,
+    /// log(1 + e^x).
+    Softplus,
+}
+
+impl ActivationKind {
+    /// Every kind, in ONNX's order.
+    pub const ALL: [ActivationKind; 11] = [
+        ActivationKind::Relu,
+        ActivationKind::Tanh,
+        ActivationKind::Sigmoid,
+        ActivationKind::Affine,
+        ActivationKind::LeakyRelu,
+        ActivationKind::ThresholdedRelu,
+        ActivationKind::ScaledTanh,
+        ActivationKind::HardSigmoid,
+        ActivationKind::Elu,
+        ActivationKind::Softsign,
+        ActivationKind::Softplus,
+    ];
+    /// ONNX name.
+    pub fn onnx_name(self) -> &'static str {
+        match self {
+            ActivationKind::Relu => "Relu",
+            ActivationKind::Tanh => "Tanh",
+            ActivationKind::Sigmoid => "Sigmoid",
+            ActivationKind::Affine => "Affine",
+            ActivationKind::LeakyRelu => "LeakyRelu",
+            ActivationKind::ThresholdedRelu => "ThresholdedRelu",
+            ActivationKind::ScaledTanh => "ScaledTanh",
+            ActivationKind::HardSigmoid => "HardSigmoid",
+            ActivationKind::Elu => "Elu",
+            ActivationKind::Softsign => "Softsign",
+            ActivationKind::Softplus => "Softplus",
+        }
+    }
+    /// Whether the function takes `alpha` and `beta` from `activation_alpha` / `activation_beta`.
+    pub fn uses_alpha_beta(self) -> (bool, bool) {
+        match self {
+            ActivationKind::Affine | ActivationKind::ScaledTanh | ActivationKind::HardSigmoid => {
+                (true, true)
+            }
+            ActivationKind::LeakyRelu | ActivationKind::ThresholdedRelu | ActivationKind::Elu => {
+                (true, false)
+            }
+            _ => (false, false),
+        }
+    }
+}
+
+/// One activation function with its parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Activation {
+    /// The function.
+    pub kind: ActivationKind,
+    /// `alpha` (unused by functions without one).
+    pub alpha: f32,
+    /// `beta` (unused by functions without one).
+    pub beta: f32,
+}
+
+impl Activation {
+    /// A function without parameters.
+    pub fn plain(kind: ActivationKind) -> Self {
+        Self {
+            kind,
+            alpha: 0.0,
+            beta: 0.0,
+        }
+    }
+}
+
+/// Attributes of ONNX RNN, GRU and LSTM (opsets 7 and 14). Inputs X, W, R, optional B,
+/// sequence_lens, initial_h, and for LSTM initial_c and P.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recurrent {
+    /// The cell.
+    pub kind: RecurrentKind,
+    /// Hidden units per direction.
+    pub hidden_size: usize,
+    /// Direction.
+    pub direction: RnnDirection,
+    /// `activation_count()` functions per direction (f, g, h), forward direction first.
+    pub activations: Vec<Activation>,
+    /// Pre-activations of the gates are clamped to ±clip.
+    pub clip: Option<f32>,
+    /// LSTM: forget gate f = 1 − i.
+    pub input_forget: bool,
+    /// GRU: apply R_h (and its bias) before multiplying by the reset gate.
+    pub linear_before_reset: bool,
+    /// `layout = 1`: X [batch, seq, input], Y [batch, seq, dir, hidden], states [batch, dir, hidden].
+    pub batch_first: bool,
+    /// Which of Y, Y_h, Y_c the node produces; [`Node::outputs`] lists the produced ones in
+    /// this order (ONNX marks the others with empty names).
+    pub outputs: [bool; 3],
+}
+
+impl Recurrent {
+    /// Index in [`Node::outputs`] of output slot `k` (0 = Y, 1 = Y_h, 2 = Y_c), if produced.
+    pub fn output_index(&self, k: usize) -> Option<usize> {
+        (k < 3 && self.outputs[k]).then(|| self.outputs[..k].iter().filter(|&&b| b).count())
+    }
+}
+
 /// Typed operators. Inputs are listed in ONNX order, after the normalisation described above.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -282,6 +476,8 @@ pub enum Op {
         /// Target ONNX element type.
         to: i32,
     },
+    /// RNN, GRU or LSTM (float only: their weights are not quantizable layers).
+    Recurrent(Recurrent),
 }
 
 impl Op {
@@ -326,6 +522,7 @@ impl Op {
             Op::Slice => "Slice",
             Op::ConstantOfShape { .. } => "ConstantOfShape",
             Op::Cast { .. } => "Cast",
+            Op::Recurrent(r) => r.kind.onnx_name(),
         }
     }
 }
