@@ -4,11 +4,18 @@
 //! `pareto-dp` frontier on the same axis, and prints one JSON line per file.
 //!
 //! `cargo run --release -p mixprec-alloc --example solve_bench -- [--repeats N] [--pareto N]
-//! [--time-limit-ms MS] FILE...`
+//! [--time-limit-ms MS] [--dfs-first N] [--dfs-max-groups N] [--no-memo] FILE...`
+//!
+//! `--dfs-first` / `--dfs-max-groups` / `--no-memo` override the exact solver's [`Limits`]
+//! (nodes of the first depth-first search with two budgets, widest core it is tried on, the
+//! depth-first dominance memory); with any of them, the timing calls the solver on the
+//! reduced problem directly (no `Allocation` built) and prints its statistics.
 
 use std::time::Instant;
 
+use mixprec_alloc::mckp::{self, Limits};
 use mixprec_alloc::methods::pareto_dp::{pareto_with, ParetoDpConfig};
+use mixprec_alloc::reduce::Reduced;
 use mixprec_alloc::{allocator, pareto_exact, AllocError, AllocationProblem, CostKind, SolveCtx};
 
 fn main() {
@@ -17,6 +24,9 @@ fn main() {
     let mut n_pareto = 50usize;
     let mut limit_ms = 20_000u64;
     let mut files = Vec::new();
+    let mut dfs_first: Option<u64> = None;
+    let mut dfs_max_groups: Option<usize> = None;
+    let mut dfs_memo = true;
     while let Some(a) = args.next() {
         let mut num = |what: &str| -> u64 {
             args.next()
@@ -27,11 +37,17 @@ fn main() {
             "--repeats" => repeats = num("--repeats") as usize,
             "--pareto" => n_pareto = num("--pareto") as usize,
             "--time-limit-ms" => limit_ms = num("--time-limit-ms"),
+            "--dfs-first" => dfs_first = Some(num("--dfs-first")),
+            "--dfs-max-groups" => dfs_max_groups = Some(num("--dfs-max-groups") as usize),
+            "--no-memo" => dfs_memo = false,
             _ => files.push(a),
         }
     }
     if files.is_empty() {
-        eprintln!("usage: solve_bench [--repeats N] [--pareto N] [--time-limit-ms MS] FILE...");
+        eprintln!(
+            "usage: solve_bench [--repeats N] [--pareto N] [--time-limit-ms MS] \
+             [--dfs-first N] [--dfs-max-groups N] [--no-memo] FILE..."
+        );
         std::process::exit(2);
     }
     let ilp =
@@ -41,6 +57,15 @@ fn main() {
             eprintln!("{e}");
             std::process::exit(1)
         });
+        if dfs_first.is_some() || dfs_max_groups.is_some() || !dfs_memo {
+            let over = Overrides {
+                dfs_first,
+                dfs_max_groups,
+                dfs_memo,
+            };
+            direct(&f, &p, repeats, limit_ms, &over);
+            continue;
+        }
         let mut times = Vec::with_capacity(repeats);
         let mut ctx = SolveCtx::new(0);
         let mut status = "optimal".to_string();
@@ -100,4 +125,58 @@ fn main() {
         });
         println!("{line}");
     }
+}
+
+/// Overrides of the exact solver's [`Limits`].
+struct Overrides {
+    dfs_first: Option<u64>,
+    dfs_max_groups: Option<usize>,
+    dfs_memo: bool,
+}
+
+/// Times `mckp::solve` on the reduced problem with overridden limits; prints one JSON line.
+fn direct(f: &str, p: &AllocationProblem, repeats: usize, limit_ms: u64, over: &Overrides) {
+    let mut times = Vec::with_capacity(repeats);
+    let mut last = None;
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        let r = Reduced::new(p).unwrap_or_else(|e| panic!("{f}: {e}"));
+        let d = Limits::default();
+        let limits = Limits {
+            deadline: Some(t + std::time::Duration::from_millis(limit_ms)),
+            dfs_first_nodes: over.dfs_first.unwrap_or(d.dfs_first_nodes),
+            dfs_max_groups: over.dfs_max_groups.unwrap_or(d.dfs_max_groups),
+            dfs_memo: over.dfs_memo,
+            ..d
+        };
+        let (out, stats) = mckp::solve(&r, &limits);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        let objective = match &out {
+            Ok(items) => items.iter().map(|&i| r.obj[i]).sum::<f64>(),
+            Err(mckp::Failure::Limit { best, .. }) => *best,
+            Err(mckp::Failure::Infeasible) => f64::NAN,
+        };
+        let limited = matches!(out, Err(mckp::Failure::Limit { .. }));
+        last = Some((objective, limited, stats));
+        if limited {
+            break;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let (objective, limited, stats) = last.expect("one run");
+    let line = serde_json::json!({
+        "file": f,
+        "status": if limited { "limit" } else { "optimal" },
+        "objective": objective,
+        "median_ms": times[times.len() / 2],
+        "min_ms": times[0],
+        "nodes": stats.nodes,
+        "core_groups": stats.core_groups,
+        "lower_bound": stats.lower_bound,
+        "first_incumbent": stats.first_incumbent,
+        "proven_bound": stats.proven_bound,
+        "root_bound": stats.root_lp,
+        "memo_pruned": stats.memo_pruned,
+    });
+    println!("{line}");
 }

@@ -25,9 +25,11 @@
 //! the search keeps ≈ 28 k states (the earlier rounds of growing thresholds over a layered
 //! programme kept ≈ 0.13 M).
 //!
-//! Table rows are computed in f64 and stored rounded down to f32 (half the memory traffic; a
-//! stored value never exceeds the exact one, so every bound stays valid); the rows need no
-//! prefix-minimum pass, since each item's contribution to a row is already non-increasing.
+//! Table rows are computed in f64 (compiled for AVX2 when the CPU has it: min and add are
+//! exact, so the values are the same bit for bit) and stored rounded down to f32 (half the
+//! memory traffic; a stored value never exceeds the exact one, so every bound stays valid);
+//! the rows need no prefix-minimum pass, since each item's contribution to a row is already
+//! non-increasing.
 //!
 //! Items whose reduced cost reaches the core's gap cannot be in a solution below `LB + gap`
 //! and are left out. With threshold `θ ≤ LB + gap`, the search finds the best solution of
@@ -194,7 +196,25 @@ fn window(levels: &[Level], d: usize, unit: f64, slack_d: f64) -> Window {
 }
 
 impl SufTable {
+    /// Builds the table; on x86-64 CPUs with AVX2 the same code is compiled for 4-lane vectors
+    /// (min and add are exact IEEE operations, so the values are the same bit for bit).
     fn new(levels: &[Level], d: usize, lam: &[f64], unit: f64, slack_d: f64) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2")]
+            fn avx2(levels: &[Level], d: usize, lam: &[f64], unit: f64, slack_d: f64) -> SufTable {
+                SufTable::new_impl(levels, d, lam, unit, slack_d)
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                return unsafe { avx2(levels, d, lam, unit, slack_d) };
+            }
+        }
+        Self::new_impl(levels, d, lam, unit, slack_d)
+    }
+
+    #[inline(always)]
+    fn new_impl(levels: &[Level], d: usize, lam: &[f64], unit: f64, slack_d: f64) -> Self {
         let k = levels.len();
         let cell = |v: f64| -> i64 { (v / unit).floor() as i64 };
         let other = |df: f64, dc: &[f64; 2]| -> f64 {
@@ -254,20 +274,20 @@ impl SufTable {
                 let b = (nlo + nw as i64 + w - lo_t).clamp(0, wt as i64) as usize;
                 let first = (next_lo + w - lo_t).clamp(0, a as i64) as usize;
                 let below = next[0] + val;
-                // Branch-free minima (select + store) so that the loops vectorise.
+                // Plain minima (no branch, no masked store) so that the loops vectorise.
                 for slot in &mut row[first..a] {
-                    *slot = if below < *slot { below } else { *slot };
+                    *slot = slot.min(below);
                 }
                 if a < b {
                     let off = (lo_t + a as i64 - w - nlo) as usize;
                     for (slot, &nv) in row[a..b].iter_mut().zip(&next[off..off + (b - a)]) {
                         let v = nv + val;
-                        *slot = if v < *slot { v } else { *slot };
+                        *slot = slot.min(v);
                     }
                 }
                 let above = next_umin + val;
                 for slot in &mut row[b.max(a)..] {
-                    *slot = if above < *slot { above } else { *slot };
+                    *slot = slot.min(above);
                 }
             }
             // Each item's contribution is non-increasing in q (the next row is, its value
@@ -685,13 +705,12 @@ impl<'a> CoreDp<'a> {
                 {
                     continue;
                 }
-                // Entries from Δc_2 on with Δf ≥ the new one's are now dominated.
-                let gone: Vec<u64> = front
-                    .range(k2..)
-                    .take_while(|(_, &f)| f >= ns.df)
-                    .map(|(&k, _)| k)
-                    .collect();
-                for k in gone {
+                // Entries from Δc_2 on with Δf ≥ the new one's are now dominated (removed one
+                // by one: usually none or one, and no list is allocated).
+                while let Some((&k, &f)) = front.range(k2..).next() {
+                    if f < ns.df {
+                        break;
+                    }
                     front.remove(&k);
                 }
                 front.insert(k2, ns.df);
@@ -748,7 +767,7 @@ impl<'a> CoreDp<'a> {
 
 /// Multiply-rotate hasher for the best-first search's small integer keys.
 #[derive(Default, Clone, Copy)]
-struct FastHasher(u64);
+pub(crate) struct FastHasher(u64);
 
 impl std::hash::Hasher for FastHasher {
     fn finish(&self) -> u64 {
@@ -767,7 +786,8 @@ impl std::hash::Hasher for FastHasher {
     }
 }
 
-type FastHash = std::hash::BuildHasherDefault<FastHasher>;
+/// Hasher builder of [`FastHasher`].
+pub(crate) type FastHash = std::hash::BuildHasherDefault<FastHasher>;
 
 /// `v` as a `u64` in the order of `f64::total_cmp` (−0 folded into +0).
 fn ord_key(v: f64) -> u64 {
