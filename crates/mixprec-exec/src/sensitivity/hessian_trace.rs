@@ -854,7 +854,7 @@ fn build(v: &serde_json::Value) -> Result<Box<dyn SensitivityMetric>> {
 /// Registry entry.
 pub const ENTRY: MetricEntry = MetricEntry {
     name: "hessian-trace",
-    summary: "Hutchinson estimate of the average Hessian trace × ‖Q(W) − W‖² (weights)",
+    summary: "average Hessian trace (exact Gauss–Newton or Hutchinson) × ‖Q(x) − x‖² (weights, activations)",
     reference: "survey §3.2.3, Eq. 21–23; Dong et al. 2020, HAWQ-V2",
     build,
 };
