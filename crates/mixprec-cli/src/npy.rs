@@ -1,6 +1,8 @@
-//! NumPy `.npy` arrays (format versions 1–3) and `.npz` archives (an uncompressed zip of
-//! `.npy` members), enough for `mixprec run`: reading float32, float64, int64, int32, uint8
-//! and bool arrays in either byte order and memory order, writing float32, int64 and bool.
+//! NumPy `.npy` arrays (format versions 1–3) and `.npz` archives (a zip of `.npy` members),
+//! enough for `mixprec run` and `--data FILE.npz`: reading float32, float64, int64, int32, uint8
+//! and bool arrays in either byte order and memory order, from stored or deflated (`savez`,
+//! `savez_compressed`) archives with zip64 sizes; writing float32, int64 and bool into stored
+//! archives.
 
 use anyhow::{bail, Context, Result};
 
@@ -362,9 +364,171 @@ pub fn encode_zip(members: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+fn le16(b: &[u8], at: usize) -> Result<u16> {
+    b.get(at..at + 2)
+        .map(|s| u16::from_le_bytes([s[0], s[1]]))
+        .context("truncated zip archive")
+}
+
+fn le32(b: &[u8], at: usize) -> Result<u32> {
+    b.get(at..at + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        .context("truncated zip archive")
+}
+
+fn le64(b: &[u8], at: usize) -> Result<u64> {
+    b.get(at..at + 8)
+        .map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
+        .context("truncated zip archive")
+}
+
+/// The `(member name without ".npy", array)` pairs of an `.npz` archive, in archive order.
+pub fn parse_npz(bytes: &[u8]) -> Result<Vec<(String, NpyArray)>> {
+    // End of central directory: the last signature within the final 64 KiB + 22 bytes.
+    let lo = bytes.len().saturating_sub(22 + 65_535);
+    let eocd = (lo..bytes.len().saturating_sub(21))
+        .rev()
+        .find(|&i| le32(bytes, i).ok() == Some(0x0605_4b50))
+        .context("not a zip archive (no end-of-central-directory record)")?;
+    let count = usize::from(le16(bytes, eocd + 10)?);
+    let mut at = le32(bytes, eocd + 16)? as usize;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        if le32(bytes, at)? != 0x0201_4b50 {
+            bail!("corrupt zip central directory at byte {at}");
+        }
+        let method = le16(bytes, at + 10)?;
+        let mut csize = u64::from(le32(bytes, at + 20)?);
+        let mut usize_ = u64::from(le32(bytes, at + 24)?);
+        let name_len = usize::from(le16(bytes, at + 28)?);
+        let extra_len = usize::from(le16(bytes, at + 30)?);
+        let comment_len = usize::from(le16(bytes, at + 32)?);
+        let mut offset = u64::from(le32(bytes, at + 42)?);
+        let name = bytes
+            .get(at + 46..at + 46 + name_len)
+            .context("truncated zip archive")?;
+        let name = String::from_utf8_lossy(name).into_owned();
+        // Zip64 extra field: the 64-bit values of the fields saturated above, in order.
+        let mut e = at + 46 + name_len;
+        let end = e + extra_len;
+        while e + 4 <= end {
+            let (id, len) = (le16(bytes, e)?, usize::from(le16(bytes, e + 2)?));
+            if id == 1 {
+                let mut f = e + 4;
+                for v in [&mut usize_, &mut csize, &mut offset] {
+                    if *v == 0xFFFF_FFFF && f + 8 <= e + 4 + len {
+                        *v = le64(bytes, f)?;
+                        f += 8;
+                    }
+                }
+            }
+            e += 4 + len;
+        }
+        at = end + comment_len;
+        let local = usize::try_from(offset).context("zip member offset too large")?;
+        if le32(bytes, local)? != 0x0403_4b50 {
+            bail!("member '{name}': corrupt zip local header");
+        }
+        let start = local
+            + 30
+            + usize::from(le16(bytes, local + 26)?)
+            + usize::from(le16(bytes, local + 28)?);
+        let csize = usize::try_from(csize).context("zip member too large")?;
+        let raw = bytes
+            .get(start..start + csize)
+            .with_context(|| format!("member '{name}': truncated data"))?;
+        let data = match method {
+            0 => raw.to_vec(),
+            8 => {
+                use std::io::Read;
+                let mut v = Vec::with_capacity(usize::try_from(usize_).unwrap_or(0));
+                flate2::read::DeflateDecoder::new(raw)
+                    .read_to_end(&mut v)
+                    .with_context(|| format!("member '{name}': bad deflate data"))?;
+                v
+            }
+            m => bail!("member '{name}': zip compression method {m} is not supported (stored or deflate are)"),
+        };
+        let arr = parse_npy(&data).with_context(|| format!("member '{name}'"))?;
+        out.push((name.trim_end_matches(".npy").to_string(), arr));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn npz_roundtrip_stored_and_deflated() {
+        let a = NpyArray {
+            dtype: NpyType::F32,
+            shape: vec![2, 3],
+            data: NpyData::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+        };
+        let b = NpyArray {
+            dtype: NpyType::I64,
+            shape: vec![2],
+            data: NpyData::I64(vec![7, -1]),
+        };
+        let zip = encode_zip(&[
+            ("x.npy".into(), encode_npy(&a).unwrap()),
+            ("y.npy".into(), encode_npy(&b).unwrap()),
+        ])
+        .unwrap();
+        let got = parse_npz(&zip).unwrap();
+        assert_eq!(
+            got,
+            vec![("x".to_string(), a.clone()), ("y".to_string(), b)]
+        );
+        // A deflated member with a zip64 extra field (as numpy.savez_compressed writes): built
+        // by hand from the stored archive's layout.
+        use std::io::Write;
+        let npy = encode_npy(&a).unwrap();
+        let mut enc =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&npy).unwrap();
+        let def = enc.finish().unwrap();
+        let name = b"x.npy";
+        let mut out = Vec::new();
+        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        out.extend_from_slice(&[45, 0, 0, 0, 8, 0, 0, 0, 0x21, 0]);
+        out.extend_from_slice(&crc32(&npy).to_le_bytes());
+        out.extend_from_slice(&u32::MAX.to_le_bytes());
+        out.extend_from_slice(&u32::MAX.to_le_bytes());
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&20u16.to_le_bytes());
+        out.extend_from_slice(name);
+        let z64 = |v: &mut Vec<u8>| {
+            v.extend_from_slice(&1u16.to_le_bytes());
+            v.extend_from_slice(&16u16.to_le_bytes());
+            v.extend_from_slice(&(npy.len() as u64).to_le_bytes());
+            v.extend_from_slice(&(def.len() as u64).to_le_bytes());
+        };
+        z64(&mut out);
+        out.extend_from_slice(&def);
+        let cd = out.len();
+        out.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        out.extend_from_slice(&[45, 0, 45, 0, 0, 0, 8, 0, 0, 0, 0x21, 0]);
+        out.extend_from_slice(&crc32(&npy).to_le_bytes());
+        out.extend_from_slice(&u32::MAX.to_le_bytes());
+        out.extend_from_slice(&u32::MAX.to_le_bytes());
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&20u16.to_le_bytes());
+        out.extend_from_slice(&[0; 10]);
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(name);
+        z64(&mut out);
+        let cd_len = out.len() - cd;
+        out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0, 1, 0, 1, 0]);
+        out.extend_from_slice(&(cd_len as u32).to_le_bytes());
+        out.extend_from_slice(&(cd as u32).to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        let got = parse_npz(&out).unwrap();
+        assert_eq!(got, vec![("x".to_string(), a)]);
+        assert!(parse_npz(b"not a zip").is_err());
+    }
 
     #[test]
     fn crc32_check_value() {

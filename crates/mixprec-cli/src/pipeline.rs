@@ -142,7 +142,8 @@ pub fn calibration_set(
     if n == 0 {
         bail!("--calib must be at least 1");
     }
-    if name != data::EMBEDDED {
+    // User arrays have no separate training split: calibrate on samples of the same arrays.
+    if name != data::EMBEDDED && !data::is_user_arrays(name) {
         if let Ok(train) = data::load(name, Split::Train, scale) {
             let set = calibration_subset(&train, n.min(train.n), seed)?;
             return Ok((set, "train split".into()));

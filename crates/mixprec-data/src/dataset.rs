@@ -238,6 +238,9 @@ pub struct Dataset {
     pub w: usize,
     /// Class names; label `i` is `classes[i]`.
     pub classes: Vec<String>,
+    /// Shape of one sample as the model takes it (`[c, h, w]` for images; any shape for
+    /// arrays loaded with [`Dataset::from_array`]).
+    sample_shape: Vec<usize>,
 }
 
 /// First existing of `base.gz` and `base` inside `folder`; `NotFound` naming `base.gz` otherwise.
@@ -303,6 +306,7 @@ impl Dataset {
             h,
             w,
             classes,
+            sample_shape: vec![c, h, w],
         })
     }
 
@@ -368,6 +372,7 @@ impl Dataset {
                     h: imgs.rows,
                     w: imgs.cols,
                     classes,
+                    sample_shape: vec![1, imgs.rows, imgs.cols],
                 })
             }
             DatasetKind::Cifar10 => {
@@ -390,14 +395,45 @@ impl Dataset {
                     h: 32,
                     w: 32,
                     classes,
+                    sample_shape: vec![3, 32, 32],
                 })
             }
         }
     }
 
-    /// Values per image (`c × h × w`).
+    /// Values per image (`c × h × w`, the product of [`Self::sample_shape`]).
     pub fn sample_len(&self) -> usize {
         self.c * self.h * self.w
+    }
+
+    /// Shape of one sample as the model takes it, without the batch axis.
+    pub fn sample_shape(&self) -> &[usize] {
+        &self.sample_shape
+    }
+
+    /// A data set of `n` samples of any shape (`sample_shape`, without the batch axis), e.g.
+    /// token sequences, audio features or images in a layout of their own, read from user
+    /// arrays. `c`, `h`, `w` are the last three dimensions (leading ones folded into `c`, missing
+    /// ones 1), so that `c × h × w` is the sample size.
+    pub fn from_array(
+        name: impl Into<String>,
+        values: Vec<f32>,
+        labels: Vec<u32>,
+        sample_shape: Vec<usize>,
+        classes: Vec<String>,
+    ) -> Result<Self> {
+        let name = name.into();
+        let n = labels.len();
+        let k = sample_shape.len();
+        let dim = |i: usize| if i < k { sample_shape[k - 1 - i] } else { 1 };
+        let c = sample_shape[..k.saturating_sub(2)]
+            .iter()
+            .product::<usize>();
+        let (h, w) = (dim(1), dim(0));
+        let c = if k >= 3 { c } else { 1 };
+        let mut d = Self::from_parts(name, values, labels, n, c, h, w, classes)?;
+        d.sample_shape = sample_shape;
+        Ok(d)
     }
 
     /// Number of classes.
@@ -451,6 +487,7 @@ impl Dataset {
             h: self.h,
             w: self.w,
             classes: self.classes.clone(),
+            sample_shape: self.sample_shape.clone(),
         })
     }
 
@@ -467,6 +504,7 @@ impl Dataset {
             h: self.h,
             w: self.w,
             classes: self.classes.clone(),
+            sample_shape: self.sample_shape.clone(),
         }
     }
 

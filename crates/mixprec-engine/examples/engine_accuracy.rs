@@ -46,7 +46,7 @@ fn exec_preds(exec: &Executor, data: &Dataset, hook: Option<&dyn LayerHook>) -> 
     for start in (0..data.n).step_by(250) {
         let len = 250.min(data.n - start);
         let (x, _) = data.batch(start, len);
-        let out = exec.predict(x, &[data.c, data.h, data.w], hook)?;
+        let out = exec.predict(x, data.sample_shape(), hook)?;
         let v = out.flatten_all()?.to_vec1::<f32>()?;
         let k = v.len() / len;
         preds.extend(v.chunks(k).map(|r| mixprec_data::argmax(r).unwrap_or(0)));

@@ -83,6 +83,14 @@ impl Executor {
     }
 }
 
+/// `[n, sample…]`: the shape of a batch of `n` samples.
+pub fn batch_shape(n: usize, sample: &[usize]) -> Vec<usize> {
+    let mut s = Vec::with_capacity(1 + sample.len());
+    s.push(n);
+    s.extend_from_slice(sample);
+    s
+}
+
 /// Top-1 accuracy of `exec` on `data`, `batch` images at a time; `progress(done, total)` after
 /// each batch.
 pub fn evaluate(
@@ -92,8 +100,8 @@ pub fn evaluate(
     hook: Option<&dyn LayerHook>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalResult> {
-    let sample = [data.c, data.h, data.w];
-    let batch = exec.usable_batch(&sample, batch.max(1).min(data.n.max(1)))?;
+    let sample = data.sample_shape();
+    let batch = exec.usable_batch(sample, batch.max(1).min(data.n.max(1)))?;
     let mut correct = 0usize;
     let mut start = 0;
     while start < data.n {
@@ -101,11 +109,11 @@ pub fn evaluate(
         let b = if len == batch {
             batch
         } else {
-            exec.usable_batch(&sample, len)?
+            exec.usable_batch(sample, len)?
         };
         let len = len.min(b);
         let (x, y) = data.batch(start, len);
-        let out = exec.predict(x, &sample, hook)?;
+        let out = exec.predict(x, sample, hook)?;
         let out = out.flatten_from(1)?;
         let classes = out.dims()[1];
         let v = out.flatten_all()?.to_vec1::<f32>()?;

@@ -434,18 +434,22 @@ pub fn calibrate(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let sample = [data.c, data.h, data.w];
-    let batch = exec.usable_batch(&sample, CALIB_BATCH.min(data.n))?;
+    let sample = data.sample_shape();
+    let batch = exec.usable_batch(sample, CALIB_BATCH.min(data.n))?;
     let mut start = 0;
     while start < data.n {
         let len = batch.min(data.n - start);
         let len = if len == batch {
             len
         } else {
-            exec.usable_batch(&sample, len)?.min(len)
+            exec.usable_batch(sample, len)?.min(len)
         };
         let (images, _) = data.batch(start, len);
-        let x = Tensor::from_slice(images, (len, data.c, data.h, data.w), exec.device())?;
+        let x = Tensor::from_slice(
+            images,
+            crate::eval::batch_shape(len, data.sample_shape()).as_slice(),
+            exec.device(),
+        )?;
         let run = exec.run(
             &[x],
             &RunOptions {

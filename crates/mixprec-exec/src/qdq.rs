@@ -727,14 +727,17 @@ pub fn calibrate_tensors(
         watched.push((name.clone(), v, obs));
     }
     let keep: Vec<ValueId> = watched.iter().map(|w| w.1).collect();
-    let sample = [data.c, data.h, data.w];
-    let batch = exec.usable_batch(&sample, CALIB_BATCH.min(data.n))?;
+    let sample = data.sample_shape();
+    let batch = exec.usable_batch(sample, CALIB_BATCH.min(data.n))?;
     let mut start = 0;
     while start < data.n {
         let len = batch.min(data.n - start);
         let (images, _) = data.batch(start, len);
-        let x =
-            candle_core::Tensor::from_slice(images, (len, data.c, data.h, data.w), exec.device())?;
+        let x = candle_core::Tensor::from_slice(
+            images,
+            crate::eval::batch_shape(len, data.sample_shape()).as_slice(),
+            exec.device(),
+        )?;
         let run = exec.run(
             &[x],
             &RunOptions {

@@ -188,14 +188,18 @@ impl<'a> SensCtx<'a> {
                 "the model has no Conv / Gemm / MatMul layer with a weight to score".into(),
             ));
         }
-        let sample = [data.c, data.h, data.w];
-        let batch = exec.usable_batch(&sample, batch.max(1).min(data.n))?;
+        let sample = data.sample_shape();
+        let batch = exec.usable_batch(sample, batch.max(1).min(data.n))?;
         let mut batches = Vec::new();
         let mut start = 0;
         while start < data.n {
             let len = batch.min(data.n - start);
             let (x, y) = data.batch(start, len);
-            let x = Tensor::from_slice(x, (len, data.c, data.h, data.w), exec.device())?;
+            let x = Tensor::from_slice(
+                x,
+                crate::eval::batch_shape(len, data.sample_shape()).as_slice(),
+                exec.device(),
+            )?;
             batches.push((x, y.to_vec()));
             start += len;
         }

@@ -1,0 +1,260 @@
+//! `--data FILE.npz` / `--data FOLDER`: a sequence classifier (MatMul → Transpose → LSTM →
+//! Squeeze → Gemm, input [N, T, F]) evaluated, scored and quantized on the user's own arrays
+//! through the real binary.
+
+use mixprec_graph::onnx_proto as pb;
+use prost::Message;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const N: usize = 24;
+const T: usize = 5;
+const F: usize = 3;
+const H: usize = 4;
+const C: usize = 3;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mixprec"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn ok(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "failed: {err}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Deterministic weights in (−s, s).
+fn weights(n: usize, seed: u32, s: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let v = (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(seed * 40_503)
+                >> 8;
+            s * ((v % 2001) as f32 / 1000.0 - 1.0)
+        })
+        .collect()
+}
+
+fn init(name: &str, dims: &[i64], v: Vec<f32>) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: 1,
+        float_data: v,
+        ..Default::default()
+    }
+}
+
+fn vi(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            tensor_type: Some(pb::TypeProtoTensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| match d {
+                            Some(v) => pb::Dimension {
+                                dim_value: Some(*v),
+                                ..Default::default()
+                            },
+                            None => pb::Dimension {
+                                dim_param: Some("N".into()),
+                                ..Default::default()
+                            },
+                        })
+                        .collect(),
+                }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn attr_i(name: &str, i: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 2,
+        i,
+        ..Default::default()
+    }
+}
+
+fn model(dir: &Path) -> String {
+    let node =
+        |op: &str, ins: &[&str], outs: &[&str], attrs: Vec<pb::AttributeProto>| pb::NodeProto {
+            input: ins.iter().map(|s| s.to_string()).collect(),
+            output: outs.iter().map(|s| s.to_string()).collect(),
+            name: format!("{op}_node").to_lowercase(),
+            op_type: op.into(),
+            attribute: attrs,
+            ..Default::default()
+        };
+    let perm = pb::AttributeProto {
+        name: "perm".into(),
+        r#type: 7,
+        ints: vec![1, 0, 2],
+        ..Default::default()
+    };
+    let axes = pb::TensorProto {
+        name: "axes".into(),
+        dims: vec![1],
+        data_type: 7,
+        int64_data: vec![0],
+        ..Default::default()
+    };
+    let (f, h, c) = (F as i64, H as i64, C as i64);
+    let m = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 14,
+        }],
+        graph: Some(pb::GraphProto {
+            node: vec![
+                node("MatMul", &["x", "wp"], &["xp"], vec![]),
+                node("Transpose", &["xp"], &["xt"], vec![perm]),
+                node(
+                    "LSTM",
+                    &["xt", "w", "r", "b"],
+                    &["", "yh"],
+                    vec![attr_i("hidden_size", h)],
+                ),
+                node("Squeeze", &["yh", "axes"], &["hn"], vec![]),
+                node(
+                    "Gemm",
+                    &["hn", "wh", "bh"],
+                    &["logits"],
+                    vec![attr_i("transB", 1)],
+                ),
+            ],
+            name: "seq".into(),
+            initializer: vec![
+                init("wp", &[f, f], weights(F * F, 1, 0.8)),
+                init("w", &[1, 4 * h, f], weights(4 * H * F, 2, 0.6)),
+                init("r", &[1, 4 * h, h], weights(4 * H * H, 3, 0.5)),
+                init("b", &[1, 8 * h], weights(8 * H, 4, 0.1)),
+                init("wh", &[c, h], weights(C * H, 5, 1.5)),
+                init("bh", &[c], vec![0.0; C]),
+                axes,
+            ],
+            input: vec![vi("x", &[None, Some(T as i64), Some(f)])],
+            output: vec![vi("logits", &[None, Some(c)])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let p = dir.join("seq.onnx");
+    std::fs::write(&p, m.encode_to_vec()).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// A version-1 .npy file of row-major data.
+fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    b.extend_from_slice(h.as_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[test]
+fn sequence_model_on_user_arrays() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path());
+    let x = weights(N * T * F, 9, 2.0);
+    let arrays = dir.path().join("arrays");
+    std::fs::create_dir(&arrays).unwrap();
+    let xf = arrays.join("x.npy");
+    std::fs::write(&xf, npy("<f4", &[N, T, F], &f32_bytes(&x))).unwrap();
+    // Labels: the float model's own top-1 (from `mixprec run` on the same batch).
+    let logits = dir.path().join("logits.npy");
+    ok(&run(&[
+        "run",
+        &m,
+        "--input",
+        &format!("x={}", xf.display()),
+        "--output",
+        logits.to_str().unwrap(),
+    ]));
+    let b = std::fs::read(&logits).unwrap();
+    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let z: Vec<f32> = b[10 + hl..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(z.len(), N * C);
+    let y: Vec<i64> = z
+        .chunks(C)
+        .map(|r| (0..C).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap() as i64)
+        .collect();
+    let classes: std::collections::BTreeSet<i64> = y.iter().copied().collect();
+    assert!(classes.len() >= 2, "labels {y:?}");
+    let yb: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(arrays.join("y.npy"), npy("<i8", &[N], &yb)).unwrap();
+    // The folder gives 100 % (every sample in its place: a shuffled batch or a wrong
+    // sample shape would not).
+    let out = ok(&run(&["eval", &m, "--data", arrays.to_str().unwrap()]));
+    assert!(out.contains("top-1 100.00 %"), "{out}");
+    // Hessian traces: the projection before the LSTM by Hutchinson (weights and input
+    // activations), the head exactly.
+    let out = ok(&run(&[
+        "sensitivity",
+        "--model",
+        &m,
+        "--data",
+        arrays.to_str().unwrap(),
+        "--samples",
+        "16",
+        "--metric",
+        "hessian-trace",
+        "--options",
+        "w4,a8",
+        "--json",
+    ]));
+    let j: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+    let t = &j["table"];
+    let layers: Vec<&str> = t["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(layers, ["matmul_node", "gemm_node"]);
+    let d = &t["details"];
+    assert_eq!(d[0]["exact"], 0.0);
+    assert_eq!(d[1]["exact"], 1.0);
+    for k in 0..2 {
+        assert!(d[k]["trace"].as_f64().unwrap() > 0.0, "{d}");
+        assert!(d[k]["input_trace"].as_f64().unwrap() > 0.0, "{d}");
+    }
+    // A missing label array is an error that names the file and says what to add.
+    std::fs::remove_file(arrays.join("y.npy")).unwrap();
+    let o = run(&["eval", &m, "--data", arrays.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("'y'") && !err.contains("panicked"),
+        "{err}"
+    );
+}
