@@ -56,6 +56,18 @@ pub fn run(a: Args) -> Result<()> {
         si(st.total_macs),
         st.total_output_elems
     );
+    for r in &st.recurrent {
+        // Recurrent operators run in float: listed for their size and work, not quantized.
+        println!(
+            "{:<28} {:<6} {:<16} {:>9} {:>10} {:>10}",
+            r.name,
+            r.op,
+            format!("float, {} step(s)", r.steps),
+            r.params,
+            si(r.macs),
+            ""
+        );
+    }
     println!(
         "all parameters (incl. BatchNorm and constants): {}   operators: {}",
         st.total_params,
