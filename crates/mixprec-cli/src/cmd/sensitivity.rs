@@ -43,6 +43,14 @@ pub struct Args {
     /// Metric configuration as JSON (e.g. '{"tol": 0.02}'); unknown fields are an error.
     #[arg(long, value_name = "JSON")]
     pub config: Option<String>,
+    /// Stop once every layer's relative standard error is below this (the metric's `tol`,
+    /// e.g. hessian-trace, default 0.05); overrides --config.
+    #[arg(long)]
+    pub tol: Option<f64>,
+    /// Most probes per layer (the metric's `max_probes`, e.g. hessian-trace, default 64);
+    /// overrides --config.
+    #[arg(long)]
+    pub max_probes: Option<usize>,
     /// Table columns: w<bits> (weights) and a<bits> (input activations).
     #[arg(long, default_value = "w2,w3,w4,w8")]
     pub options: String,
@@ -93,10 +101,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
     }
-    let config: serde_json::Value = match &a.config {
-        Some(c) => serde_json::from_str(c).with_context(|| format!("--config {c}"))?,
-        None => serde_json::Value::Null,
-    };
+    let config = metric_config(&a)?;
     let metric = build_metric(&a.metric, &config)?;
     let options = SensOption::parse_list(&a.options, parse_granularity(&a.granularity)?)?;
     let g = crate::model::load(&model)?;
@@ -344,13 +349,39 @@ fn additivity(ctx: &SensCtx, table: &SensitivityTable, seed: u64) -> Result<Vec<
     Ok(out)
 }
 
+/// The metric configuration: --config with --tol / --max-probes merged in.
+fn metric_config(a: &Args) -> Result<serde_json::Value> {
+    let mut config: serde_json::Value = match &a.config {
+        Some(c) => serde_json::from_str(c).with_context(|| format!("--config {c}"))?,
+        None => serde_json::Value::Null,
+    };
+    let extra = [
+        ("tol", a.tol.map(serde_json::Value::from)),
+        ("max_probes", a.max_probes.map(serde_json::Value::from)),
+    ];
+    for (key, v) in extra {
+        let Some(v) = v else { continue };
+        if config.is_null() {
+            config = serde_json::json!({});
+        }
+        let obj = config.as_object_mut().with_context(|| {
+            format!(
+                "--config must be a JSON object to take --{}",
+                key.replace('_', "-")
+            )
+        })?;
+        obj.insert(key.into(), v);
+    }
+    Ok(config)
+}
+
 /// FNV-1a (64-bit) of the model bytes and every argument that changes the table, in hex.
 fn cache_key(a: &Args, model: &str, data: &str) -> Result<String> {
     let bytes = crate::pipeline::model_bytes(model)?;
     let args = format!(
         "{}|{}|{data}|{:?}|{}|{}|{}|{}|{}|{}|{:016x}",
         a.metric,
-        a.config.as_deref().unwrap_or(""),
+        metric_config(a)?,
         a.scale,
         a.samples,
         a.batch,
