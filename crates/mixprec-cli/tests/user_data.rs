@@ -86,7 +86,8 @@ fn attr_i(name: &str, i: i64) -> pb::AttributeProto {
     }
 }
 
-fn model(dir: &Path) -> String {
+/// `seq_major`: the LSTM reads the model input directly as [T, N, F] (no Transpose).
+fn model(dir: &Path, seq_major: bool) -> String {
     let node =
         |op: &str, ins: &[&str], outs: &[&str], attrs: Vec<pb::AttributeProto>| pb::NodeProto {
             input: ins.iter().map(|s| s.to_string()).collect(),
@@ -117,23 +118,32 @@ fn model(dir: &Path) -> String {
             version: 14,
         }],
         graph: Some(pb::GraphProto {
-            node: vec![
-                node("MatMul", &["x", "wp"], &["xp"], vec![]),
-                node("Transpose", &["xp"], &["xt"], vec![perm]),
-                node(
+            node: if seq_major {
+                vec![node(
                     "LSTM",
-                    &["xt", "w", "r", "b"],
+                    &["x", "w", "r", "b"],
                     &["", "yh"],
                     vec![attr_i("hidden_size", h)],
-                ),
-                node("Squeeze", &["yh", "axes"], &["hn"], vec![]),
-                node(
-                    "Gemm",
-                    &["hn", "wh", "bh"],
-                    &["logits"],
-                    vec![attr_i("transB", 1)],
-                ),
-            ],
+                )]
+            } else {
+                vec![
+                    node("MatMul", &["x", "wp"], &["xp"], vec![]),
+                    node("Transpose", &["xp"], &["xt"], vec![perm]),
+                    node(
+                        "LSTM",
+                        &["xt", "w", "r", "b"],
+                        &["", "yh"],
+                        vec![attr_i("hidden_size", h)],
+                    ),
+                    node("Squeeze", &["yh", "axes"], &["hn"], vec![]),
+                    node(
+                        "Gemm",
+                        &["hn", "wh", "bh"],
+                        &["logits"],
+                        vec![attr_i("transB", 1)],
+                    ),
+                ]
+            },
             name: "seq".into(),
             initializer: vec![
                 init("wp", &[f, f], weights(F * F, 1, 0.8)),
@@ -144,13 +154,25 @@ fn model(dir: &Path) -> String {
                 init("bh", &[c], vec![0.0; C]),
                 axes,
             ],
-            input: vec![vi("x", &[None, Some(T as i64), Some(f)])],
-            output: vec![vi("logits", &[None, Some(c)])],
+            input: vec![if seq_major {
+                vi("x", &[Some(T as i64), None, Some(f)])
+            } else {
+                vi("x", &[None, Some(T as i64), Some(f)])
+            }],
+            output: vec![if seq_major {
+                vi("yh", &[Some(1), None, Some(h)])
+            } else {
+                vi("logits", &[None, Some(c)])
+            }],
             ..Default::default()
         }),
         ..Default::default()
     };
-    let p = dir.join("seq.onnx");
+    let p = dir.join(if seq_major {
+        "seq_major.onnx"
+    } else {
+        "seq.onnx"
+    });
     std::fs::write(&p, m.encode_to_vec()).unwrap();
     p.to_str().unwrap().to_string()
 }
@@ -182,7 +204,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 #[test]
 fn sequence_model_on_user_arrays() {
     let dir = tempfile::tempdir().unwrap();
-    let m = model(dir.path());
+    let m = model(dir.path(), false);
     let x = weights(N * T * F, 9, 2.0);
     let arrays = dir.path().join("arrays");
     std::fs::create_dir(&arrays).unwrap();
@@ -249,6 +271,18 @@ fn sequence_model_on_user_arrays() {
         assert!(d[k]["trace"].as_f64().unwrap() > 0.0, "{d}");
         assert!(d[k]["input_trace"].as_f64().unwrap() > 0.0, "{d}");
     }
+    // A model whose input is [sequence, batch, features] (LSTM layout 0 on the input) is an
+    // error naming the input and the node, not sequences cut from the batch axis.
+    let sm = model(dir.path(), true);
+    let o = run(&["eval", &sm, "--data", arrays.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("'x'")
+            && err.contains("lstm_node")
+            && err.contains("batch_first"),
+        "{err}"
+    );
     // A missing label array is an error that names the file and says what to add.
     std::fs::remove_file(arrays.join("y.npy")).unwrap();
     let o = run(&["eval", &m, "--data", arrays.to_str().unwrap()]);

@@ -4,7 +4,7 @@ use crate::error::{ExecError, Result};
 use crate::executor::{Executor, LayerHook, RunOptions};
 use candle_core::Tensor;
 use mixprec_data::Dataset;
-use mixprec_graph::Dim;
+use mixprec_graph::{Dim, Op};
 
 /// Accuracy of a model on a data set.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -42,8 +42,40 @@ impl Executor {
         changed
     }
 
+    /// A graph input read as the [sequence, batch, features] input of a recurrent operator in
+    /// layout 0: batch-major data would be taken as sequences. The error names input and node.
+    fn check_batch_major(&self) -> Result<()> {
+        let g = self.graph();
+        let producers = g.producers();
+        for n in &g.nodes {
+            let Op::Recurrent(r) = &n.op else { continue };
+            if r.batch_first {
+                continue;
+            }
+            let mut v = n.input(0);
+            // Through operators that keep every axis in place.
+            while let Some(p) = v.and_then(|v| producers[v]) {
+                match g.nodes[p].op {
+                    Op::Identity | Op::Dropout | Op::Cast { .. } => v = g.nodes[p].input(0),
+                    _ => break,
+                }
+            }
+            if let Some(v) = v.filter(|v| g.inputs.contains(v)) {
+                return Err(ExecError::Invalid(format!(
+                    "model input '{}' is the [sequence, batch, features] input of {} node '{}' (layout 0), but data sets are batch-major [batch, …]; export the model batch-first (PyTorch batch_first=True, or a Transpose in front of the node) to evaluate, score or quantize it on data",
+                    g.values[v].name,
+                    n.op.onnx_name(),
+                    n.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The largest batch ≤ `want` the graph accepts (its shape sub-graphs may pin the batch).
+    /// Fails for a model whose input is sequence-major (see `check_batch_major`).
     pub fn usable_batch(&self, sample_shape: &[usize], want: usize) -> Result<usize> {
+        self.check_batch_major()?;
         let shape = |b: usize| {
             let mut s = vec![b];
             s.extend_from_slice(sample_shape);
