@@ -1619,6 +1619,18 @@ mod tests {
         }
     }
 
+    /// Checks that `items` are feasible and reach the brute-force optimum `b`; returns their
+    /// objective.
+    fn assert_optimal(r: &Reduced, items: &[usize], b: f64, what: &str) -> f64 {
+        assert!(r.feasible(items), "{what}: infeasible");
+        let v: f64 = items.iter().map(|&i| r.obj[i]).sum();
+        assert!(
+            (v - b).abs() <= 1e-9 * b.abs().max(1.0),
+            "{what}: got {v}, optimum {b}"
+        );
+        v
+    }
+
     /// Random two-budget problem: HAWQ-like, or unstructured with integer or fractional costs,
     /// sometimes with a tie group and a fixed layer.
     fn two_budget(seed: u64) -> AllocationProblem {
@@ -1693,12 +1705,8 @@ mod tests {
                 let (out, stats) = solve(&r, &limits);
                 match (expect, out) {
                     (Some(b), Ok(items)) => {
-                        assert!(r.feasible(&items), "seed {seed}");
-                        let v: f64 = items.iter().map(|&i| r.obj[i]).sum();
-                        assert!(
-                            (v - b).abs() <= 1e-9 * b.abs().max(1.0),
-                            "seed {seed} first {first}: got {v}, optimum {b}"
-                        );
+                        let v =
+                            assert_optimal(&r, &items, b, &format!("seed {seed} first {first}"));
                         assert_eq!(stats.proven_bound, v);
                         solved += 1;
                     }
@@ -1853,12 +1861,7 @@ mod tests {
                 let (out, stats) = solve(&r, &limits);
                 match (expect, out) {
                     (Some(b), Ok(items)) => {
-                        assert!(r.feasible(&items), "seed {seed}");
-                        let v: f64 = items.iter().map(|&i| r.obj[i]).sum();
-                        assert!(
-                            (v - b).abs() <= 1e-9 * b.abs().max(1.0),
-                            "seed {seed} m {m} memo {memo}: got {v}, optimum {b}"
-                        );
+                        assert_optimal(&r, &items, b, &format!("seed {seed} m {m} memo {memo}"));
                         if memo {
                             solved[m - 1] += 1;
                             pruned[m - 1] += stats.memo_pruned;
@@ -1951,12 +1954,7 @@ mod tests {
             assert_eq!(r.m(), 3);
             match (brute(&r), solve(&r, &Limits::default()).0) {
                 (Some(b), Ok(items)) => {
-                    assert!(r.feasible(&items), "seed {seed}");
-                    let v: f64 = items.iter().map(|&i| r.obj[i]).sum();
-                    assert!(
-                        (v - b).abs() <= 1e-9 * b.abs().max(1.0),
-                        "seed {seed}: got {v}, optimum {b}"
-                    );
+                    assert_optimal(&r, &items, b, &format!("seed {seed}"));
                     solved += 1;
                 }
                 (None, Err(Failure::Infeasible)) => infeasible += 1,
