@@ -124,9 +124,34 @@ pub fn dataset_name(model: &str, data: Option<&str>, g: &mixprec_graph::Graph) -
         Some(d) => d.to_string(),
         None if model == crate::model::DEFAULT_MODEL => data::EMBEDDED.into(),
         None => crate::model::default_dataset(g)
-            .context("cannot tell which data set fits this model's input; pass --data")?
+            .ok_or_else(|| no_dataset_error(g))?
             .into(),
     })
+}
+
+/// No built-in data set fits `g`'s input: the error shows the input's shape and the choices.
+pub fn no_dataset_error(g: &mixprec_graph::Graph) -> anyhow::Error {
+    let input = g.inputs.first().map(|&v| {
+        let dims = g.values[v]
+            .shape
+            .as_ref()
+            .map_or("unknown shape".to_string(), |s| {
+                let d: Vec<String> = s
+                    .iter()
+                    .map(|d| match d {
+                        mixprec_graph::Dim::Fixed(n) => n.to_string(),
+                        mixprec_graph::Dim::Symbolic(n) if n.is_empty() => "?".into(),
+                        mixprec_graph::Dim::Symbolic(n) => n.clone(),
+                    })
+                    .collect();
+                format!("[{}]", d.join(", "))
+            });
+        format!(" '{}' {dims}", g.values[v].name)
+    });
+    anyhow::anyhow!(
+        "no built-in data set fits the model input{}: pass --data mnist or fashion-mnist (1×28×28), cifar10 (3×32×32), or your own arrays (--data FILE.npz with samples x [N, …] and integer labels y)",
+        input.unwrap_or_default()
+    )
 }
 
 /// The calibration images and where they came from: a seeded class-balanced subset of the

@@ -35,13 +35,7 @@ pub struct Args {
 /// Run `eval`.
 pub fn run(a: Args) -> Result<()> {
     let g = crate::model::load(&a.model)?;
-    let name = match &a.data {
-        Some(d) => d.clone(),
-        None if a.model == crate::model::DEFAULT_MODEL => data::EMBEDDED.into(),
-        None => crate::model::default_dataset(&g)
-            .context("cannot tell which data set fits this model's input; pass --data")?
-            .into(),
-    };
+    let name = crate::pipeline::dataset_name(&a.model, a.data.as_deref(), &g)?;
     let split: Split = a.split.parse()?;
     let mut ds = data::load(&name, split, a.scale)?;
     if let Some(n) = a.limit {

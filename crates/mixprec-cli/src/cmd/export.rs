@@ -104,13 +104,7 @@ pub fn policy_ranges_and_data(
     if !needs_ranges {
         return Ok((policy, ActivationRanges::new(), None));
     }
-    let name = match &c.data {
-        Some(d) => d.clone(),
-        None if model == crate::model::DEFAULT_MODEL => data::EMBEDDED.into(),
-        None => crate::model::default_dataset(exec.graph())
-            .context("cannot tell which data set fits this model's input; pass --data")?
-            .into(),
-    };
+    let name = crate::pipeline::dataset_name(model, c.data.as_deref(), exec.graph())?;
     let set = calibration_data(&name, c)?;
     let ranges = calibrate(exec, &set, &c.observer, &policy)
         .with_context(|| format!("calibrating on {} images of {name}", set.n))?;

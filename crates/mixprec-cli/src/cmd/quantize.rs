@@ -85,13 +85,7 @@ pub fn run(a: Args) -> Result<()> {
         .parse()
         .with_context(|| format!("--quantizer {}", a.quantizer))?;
     let g = crate::model::load(&c.model)?;
-    let name = match &c.data {
-        Some(d) => d.clone(),
-        None if c.model == crate::model::DEFAULT_MODEL => data::EMBEDDED.into(),
-        None => crate::model::default_dataset(&g)
-            .context("cannot tell which data set fits this model's input; pass --data")?
-            .into(),
-    };
+    let name = crate::pipeline::dataset_name(&c.model, c.data.as_deref(), &g)?;
     let full = data::load(&name, Split::Test, c.scale)?;
     let ds = match c.limit {
         Some(n) => full.head(n),

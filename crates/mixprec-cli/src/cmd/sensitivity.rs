@@ -112,7 +112,7 @@ pub fn run(a: Args) -> Result<()> {
         _ => match crate::model::default_dataset(&g) {
             Some(d) => d.into(),
             None if distilled => String::new(),
-            None => bail!("cannot tell which data set fits this model's input; pass --data"),
+            None => return Err(crate::pipeline::no_dataset_error(&g)),
         },
     };
     let mut exec = Executor::new(g)?;
