@@ -3,8 +3,9 @@
 
 use crate::error::{ExecError, Result};
 use crate::ops;
+use crate::ops_onnx;
 use candle_core::{DType, Device, Tensor, Var};
-use mixprec_graph::shape::{norm_axis, pad_amounts, slice_ranges};
+use mixprec_graph::shape::{norm_axis, pad_amounts, reduce_axes, slice_ranges};
 use mixprec_graph::{infer_with_values, Graph, Inferred, Layer, Op, ValueId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Once};
@@ -233,11 +234,30 @@ impl Executor {
                     let d = x.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
                     mixprec_graph::Tensor::i64(shape, d)?
                 }
+                // Float scalars and scales that set an output shape.
+                DType::F32 | DType::F64
+                    if x.rank() <= 1
+                        && x.elem_count() <= KNOWN_INPUT_ELEMENTS
+                        && self.sets_shape(v) =>
+                {
+                    let d = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    mixprec_graph::Tensor::f32(shape, d)?
+                }
                 _ => continue,
             };
             known.insert(v, t);
         }
         Ok(known)
+    }
+
+    /// Whether float value `v` sets an output shape: an input of Range or the scales of
+    /// Resize.
+    fn sets_shape(&self, v: ValueId) -> bool {
+        self.graph.nodes.iter().any(|n| match n.op {
+            Op::Range => n.inputs.contains(&Some(v)),
+            Op::Resize(_) => n.input(2) == Some(v),
+            _ => false,
+        })
     }
 
     /// Plain inference: graph outputs for the given inputs.
@@ -726,7 +746,137 @@ impl Executor {
                     .map(|(t, _)| t.ok_or_else(|| e("only LSTM has a Y_c output".into())))
                     .collect()
             }
-            Op::Shape { .. } => Err(e(
+            Op::Unary(u) => one(ops_onnx::unary(&x, *u).map_err(ce)?),
+            Op::Compare(k) => one(ops_onnx::compare(&x, &input(1)?, *k).map_err(ce)?),
+            Op::Variadic(k) => {
+                let ts: Vec<Tensor> = ins.iter().flatten().cloned().collect();
+                one(ops_onnx::variadic(&ts, *k).map_err(ce)?)
+            }
+            Op::Pow => {
+                // A known single-element exponent (x², x^0.5…) takes the direct path.
+                let scalar = node
+                    .input(1)
+                    .and_then(|v| inf.consts.get(&v))
+                    .filter(|t| t.len() == 1)
+                    .map(|t| t.to_f32()[0]);
+                let y = ops_onnx::pow(&x, &input(1)?, scalar).map_err(ce)?;
+                one(y.reshape(out_shape(0)?.as_slice()).map_err(ce)?)
+            }
+            Op::PRelu => one(ops_onnx::prelu(&x, &input(1)?).map_err(ce)?),
+            Op::Where => {
+                let shape = out_shape(0)?;
+                one(ops_onnx::select_where(&x, &input(1)?, &input(2)?, &shape).map_err(ce)?)
+            }
+            Op::Expand => {
+                let shape = out_shape(0)?;
+                let y = x.broadcast_as(shape.as_slice()).map_err(ce)?;
+                one(y.contiguous().map_err(ce)?)
+            }
+            Op::Tile => {
+                let reps = self.host_ints(node, inf, 1, "repeats")?.unwrap_or_default();
+                let reps: Vec<usize> = reps.iter().map(|&r| r.max(0) as usize).collect();
+                one(x.repeat(reps.as_slice()).map_err(ce)?)
+            }
+            Op::Range => Err(e(
+                "start, limit and delta must be known before the run (constants, shape values \
+                 or scalar inputs)"
+                    .into(),
+            )),
+            Op::Split { axis, .. } => {
+                let a = norm_axis(*axis, x.rank())
+                    .ok_or_else(|| e(format!("axis {axis} out of range")))?;
+                let mut start = 0;
+                let mut outs = Vec::with_capacity(node.outputs.len());
+                for k in 0..node.outputs.len() {
+                    let len = out_shape(k)?[a];
+                    outs.push(x.narrow(a, start, len).map_err(ce)?);
+                    start += len;
+                }
+                Ok(outs)
+            }
+            Op::Reduce {
+                kind,
+                noop_with_empty_axes,
+                ..
+            } => {
+                let axes = self.host_ints(node, inf, 1, "axes")?.unwrap_or_default();
+                match reduce_axes(x.rank(), &axes, *noop_with_empty_axes).map_err(e)? {
+                    None => one(x.clone()),
+                    Some(ax) => {
+                        let y = ops_onnx::reduce(&x, &ax, *kind).map_err(ce)?;
+                        one(y.reshape(out_shape(0)?.as_slice()).map_err(ce)?)
+                    }
+                }
+            }
+            Op::ArgExtreme {
+                max,
+                axis,
+                select_last_index,
+                ..
+            } => {
+                let a = norm_axis(*axis, x.rank())
+                    .ok_or_else(|| e(format!("axis {axis} out of range")))?;
+                let y = ops_onnx::arg_extreme(&x, a, *max, *select_last_index).map_err(ce)?;
+                one(y.reshape(out_shape(0)?.as_slice()).map_err(ce)?)
+            }
+            Op::LayerNorm { axis, epsilon } => {
+                let a = norm_axis(*axis, x.rank())
+                    .ok_or_else(|| e(format!("axis {axis} out of range")))?;
+                let bias = ins.get(2).cloned().flatten();
+                let (y, m, inv) =
+                    ops_onnx::layer_norm(&x, &input(1)?, bias.as_ref(), a, *epsilon).map_err(ce)?;
+                Ok([y, m, inv].into_iter().take(node.outputs.len()).collect())
+            }
+            Op::ConvTranspose {
+                window,
+                group,
+                output_padding,
+                output_shape,
+            } => {
+                let w = input(1)?;
+                let kernel = if window.kernel.is_empty() {
+                    w.dims().get(2..).unwrap_or_default().to_vec()
+                } else {
+                    window.kernel.clone()
+                };
+                let geo = mixprec_graph::shape::conv_transpose_geometry(
+                    x.dims().get(2..).unwrap_or_default(),
+                    &kernel,
+                    window,
+                    output_padding,
+                    output_shape.as_deref(),
+                )
+                .map_err(e)?;
+                let b = ins.get(2).cloned().flatten();
+                one(
+                    ops_onnx::conv_transpose(&x, &w, b.as_ref(), window, *group, &geo)
+                        .map_err(ce)?,
+                )
+            }
+            Op::Resize(r) => {
+                let scales = match node.input(2) {
+                    Some(v) => Some(
+                        inf.consts
+                            .get(&v)
+                            .ok_or_else(|| e("scales must be constant".into()))?
+                            .to_f32(),
+                    ),
+                    None => None,
+                };
+                let sizes = self.host_ints(node, inf, 3, "sizes")?;
+                let (out, sc) = mixprec_graph::shape::resize_output(
+                    x.dims(),
+                    scales.as_deref(),
+                    sizes.as_deref(),
+                    r.axes.as_deref(),
+                )
+                .map_err(e)?;
+                one(ops_onnx::resize(&x, &out, &sc, r).map_err(ce)?)
+            }
+            Op::InstanceNorm { epsilon } => {
+                one(ops_onnx::instance_norm(&x, &input(1)?, &input(2)?, *epsilon).map_err(ce)?)
+            }
+            Op::Shape { .. } | Op::Size => Err(e(
                 "expected a value computable from shapes; the input shape could not be inferred"
                     .into(),
             )),

@@ -720,3 +720,352 @@ fn hvp_matches_exact_hessian_of_mlp() {
         );
     }
 }
+
+#[test]
+fn onnx_unary_and_binary_gradients() {
+    use mixprec_graph::ir::{Unary, Variadic};
+    for (name, u) in [
+        ("erf", Unary::Erf),
+        ("softplus", Unary::Softplus),
+        ("elu", Unary::Elu { alpha: 0.7 }),
+        (
+            "selu",
+            Unary::Selu {
+                alpha: 1.673_263_2,
+                gamma: 1.050_701,
+            },
+        ),
+        ("hardswish", Unary::HardSwish),
+        (
+            "hardsigmoid",
+            Unary::HardSigmoid {
+                alpha: 0.2,
+                beta: 0.5,
+            },
+        ),
+        ("gelu", Unary::Gelu { tanh: false }),
+        ("gelu tanh", Unary::Gelu { tanh: true }),
+        ("softsign", Unary::Softsign),
+        ("celu", Unary::Celu { alpha: 1.5 }),
+    ] {
+        let mut b = B::new(40);
+        let x = b.input(&[3, 4], 0.1, 2.0);
+        check(name, b.node(Op::Unary(u), vec![x]), 1e-3, TOL);
+    }
+    let mut b = B::new(41);
+    let x = b.positive(&[3, 4], 0.5, 2.0);
+    check(
+        "reciprocal",
+        b.node(Op::Unary(Unary::Reciprocal), vec![x]),
+        1e-3,
+        TOL,
+    );
+    // Pow with a tensor exponent (the general path) and with a known scalar exponent.
+    let mut b = B::new(42);
+    let (x, y) = (b.positive(&[2, 3], 0.5, 2.0), b.input(&[3], 0.2, 1.5));
+    check(
+        "pow tensor exponent",
+        b.node(Op::Pow, vec![x, y]),
+        1e-3,
+        TOL,
+    );
+    let mut b = B::new(43);
+    let x = b.input(&[2, 3], 0.2, 1.5);
+    let e = b.scalar(3.0);
+    check(
+        "pow scalar exponent",
+        b.node(Op::Pow, vec![x, e]),
+        1e-3,
+        TOL,
+    );
+    let mut b = B::new(44);
+    let (x, s) = (b.input(&[2, 3, 4], 0.1, 1.0), b.input(&[3, 1], 0.1, 1.0));
+    check("prelu", b.node(Op::PRelu, vec![x, s]), 1e-3, TOL);
+    for k in [Variadic::Sum, Variadic::Mean, Variadic::Max, Variadic::Min] {
+        let mut b = B::new(45);
+        let (x, y, z) = (
+            b.input(&[2, 3], 0.1, 1.0),
+            b.input(&[3], 0.1, 1.0),
+            b.input(&[2, 1], 0.1, 1.0),
+        );
+        check(
+            k.onnx_name(),
+            b.node(Op::Variadic(k), vec![x, y, z]),
+            1e-3,
+            TOL,
+        );
+    }
+    // Where with a constant condition: gradients reach both branches.
+    let mut b = B::new(46);
+    let (x, y) = (b.input(&[2, 3], 0.1, 1.0), b.input(&[3], 0.1, 1.0));
+    let cond = b.g.add_value("cond");
+    b.g.initializers
+        .insert(cond, HostTensor::i64(vec![2, 1], vec![1, 0]).unwrap());
+    check("where", b.node(Op::Where, vec![Some(cond), x, y]), EPS, TOL);
+}
+
+#[test]
+fn onnx_reduction_norm_and_layout_gradients() {
+    use mixprec_graph::ir::Reduce;
+    for (kind, keepdims) in [
+        (Reduce::Mean, true),
+        (Reduce::Sum, false),
+        (Reduce::L2, true),
+        (Reduce::SumSquare, false),
+        (Reduce::Max, true),
+        (Reduce::Prod, false),
+        (Reduce::LogSumExp, true),
+        (Reduce::L1, false),
+    ] {
+        let mut b = B::new(50);
+        let x = b.input(&[2, 3, 4], 0.3, 1.2);
+        let axes = b.ints(&[-1, 1]);
+        let op = Op::Reduce {
+            kind,
+            keepdims,
+            noop_with_empty_axes: false,
+        };
+        check(kind.onnx_name(), b.node(op, vec![x, axes]), 1e-3, TOL);
+    }
+    let mut b = B::new(51);
+    let (x, s, bias) = (
+        b.input(&[2, 3, 4], 0.1, 1.0),
+        b.input(&[4], 0.5, 1.5),
+        b.input(&[4], 0.1, 1.0),
+    );
+    check(
+        "layer norm",
+        b.node(
+            Op::LayerNorm {
+                axis: -1,
+                epsilon: 1e-5,
+            },
+            vec![x, s, bias],
+        ),
+        1e-3,
+        2e-2,
+    );
+    let mut b = B::new(52);
+    let (x, s, bias) = (
+        b.input(&[2, 3, 5], 0.1, 1.0),
+        b.input(&[3], 0.5, 1.5),
+        b.input(&[3], 0.1, 1.0),
+    );
+    check(
+        "instance norm",
+        b.node(Op::InstanceNorm { epsilon: 1e-5 }, vec![x, s, bias]),
+        1e-3,
+        2e-2,
+    );
+    let mut b = B::new(53);
+    let x = b.input(&[3, 1], 0.1, 1.0);
+    let shape = b.ints(&[2, 3, 4]);
+    check("expand", b.node(Op::Expand, vec![x, shape]), EPS, TOL);
+    let mut b = B::new(54);
+    let x = b.input(&[2, 3], 0.1, 1.0);
+    let reps = b.ints(&[2, 3]);
+    check("tile", b.node(Op::Tile, vec![x, reps]), EPS, TOL);
+    // Split into two parts, joined again in swapped order.
+    let mut b = B::new(55);
+    let x = b.input(&[2, 5], 0.1, 1.0);
+    let sizes = b.ints(&[2, 3]);
+    let mut case = b.node(
+        Op::Split {
+            axis: 1,
+            num_outputs: None,
+        },
+        vec![x, sizes],
+    );
+    let second = case.g.add_value("second");
+    case.g.nodes[0].outputs.push(second);
+    let joined = case.g.add_value("joined");
+    let first = case.g.nodes[0].outputs[0];
+    case.g.nodes.push(Node {
+        name: "join".into(),
+        op: Op::Concat { axis: 1 },
+        inputs: vec![Some(second), Some(first)],
+        outputs: vec![joined],
+    });
+    case.g.outputs = vec![joined];
+    check("split", case, EPS, TOL);
+}
+
+/// Second order through the new operators: the Hessian-vector product of a
+/// Gemm → LayerNorm → Gelu → Softplus → Gemm classifier w.r.t. the first weight agrees with
+/// central differences of exact gradients.
+#[test]
+fn hvp_through_layer_norm_gelu_softplus() {
+    use mixprec_graph::ir::Unary;
+    let (n, d, h, c) = (4usize, 5usize, 6usize, 3usize);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let mut r = |k: usize| {
+        (0..k)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect::<Vec<_>>()
+    };
+    let (w1v, w2v, xv, sv) = (r(h * d), r(c * h), r(n * d), r(h));
+    let mut g = Graph {
+        opset: 17,
+        ..Default::default()
+    };
+    let x = g.add_value("x");
+    g.values[x].shape = Some(vec![Dim::Symbolic("N".into()), Dim::Fixed(d)]);
+    g.inputs.push(x);
+    let (w1, w2, s) = (g.add_value("w1"), g.add_value("w2"), g.add_value("s"));
+    g.initializers
+        .insert(w1, HostTensor::f32(vec![h, d], w1v.clone()).unwrap());
+    g.initializers
+        .insert(w2, HostTensor::f32(vec![c, h], w2v).unwrap());
+    g.initializers.insert(
+        s,
+        HostTensor::f32(vec![h], sv.iter().map(|v| 1.0 + 0.5 * v).collect()).unwrap(),
+    );
+    let vals: Vec<usize> = ["a1", "ln", "ge", "sp", "y"]
+        .iter()
+        .map(|v| g.add_value(*v))
+        .collect();
+    let gemm = Op::Gemm {
+        alpha: 1.0,
+        beta: 1.0,
+        trans_a: false,
+        trans_b: true,
+    };
+    let steps: [(Op, Vec<Option<usize>>); 5] = [
+        (gemm.clone(), vec![Some(x), Some(w1)]),
+        (
+            Op::LayerNorm {
+                axis: -1,
+                epsilon: 1e-5,
+            },
+            vec![Some(vals[0]), Some(s)],
+        ),
+        (Op::Unary(Unary::Gelu { tanh: false }), vec![Some(vals[1])]),
+        (Op::Unary(Unary::Softplus), vec![Some(vals[2])]),
+        (gemm, vec![Some(vals[3]), Some(w2)]),
+    ];
+    for (k, (op, inputs)) in steps.into_iter().enumerate() {
+        g.nodes.push(Node {
+            name: format!("n{k}"),
+            op,
+            inputs,
+            outputs: vec![vals[k]],
+        });
+    }
+    g.outputs.push(vals[4]);
+    let e = Executor::new(g).unwrap();
+    let labels = [0u32, 2, 1, 1];
+    let xt = Tensor::from_vec(xv, (n, d), &Device::Cpu).unwrap();
+    // Not of the form 1·bᵀ, to which layer normalisation of x·W1ᵀ is invariant.
+    let v: Vec<f32> = (0..h * d)
+        .map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0)
+        .collect();
+    let vt = Tensor::from_vec(v.clone(), (h, d), &Device::Cpu).unwrap();
+    let hv = e
+        .hvp(&xt, &labels, w1, &[vt])
+        .unwrap()
+        .remove(0)
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(hv.iter().any(|x| x.abs() > 1e-4), "the HVP is not all zero");
+    let eps = 1e-2f32;
+    let grad_at = |sign: f32| {
+        let shifted: Vec<f32> = w1v
+            .iter()
+            .zip(&v)
+            .map(|(a, b)| a + sign * eps * b)
+            .collect();
+        e.var(w1)
+            .unwrap()
+            .set(&Tensor::from_vec(shifted, (h, d), &Device::Cpu).unwrap())
+            .unwrap();
+        e.loss_and_grads(&xt, &labels, &[w1])
+            .unwrap()
+            .1
+            .remove(0)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (gp, gm) = (grad_at(1.0), grad_at(-1.0));
+    for i in 0..h * d {
+        let fd = (gp[i] - gm[i]) / (2.0 * eps);
+        assert!(
+            (fd - hv[i]).abs() < 5e-3 * (1.0 + fd.abs()),
+            "w1 HVP[{i}] {} vs finite differences {fd}",
+            hv[i]
+        );
+    }
+}
+
+#[test]
+fn resize_gradients() {
+    use mixprec_graph::ir::{NearestMode, Resize, ResizeCoords, ResizeMode};
+    for (mode, coords, sizes) in [
+        (ResizeMode::Linear, ResizeCoords::HalfPixel, [1i64, 2, 5, 7]),
+        (ResizeMode::Cubic, ResizeCoords::AlignCorners, [1, 2, 2, 3]),
+        (ResizeMode::Nearest, ResizeCoords::Asymmetric, [1, 2, 6, 8]),
+    ] {
+        let mut b = B::new(60);
+        let x = b.input(&[1, 2, 3, 4], 0.1, 1.0);
+        let s = b.ints(&sizes);
+        let op = Op::Resize(Resize {
+            mode,
+            coords,
+            nearest: NearestMode::Floor,
+            cubic_a: -0.75,
+            exclude_outside: false,
+            axes: None,
+        });
+        check(
+            &format!("resize {mode:?}"),
+            b.node(op, vec![x, None, None, s]),
+            EPS,
+            TOL,
+        );
+    }
+}
+
+#[test]
+fn conv_transpose_gradients() {
+    let mut b = B::new(61);
+    let (x, w, bias) = (
+        b.input(&[2, 4, 3, 4], 0.1, 1.0),
+        b.input(&[4, 3, 3, 2], 0.1, 1.0),
+        b.input(&[6], 0.1, 1.0),
+    );
+    check(
+        "conv transpose grouped strided asym-pad output_padding",
+        b.node(
+            Op::ConvTranspose {
+                window: win(&[], &[2, 3], &[1, 0, 0, 1], &[1, 2]),
+                group: 2,
+                output_padding: vec![1, 0],
+                output_shape: None,
+            },
+            vec![x, w, bias],
+        ),
+        EPS,
+        TOL,
+    );
+    let mut b = B::new(62);
+    let (x, w) = (b.input(&[1, 2, 5], 0.1, 1.0), b.input(&[2, 3, 3], 0.1, 1.0));
+    let mut wd = win(&[3], &[2], &[], &[]);
+    wd.auto_pad = AutoPad::SameUpper;
+    check(
+        "conv transpose 1d same",
+        b.node(
+            Op::ConvTranspose {
+                window: wd,
+                group: 1,
+                output_padding: vec![],
+                output_shape: None,
+            },
+            vec![x, w],
+        ),
+        EPS,
+        TOL,
+    );
+}

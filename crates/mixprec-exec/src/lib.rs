@@ -14,6 +14,7 @@ pub mod grad;
 mod gradcheck;
 pub mod models;
 pub mod ops;
+pub mod ops_onnx;
 pub mod pointwise;
 pub mod qdq;
 pub mod rnn;

@@ -3,9 +3,10 @@
 //! integer shape values during shape inference. Heavy float operators (Conv, MatMul, pooling…)
 //! are never evaluated here.
 
-use crate::ir::Op;
+use crate::ir::{Compare, Op, Reduce, Unary, Variadic};
 use crate::shape::{
-    broadcast, norm_axis, reshape_target, slice_ranges, squeeze_shape, unsqueeze_shape,
+    broadcast, expand_shape, norm_axis, range_len, reduce_axes, reduced_shape, reshape_target,
+    slice_ranges, split_sizes, squeeze_shape, tile_shape, unsqueeze_shape,
 };
 use crate::tensor::{strides, Tensor, TensorData};
 
@@ -111,6 +112,164 @@ fn too_big(shape: &[usize]) -> bool {
     crate::tensor::checked_numel(shape).is_none_or(|n| n > MAX_FOLD_ELEMENTS)
 }
 
+/// A broadcast result shape and, per operand, the flat source index of each element.
+type Broadcast = (Vec<usize>, Vec<Vec<usize>>);
+
+/// Broadcast shape of several tensors and, for each, the flat source index of every output
+/// element. `None` when the shapes do not broadcast or the result is too large to fold.
+fn broadcast_all(ts: &[&Tensor]) -> Result<Option<Broadcast>, String> {
+    let mut shape: Vec<usize> = Vec::new();
+    for t in ts {
+        shape = broadcast(&shape, &t.shape).ok_or_else(|| {
+            format!(
+                "cannot broadcast the inputs {:?}",
+                ts.iter().map(|t| &t.shape).collect::<Vec<_>>()
+            )
+        })?;
+    }
+    if too_big(&shape) {
+        return Ok(None);
+    }
+    let idx = ts
+        .iter()
+        .map(|t| broadcast_indices(&t.shape, &shape))
+        .collect();
+    Ok(Some((shape, idx)))
+}
+
+/// Scalar form of the element-wise unary functions that fold on the host (`None`: not
+/// folded, such as Erf and Gelu, left to the executor).
+fn unary_f32(u: Unary) -> Option<Box<dyn Fn(f32) -> f32>> {
+    Some(match u {
+        Unary::Reciprocal => Box::new(|v: f32| 1.0 / v),
+        Unary::Floor => Box::new(f32::floor),
+        Unary::Ceil => Box::new(f32::ceil),
+        Unary::Round => Box::new(f32::round_ties_even),
+        Unary::Sign => Box::new(|v: f32| {
+            if v == 0.0 || v.is_nan() {
+                v
+            } else {
+                v.signum()
+            }
+        }),
+        Unary::Softplus => Box::new(|v: f32| v.max(0.0) + (-v.abs()).exp().ln_1p()),
+        Unary::HardSwish => Box::new(|v: f32| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
+        Unary::Elu { alpha } => {
+            Box::new(move |v: f32| if v > 0.0 { v } else { alpha * v.exp_m1() })
+        }
+        Unary::Selu { alpha, gamma } => {
+            Box::new(move |v: f32| gamma * if v > 0.0 { v } else { alpha * v.exp_m1() })
+        }
+        Unary::HardSigmoid { alpha, beta } => {
+            Box::new(move |v: f32| (alpha * v + beta).clamp(0.0, 1.0))
+        }
+        Unary::Softsign => Box::new(|v: f32| v / (1.0 + v.abs())),
+        Unary::ThresholdedRelu { alpha } => Box::new(move |v: f32| if v > alpha { v } else { 0.0 }),
+        Unary::Celu { alpha } => {
+            Box::new(move |v: f32| v.max(0.0) + (alpha * (v / alpha).exp_m1()).min(0.0))
+        }
+        Unary::Erf | Unary::Gelu { .. } | Unary::Not => return None,
+    })
+}
+
+/// Reduce `x` over sorted `axes` with the ONNX reduction `kind`.
+fn reduce_host(x: &Tensor, axes: &[usize], keepdims: bool, kind: Reduce) -> Tensor {
+    let shape = reduced_shape(&x.shape, axes, keepdims);
+    let kept: Vec<usize> = (0..x.shape.len()).filter(|a| !axes.contains(a)).collect();
+    let out_n: usize = kept.iter().map(|&a| x.shape[a]).product();
+    // Output index of each input element.
+    let ost = strides(&kept.iter().map(|&a| x.shape[a]).collect::<Vec<_>>());
+    let n = x.len();
+    let mut target = Vec::with_capacity(n);
+    let mut pos = vec![0usize; x.shape.len()];
+    for _ in 0..n {
+        target.push(
+            kept.iter()
+                .zip(&ost)
+                .map(|(&a, &s)| pos[a] * s)
+                .sum::<usize>(),
+        );
+        for d in (0..x.shape.len()).rev() {
+            pos[d] += 1;
+            if pos[d] < x.shape[d] {
+                break;
+            }
+            pos[d] = 0;
+        }
+    }
+    let count = (n / out_n.max(1)).max(1);
+    match (&x.data, kind) {
+        (
+            TensorData::I64(v),
+            Reduce::Sum | Reduce::Prod | Reduce::Max | Reduce::Min | Reduce::SumSquare | Reduce::L1,
+        ) => {
+            let init = match kind {
+                Reduce::Prod => 1,
+                Reduce::Max => i64::MIN,
+                Reduce::Min => i64::MAX,
+                _ => 0,
+            };
+            let mut acc = vec![init; out_n];
+            for (&t, &e) in target.iter().zip(v) {
+                acc[t] = match kind {
+                    Reduce::Sum => acc[t].wrapping_add(e),
+                    Reduce::SumSquare => acc[t].wrapping_add(e.wrapping_mul(e)),
+                    Reduce::L1 => acc[t].wrapping_add(e.wrapping_abs()),
+                    Reduce::Prod => acc[t].wrapping_mul(e),
+                    Reduce::Max => acc[t].max(e),
+                    _ => acc[t].min(e),
+                };
+            }
+            Tensor {
+                shape,
+                data: TensorData::I64(acc),
+            }
+        }
+        _ => {
+            let v = x.to_f32();
+            let init = match kind {
+                Reduce::Prod => 1.0,
+                Reduce::Max => f32::NEG_INFINITY,
+                Reduce::Min => f32::INFINITY,
+                _ => 0.0,
+            };
+            // Log-sum-exp subtracts the per-output maximum first.
+            let mut peak = vec![f32::NEG_INFINITY; out_n];
+            if kind == Reduce::LogSumExp {
+                for (&t, &e) in target.iter().zip(&v) {
+                    peak[t] = peak[t].max(e);
+                }
+                peak.iter_mut()
+                    .filter(|p| !p.is_finite())
+                    .for_each(|p| *p = 0.0);
+            }
+            let mut acc = vec![init; out_n];
+            for (&t, &e) in target.iter().zip(&v) {
+                acc[t] = match kind {
+                    Reduce::Sum | Reduce::Mean | Reduce::LogSum => acc[t] + e,
+                    Reduce::L1 => acc[t] + e.abs(),
+                    Reduce::LogSumExp => acc[t] + (e - peak[t]).exp(),
+                    Reduce::SumSquare | Reduce::L2 => acc[t] + e * e,
+                    Reduce::Prod => acc[t] * e,
+                    Reduce::Max => acc[t].max(e),
+                    Reduce::Min => acc[t].min(e),
+                };
+            }
+            match kind {
+                Reduce::Mean => acc.iter_mut().for_each(|a| *a /= count as f32),
+                Reduce::L2 => acc.iter_mut().for_each(|a| *a = a.sqrt()),
+                Reduce::LogSum => acc.iter_mut().for_each(|a| *a = a.ln()),
+                Reduce::LogSumExp => acc.iter_mut().zip(&peak).for_each(|(a, p)| *a = a.ln() + p),
+                _ => {}
+            }
+            Tensor {
+                shape,
+                data: TensorData::F32(acc),
+            }
+        }
+    }
+}
+
 /// Evaluate `op` on constant inputs. Returns `Ok(None)` when the operator is not host-evaluable
 /// (or the result would be too large), `Err` with a message when the inputs are invalid.
 pub fn eval_host(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Option<Vec<Tensor>>, String> {
@@ -164,6 +323,10 @@ fn eval_inner(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Option<Vec<Tensor>>
                 data: TensorData::I64(dims),
             })
         }
+        Op::Size => one(Tensor {
+            shape: vec![],
+            data: TensorData::I64(vec![x.shape.iter().product::<usize>() as i64]),
+        }),
         Op::Neg | Op::Abs | Op::Relu | Op::Sqrt | Op::Exp | Op::Log => {
             let data = match op {
                 Op::Neg => map_data(x, |v| -v, |v| v.wrapping_neg()),
@@ -349,6 +512,287 @@ fn eval_inner(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Option<Vec<Tensor>>
                 TensorData::I64(v) => TensorData::I64(vec![v.first().copied().unwrap_or(0); n]),
             };
             one(Tensor { shape, data })
+        }
+        Op::Unary(Unary::Not) => one(Tensor {
+            shape: x.shape.clone(),
+            data: TensorData::I64(x.to_i64().iter().map(|&v| (v == 0) as i64).collect()),
+        }),
+        Op::Unary(u) => {
+            let Some(f) = unary_f32(*u) else {
+                return Ok(None);
+            };
+            let data = match (&x.data, u) {
+                (TensorData::I64(v), Unary::Sign) => {
+                    TensorData::I64(v.iter().map(|e| e.signum()).collect())
+                }
+                (TensorData::I64(v), Unary::Floor | Unary::Ceil | Unary::Round) => {
+                    TensorData::I64(v.clone())
+                }
+                _ => TensorData::F32(x.to_f32().into_iter().map(f).collect()),
+            };
+            one(Tensor {
+                shape: x.shape.clone(),
+                data,
+            })
+        }
+        Op::Compare(_) | Op::Pow | Op::Where | Op::Variadic(_) | Op::PRelu => {
+            let ts: Vec<&Tensor> = inputs
+                .iter()
+                .copied()
+                .collect::<Option<_>>()
+                .ok_or("missing input")?;
+            let Some((shape, idx)) = broadcast_all(&ts)? else {
+                return Ok(None);
+            };
+            let len: usize = shape.iter().product();
+            if let Op::PRelu = op {
+                if shape != x.shape {
+                    return Err(format!("slope does not broadcast to {:?}", x.shape));
+                }
+            }
+            let all_int = ts.iter().all(|t| !t.is_float());
+            let data = match op {
+                Op::Where => {
+                    let c = ts[0].to_i64();
+                    let (a, b) = (ts[1], ts[2]);
+                    if !a.is_float() && !b.is_float() {
+                        let (av, bv) = (a.to_i64(), b.to_i64());
+                        TensorData::I64(
+                            (0..len)
+                                .map(|k| {
+                                    if c[idx[0][k]] != 0 {
+                                        av[idx[1][k]]
+                                    } else {
+                                        bv[idx[2][k]]
+                                    }
+                                })
+                                .collect(),
+                        )
+                    } else {
+                        let (av, bv) = (a.to_f32(), b.to_f32());
+                        TensorData::F32(
+                            (0..len)
+                                .map(|k| {
+                                    if c[idx[0][k]] != 0 {
+                                        av[idx[1][k]]
+                                    } else {
+                                        bv[idx[2][k]]
+                                    }
+                                })
+                                .collect(),
+                        )
+                    }
+                }
+                Op::Compare(cmp) => {
+                    let logic = |p: bool, q: bool| match cmp {
+                        Compare::And => Some(p && q),
+                        Compare::Or => Some(p || q),
+                        Compare::Xor => Some(p != q),
+                        _ => None,
+                    };
+                    let f = |o: std::cmp::Ordering| match cmp {
+                        Compare::And | Compare::Or | Compare::Xor => false,
+                        Compare::Equal => o.is_eq(),
+                        Compare::Less => o.is_lt(),
+                        Compare::LessOrEqual => o.is_le(),
+                        Compare::Greater => o.is_gt(),
+                        Compare::GreaterOrEqual => o.is_ge(),
+                    };
+                    let res: Vec<i64> = if logic(false, false).is_some() {
+                        let (a, b) = (ts[0].to_f32(), ts[1].to_f32());
+                        (0..len)
+                            .map(|k| {
+                                logic(a[idx[0][k]] != 0.0, b[idx[1][k]] != 0.0).unwrap_or(false)
+                                    as i64
+                            })
+                            .collect()
+                    } else if all_int {
+                        let (a, b) = (ts[0].to_i64(), ts[1].to_i64());
+                        (0..len)
+                            .map(|k| f(a[idx[0][k]].cmp(&b[idx[1][k]])) as i64)
+                            .collect()
+                    } else {
+                        let (a, b) = (ts[0].to_f32(), ts[1].to_f32());
+                        (0..len)
+                            .map(|k| a[idx[0][k]].partial_cmp(&b[idx[1][k]]).is_some_and(f) as i64)
+                            .collect()
+                    };
+                    TensorData::I64(res)
+                }
+                Op::Pow if !x.is_float() => {
+                    let (a, b) = (x.to_i64(), ts[1].to_f32());
+                    TensorData::I64(
+                        (0..len)
+                            .map(|k| (a[idx[0][k]] as f64).powf(b[idx[1][k]] as f64) as i64)
+                            .collect(),
+                    )
+                }
+                Op::Pow => {
+                    let (a, b) = (x.to_f32(), ts[1].to_f32());
+                    TensorData::F32((0..len).map(|k| a[idx[0][k]].powf(b[idx[1][k]])).collect())
+                }
+                Op::PRelu => {
+                    let (a, b) = (x.to_f32(), ts[1].to_f32());
+                    TensorData::F32(
+                        (0..len)
+                            .map(|k| {
+                                let v = a[idx[0][k]];
+                                if v < 0.0 {
+                                    v * b[idx[1][k]]
+                                } else {
+                                    v
+                                }
+                            })
+                            .collect(),
+                    )
+                }
+                Op::Variadic(kind) if all_int && *kind != Variadic::Mean => {
+                    let vs: Vec<Vec<i64>> = ts.iter().map(|t| t.to_i64()).collect();
+                    TensorData::I64(
+                        (0..len)
+                            .map(|k| {
+                                let mut it = vs.iter().zip(&idx).map(|(v, i)| v[i[k]]);
+                                let first = it.next().unwrap_or(0);
+                                it.fold(first, |a, b| match kind {
+                                    Variadic::Min => a.min(b),
+                                    Variadic::Max => a.max(b),
+                                    _ => a.wrapping_add(b),
+                                })
+                            })
+                            .collect(),
+                    )
+                }
+                Op::Variadic(kind) => {
+                    let vs: Vec<Vec<f32>> = ts.iter().map(|t| t.to_f32()).collect();
+                    TensorData::F32(
+                        (0..len)
+                            .map(|k| {
+                                let mut it = vs.iter().zip(&idx).map(|(v, i)| v[i[k]]);
+                                let first = it.next().unwrap_or(0.0);
+                                let r = it.fold(first, |a, b| match kind {
+                                    Variadic::Min => a.min(b),
+                                    Variadic::Max => a.max(b),
+                                    _ => a + b,
+                                });
+                                if *kind == Variadic::Mean {
+                                    r / vs.len() as f32
+                                } else {
+                                    r
+                                }
+                            })
+                            .collect(),
+                    )
+                }
+                _ => return Ok(None),
+            };
+            one(Tensor { shape, data })
+        }
+        Op::Expand => {
+            let Some(t) = ints(1) else { return Ok(None) };
+            let shape = expand_shape(&x.shape, &t)?;
+            if too_big(&shape) {
+                return Ok(None);
+            }
+            one(take(x, &broadcast_indices(&x.shape, &shape), shape))
+        }
+        Op::Tile => {
+            let Some(r) = ints(1) else { return Ok(None) };
+            let shape = tile_shape(&x.shape, &r)?;
+            if too_big(&shape) {
+                return Ok(None);
+            }
+            let xs = strides(&x.shape);
+            let n: usize = shape.iter().product();
+            let mut idx = Vec::with_capacity(n);
+            let mut pos = vec![0usize; shape.len()];
+            for _ in 0..n {
+                idx.push(
+                    pos.iter()
+                        .zip(&x.shape)
+                        .zip(&xs)
+                        .map(|((&p, &d), &s)| (p % d) * s)
+                        .sum(),
+                );
+                for d in (0..shape.len()).rev() {
+                    pos[d] += 1;
+                    if pos[d] < shape[d] {
+                        break;
+                    }
+                    pos[d] = 0;
+                }
+            }
+            one(take(x, &idx, shape))
+        }
+        Op::Range => {
+            let ts: Vec<&Tensor> = inputs
+                .iter()
+                .copied()
+                .collect::<Option<_>>()
+                .ok_or("missing input")?;
+            if ts.len() != 3 || ts.iter().any(|t| t.len() != 1) {
+                return Err("start, limit and delta must be scalars".into());
+            }
+            let all_int = ts.iter().all(|t| !t.is_float());
+            let data = if all_int {
+                let (s, l, d) = (ts[0].to_i64()[0], ts[1].to_i64()[0], ts[2].to_i64()[0]);
+                let n = range_len(s as f64, l as f64, d as f64)?;
+                if n > MAX_FOLD_ELEMENTS {
+                    return Ok(None);
+                }
+                TensorData::I64((0..n as i64).map(|k| s + k * d).collect())
+            } else {
+                let (s, l, d) = (ts[0].to_f32()[0], ts[1].to_f32()[0], ts[2].to_f32()[0]);
+                let n = range_len(s as f64, l as f64, d as f64)?;
+                if n > MAX_FOLD_ELEMENTS {
+                    return Ok(None);
+                }
+                TensorData::F32((0..n).map(|k| s + k as f32 * d).collect())
+            };
+            let n = match &data {
+                TensorData::I64(v) => v.len(),
+                TensorData::F32(v) => v.len(),
+            };
+            one(Tensor {
+                shape: vec![n],
+                data,
+            })
+        }
+        Op::Split { axis, num_outputs } => {
+            let a = norm_axis(*axis, x.shape.len())
+                .ok_or_else(|| format!("split axis {axis} out of range"))?;
+            // The number of outputs is known from the split sizes or num_outputs only.
+            let split = ints(1);
+            let n_out = match (&split, num_outputs) {
+                (Some(s), _) => s.len(),
+                (None, Some(n)) => *n,
+                (None, None) => return Ok(None),
+            };
+            let sizes = split_sizes(x.shape[a], split.as_deref(), n_out, *num_outputs)?;
+            let xs = strides(&x.shape);
+            let st: Vec<isize> = xs.iter().map(|&s| s as isize).collect();
+            let mut start = 0;
+            let mut outs = Vec::with_capacity(sizes.len());
+            for k in sizes {
+                let mut shape = x.shape.clone();
+                shape[a] = k;
+                outs.push(take(x, &view_indices(&shape, start * xs[a], &st), shape));
+                start += k;
+            }
+            Ok(Some(outs))
+        }
+        Op::Reduce {
+            kind,
+            keepdims,
+            noop_with_empty_axes,
+        } => {
+            let axes = match inputs.get(1).copied().flatten() {
+                Some(t) => t.to_i64(),
+                None => vec![],
+            };
+            match reduce_axes(x.shape.len(), &axes, *noop_with_empty_axes)? {
+                None => one(x.clone()),
+                Some(ax) => one(reduce_host(x, &ax, *keepdims, *kind)),
+            }
         }
         _ => Ok(None),
     }

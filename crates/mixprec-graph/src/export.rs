@@ -2,7 +2,10 @@
 //! The file is written to a temporary name and renamed, so a failed export leaves nothing.
 
 use crate::error::{GraphError, Result};
-use crate::ir::{AutoPad, Dim, Graph, Op, PadMode, Recurrent, RecurrentKind, ValueId, Window};
+use crate::ir::{
+    AutoPad, Dim, Graph, NearestMode, Op, PadMode, Recurrent, RecurrentKind, Reduce, ResizeCoords,
+    ResizeMode, Unary, ValueId, Window,
+};
 use crate::onnx_proto::{self as pb, attr_type, data_type};
 use crate::tensor::{Tensor, TensorData};
 use prost::Message;
@@ -272,6 +275,111 @@ pub fn to_model_proto(g: &Graph) -> Result<pb::ModelProto> {
                 ..Default::default()
             }),
             Op::Cast { to } => attribute.push(attr_i("to", *to as i64)),
+            Op::Unary(u) => match *u {
+                Unary::Elu { alpha } => attribute.push(attr_f("alpha", alpha)),
+                Unary::Selu { alpha, gamma } => {
+                    attribute.extend([attr_f("alpha", alpha), attr_f("gamma", gamma)])
+                }
+                Unary::HardSigmoid { alpha, beta } => {
+                    attribute.extend([attr_f("alpha", alpha), attr_f("beta", beta)])
+                }
+                Unary::HardSwish => opset = opset.max(14),
+                Unary::ThresholdedRelu { alpha } | Unary::Celu { alpha } => {
+                    attribute.push(attr_f("alpha", alpha))
+                }
+                Unary::Gelu { tanh } => {
+                    opset = opset.max(20);
+                    attribute.push(attr_s("approximate", if tanh { "tanh" } else { "none" }));
+                }
+                _ => {}
+            },
+            Op::Split { axis, num_outputs } => {
+                attribute.push(attr_i("axis", *axis));
+                if let Some(k) = num_outputs {
+                    opset = opset.max(18);
+                    attribute.push(attr_i("num_outputs", *k as i64));
+                }
+            }
+            Op::Reduce {
+                kind,
+                keepdims,
+                noop_with_empty_axes,
+            } => {
+                // Axes as an input: ReduceSum from opset 13, the others from opset 18.
+                if *kind != Reduce::Sum && (n.input(1).is_some() || *noop_with_empty_axes) {
+                    opset = opset.max(18);
+                }
+                attribute.push(attr_i("keepdims", *keepdims as i64));
+                if *noop_with_empty_axes {
+                    attribute.push(attr_i("noop_with_empty_axes", 1));
+                }
+            }
+            Op::ArgExtreme {
+                axis,
+                keepdims,
+                select_last_index,
+                ..
+            } => attribute.extend([
+                attr_i("axis", *axis),
+                attr_i("keepdims", *keepdims as i64),
+                attr_i("select_last_index", *select_last_index as i64),
+            ]),
+            Op::ConvTranspose {
+                window,
+                group,
+                output_padding,
+                output_shape,
+            } => {
+                window_attrs(window, &mut attribute);
+                attribute.push(attr_i("group", *group as i64));
+                if !output_padding.is_empty() {
+                    attribute.push(attr_ints("output_padding", output_padding));
+                }
+                if let Some(o) = output_shape {
+                    attribute.push(attr_ints("output_shape", o));
+                }
+            }
+            Op::Resize(r) => {
+                opset = opset.max(if r.axes.is_some() { 18 } else { 13 });
+                let mode = match r.mode {
+                    ResizeMode::Nearest => "nearest",
+                    ResizeMode::Linear => "linear",
+                    ResizeMode::Cubic => "cubic",
+                };
+                let coords = match r.coords {
+                    ResizeCoords::HalfPixel => "half_pixel",
+                    ResizeCoords::PytorchHalfPixel => "pytorch_half_pixel",
+                    ResizeCoords::AlignCorners => "align_corners",
+                    ResizeCoords::Asymmetric => "asymmetric",
+                    ResizeCoords::TfHalfPixelForNn => "tf_half_pixel_for_nn",
+                };
+                let nearest = match r.nearest {
+                    NearestMode::RoundPreferFloor => "round_prefer_floor",
+                    NearestMode::RoundPreferCeil => "round_prefer_ceil",
+                    NearestMode::Floor => "floor",
+                    NearestMode::Ceil => "ceil",
+                };
+                attribute.extend([
+                    attr_s("mode", mode),
+                    attr_s("coordinate_transformation_mode", coords),
+                    attr_s("nearest_mode", nearest),
+                    attr_f("cubic_coeff_a", r.cubic_a),
+                    attr_i("exclude_outside", r.exclude_outside as i64),
+                ]);
+                if let Some(ax) = &r.axes {
+                    attribute.push(pb::AttributeProto {
+                        name: "axes".into(),
+                        r#type: attr_type::INTS,
+                        ints: ax.clone(),
+                        ..Default::default()
+                    });
+                }
+            }
+            Op::LayerNorm { axis, epsilon } => {
+                opset = opset.max(17);
+                attribute.extend([attr_i("axis", *axis), attr_f("epsilon", *epsilon)]);
+            }
+            Op::InstanceNorm { epsilon } => attribute.push(attr_f("epsilon", *epsilon)),
             Op::Recurrent(r) => {
                 recurrent_attrs(r, &mut attribute);
                 if r.batch_first {

@@ -5,8 +5,9 @@
 use crate::error::{GraphError, Result};
 use crate::eval::eval_host;
 use crate::ir::{
-    Activation, ActivationKind, AutoPad, Dim, Graph, Node, Op, PadMode, Recurrent, RecurrentKind,
-    RnnDirection, Value, ValueId, Window,
+    Activation, ActivationKind, AutoPad, Compare, Dim, Graph, NearestMode, Node, Op, PadMode,
+    Recurrent, RecurrentKind, Reduce, Resize, ResizeCoords, ResizeMode, RnnDirection, Unary, Value,
+    ValueId, Variadic, Window,
 };
 use crate::onnx_proto::{self as pb, data_type};
 use crate::tensor::{checked_numel, Tensor, TensorData};
@@ -18,46 +19,99 @@ use std::path::Path;
 pub const SUPPORTED_OPS: &[&str] = &[
     "Abs",
     "Add",
+    "And",
+    "ArgMax",
+    "ArgMin",
     "AveragePool",
     "BatchNormalization",
     "Cast",
+    "Ceil",
+    "Celu",
     "Clip",
     "Concat",
     "Constant",
     "ConstantOfShape",
     "Conv",
+    "ConvTranspose",
     "Div",
     "Dropout",
+    "Elu",
+    "Equal",
+    "Erf",
     "Exp",
+    "Expand",
     "Flatten",
+    "Floor",
     "Gather",
+    "Gelu",
     "Gemm",
     "GlobalAveragePool",
-    "GRU",
     "GlobalMaxPool",
+    "Greater",
+    "GreaterOrEqual",
+    "GRU",
+    "HardSigmoid",
+    "HardSwish",
     "Identity",
+    "InstanceNormalization",
+    "LayerNormalization",
     "LeakyRelu",
+    "Less",
+    "LessOrEqual",
     "Log",
     "LogSoftmax",
     "LSTM",
     "MatMul",
+    "Max",
     "MaxPool",
+    "Mean",
+    "Min",
     "Mul",
     "Neg",
+    "Not",
+    "Or",
     "Pad",
+    "Pow",
+    "PRelu",
+    "Range",
+    "Reciprocal",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
     "Relu",
     "Reshape",
+    "Resize",
     "RNN",
+    "Round",
+    "Selu",
     "Shape",
     "Sigmoid",
+    "Sign",
+    "Size",
     "Slice",
     "Softmax",
+    "Softplus",
+    "Softsign",
+    "Split",
     "Sqrt",
     "Squeeze",
     "Sub",
+    "Sum",
     "Tanh",
+    "ThresholdedRelu",
+    "Tile",
     "Transpose",
     "Unsqueeze",
+    "Upsample",
+    "Where",
+    "Xor",
 ];
 
 /// Read and import an ONNX file.
@@ -588,6 +642,23 @@ impl Builder {
                 ceil_mode: a.int("ceil_mode", 0) != 0,
             })
         };
+        // Inputs `min..=max` given, the first `min` of them non-empty.
+        let need = |inputs: &[Option<ValueId>], min: usize, max: usize| -> Result<()> {
+            if inputs.len() < min || inputs.len() > max || inputs[..min].iter().any(|i| i.is_none())
+            {
+                return Err(bad(&format!(
+                    "has {} inputs; {} takes {}",
+                    inputs.len(),
+                    np.op_type,
+                    if min == max {
+                        format!("{min}")
+                    } else {
+                        format!("{min} to {max}")
+                    }
+                )));
+            }
+            Ok(())
+        };
         let ints_const = |this: &mut Self, suffix: &str, v: Vec<i64>| {
             let n = v.len();
             Some(this.constant(
@@ -638,6 +709,32 @@ impl Builder {
                 Op::Conv {
                     window: window(&a)?,
                     group: group as usize,
+                }
+            }
+            "ConvTranspose" => {
+                need(&inputs, 2, 3)?;
+                let group = a.int("group", 1);
+                if group < 1 {
+                    return Err(bad("group must be ≥ 1"));
+                }
+                let to_us = |name: &str| -> Result<Option<Vec<usize>>> {
+                    a.ints(name)
+                        .map(|v| {
+                            v.iter()
+                                .map(|&x| {
+                                    usize::try_from(x)
+                                        .map_err(|_| bad(&format!("negative {name} value {x}")))
+                                })
+                                .collect()
+                        })
+                        .transpose()
+                };
+                let output_shape = to_us("output_shape")?;
+                Op::ConvTranspose {
+                    window: window(&a)?,
+                    group: group as usize,
+                    output_padding: to_us("output_padding")?.unwrap_or_default(),
+                    output_shape,
                 }
             }
             "Gemm" => Op::Gemm {
@@ -869,6 +966,298 @@ impl Builder {
                     recurrent_attrs(&a, kind, r_shape.as_deref(), outputs).map_err(|d| bad(&d))?,
                 )
             }
+            "Erf" | "Reciprocal" | "Floor" | "Ceil" | "Round" | "Sign" | "Softplus" | "Not"
+            | "HardSwish" | "Elu" | "Selu" | "HardSigmoid" | "Gelu" | "Softsign"
+            | "ThresholdedRelu" | "Celu" => {
+                let u = match np.op_type.as_str() {
+                    "Erf" => Unary::Erf,
+                    "Reciprocal" => Unary::Reciprocal,
+                    "Floor" => Unary::Floor,
+                    "Ceil" => Unary::Ceil,
+                    "Round" => Unary::Round,
+                    "Sign" => Unary::Sign,
+                    "Softplus" => Unary::Softplus,
+                    "Not" => Unary::Not,
+                    "HardSwish" => Unary::HardSwish,
+                    "Softsign" => Unary::Softsign,
+                    "ThresholdedRelu" => Unary::ThresholdedRelu {
+                        alpha: a.float("alpha", 1.0),
+                    },
+                    "Celu" => {
+                        let alpha = a.float("alpha", 1.0);
+                        if alpha == 0.0 || !alpha.is_finite() {
+                            return Err(bad(&format!("alpha {alpha} must be non-zero and finite")));
+                        }
+                        Unary::Celu { alpha }
+                    }
+                    "Elu" => Unary::Elu {
+                        alpha: a.float("alpha", 1.0),
+                    },
+                    "Selu" => Unary::Selu {
+                        alpha: a.float("alpha", 1.673_263_2),
+                        gamma: a.float("gamma", 1.050_701),
+                    },
+                    "HardSigmoid" => Unary::HardSigmoid {
+                        alpha: a.float("alpha", 0.2),
+                        beta: a.float("beta", 0.5),
+                    },
+                    _ => Unary::Gelu {
+                        tanh: match a.string("approximate").as_deref().unwrap_or("none") {
+                            "none" => false,
+                            "tanh" => true,
+                            o => {
+                                return Err(bad(&format!(
+                                    "approximate '{o}' is not one of none, tanh"
+                                )))
+                            }
+                        },
+                    },
+                };
+                need(&inputs, 1, 1)?;
+                Op::Unary(u)
+            }
+            "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "And" | "Or"
+            | "Xor" => {
+                need(&inputs, 2, 2)?;
+                Op::Compare(match np.op_type.as_str() {
+                    "Equal" => Compare::Equal,
+                    "Less" => Compare::Less,
+                    "LessOrEqual" => Compare::LessOrEqual,
+                    "Greater" => Compare::Greater,
+                    "And" => Compare::And,
+                    "Or" => Compare::Or,
+                    "Xor" => Compare::Xor,
+                    _ => Compare::GreaterOrEqual,
+                })
+            }
+            "Min" | "Max" | "Sum" | "Mean" => {
+                if inputs.is_empty() || inputs.iter().any(|i| i.is_none()) {
+                    return Err(bad("needs one or more inputs, none of them empty"));
+                }
+                Op::Variadic(match np.op_type.as_str() {
+                    "Min" => Variadic::Min,
+                    "Max" => Variadic::Max,
+                    "Sum" => Variadic::Sum,
+                    _ => Variadic::Mean,
+                })
+            }
+            "Pow" => {
+                need(&inputs, 2, 2)?;
+                Op::Pow
+            }
+            "PRelu" => {
+                need(&inputs, 2, 2)?;
+                Op::PRelu
+            }
+            "Where" => {
+                need(&inputs, 3, 3)?;
+                Op::Where
+            }
+            "Expand" => {
+                need(&inputs, 2, 2)?;
+                Op::Expand
+            }
+            "Tile" => {
+                need(&inputs, 2, 2)?;
+                Op::Tile
+            }
+            "Range" => {
+                need(&inputs, 3, 3)?;
+                Op::Range
+            }
+            "Split" => {
+                if inputs.first().copied().flatten().is_none() || inputs.len() > 2 {
+                    return Err(bad("takes the input X and an optional split input"));
+                }
+                if opset < 13 {
+                    if let Some(sp) = a.ints("split") {
+                        inputs.truncate(1);
+                        inputs.push(ints_const(self, "split", sp));
+                    }
+                }
+                let n_out = np.output.len();
+                let num_outputs = match a.get("num_outputs") {
+                    None => None,
+                    Some(k) if k.i >= 1 && k.i as usize == n_out => Some(n_out),
+                    Some(k) => {
+                        return Err(bad(&format!(
+                            "num_outputs {} does not match the node's {n_out} outputs",
+                            k.i
+                        )))
+                    }
+                };
+                if num_outputs.is_some() && inputs.get(1).copied().flatten().is_some() {
+                    return Err(bad(
+                        "num_outputs and the split input are mutually exclusive",
+                    ));
+                }
+                if np.output.iter().any(|o| o.is_empty()) {
+                    return Err(bad("every output of Split must be named"));
+                }
+                Op::Split {
+                    axis: a.int("axis", 0),
+                    num_outputs,
+                }
+            }
+            "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1"
+            | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => {
+                let kind = Reduce::ALL
+                    .into_iter()
+                    .find(|k| k.onnx_name() == np.op_type)
+                    .unwrap_or(Reduce::Sum);
+                // ReduceSum takes axes as an input from opset 13, the others from opset 18.
+                let input_form = opset >= if kind == Reduce::Sum { 13 } else { 18 };
+                if inputs.first().copied().flatten().is_none() || inputs.len() > 2 {
+                    return Err(bad("takes the data input and an optional axes input"));
+                }
+                if !input_form {
+                    if inputs.len() > 1 {
+                        return Err(bad(&format!(
+                            "takes axes as an attribute in opset {opset}, not as an input"
+                        )));
+                    }
+                    if let Some(ax) = a.ints("axes") {
+                        inputs.push(ints_const(self, "axes", ax));
+                    }
+                } else if a.get("axes").is_some() {
+                    return Err(bad(&format!(
+                        "takes axes as an input in opset {opset}, not as an attribute"
+                    )));
+                }
+                let noop = a.int("noop_with_empty_axes", 0) != 0;
+                Op::Reduce {
+                    kind,
+                    keepdims: a.int("keepdims", 1) != 0,
+                    noop_with_empty_axes: noop,
+                }
+            }
+            "Resize" | "Upsample" => {
+                let legacy = np.op_type == "Upsample" || opset < 11;
+                let mode = match a.string("mode").as_deref().unwrap_or("nearest") {
+                    "nearest" => ResizeMode::Nearest,
+                    "linear" | "bilinear" => ResizeMode::Linear,
+                    "cubic" if !legacy => ResizeMode::Cubic,
+                    o => return Err(bad(&format!("mode '{o}' is not supported"))),
+                };
+                if a.int("antialias", 0) != 0 {
+                    return Err(bad("antialias=1 is not supported"));
+                }
+                match a.string("keep_aspect_ratio_policy").as_deref() {
+                    None | Some("stretch") => {}
+                    Some(o) => {
+                        return Err(bad(&format!(
+                            "keep_aspect_ratio_policy '{o}' is not supported (stretch is)"
+                        )))
+                    }
+                }
+                let coords = if legacy {
+                    ResizeCoords::Asymmetric
+                } else {
+                    match a
+                        .string("coordinate_transformation_mode")
+                        .as_deref()
+                        .unwrap_or("half_pixel")
+                    {
+                        "half_pixel" => ResizeCoords::HalfPixel,
+                        "pytorch_half_pixel" => ResizeCoords::PytorchHalfPixel,
+                        "align_corners" => ResizeCoords::AlignCorners,
+                        "asymmetric" => ResizeCoords::Asymmetric,
+                        "tf_half_pixel_for_nn" => ResizeCoords::TfHalfPixelForNn,
+                        o => {
+                            return Err(bad(&format!(
+                                "coordinate_transformation_mode '{o}' is not supported \
+                                 (half_pixel, pytorch_half_pixel, align_corners, asymmetric, \
+                                 tf_half_pixel_for_nn are)"
+                            )))
+                        }
+                    }
+                };
+                let nearest = if legacy {
+                    NearestMode::Floor
+                } else {
+                    match a
+                        .string("nearest_mode")
+                        .as_deref()
+                        .unwrap_or("round_prefer_floor")
+                    {
+                        "round_prefer_floor" => NearestMode::RoundPreferFloor,
+                        "round_prefer_ceil" => NearestMode::RoundPreferCeil,
+                        "floor" => NearestMode::Floor,
+                        "ceil" => NearestMode::Ceil,
+                        o => return Err(bad(&format!("nearest_mode '{o}' is not supported"))),
+                    }
+                };
+                if inputs.first().copied().flatten().is_none() {
+                    return Err(bad("missing data input"));
+                }
+                if legacy {
+                    // Upsample (scales attribute before opset 9) and opset-10 Resize: X, scales.
+                    let scales = if let Some(s) = a.get("scales").filter(|_| inputs.len() < 2) {
+                        Some(self.constant(
+                            format!("{name}::scales"),
+                            Tensor {
+                                shape: vec![s.floats.len()],
+                                data: TensorData::F32(s.floats.clone()),
+                            },
+                        ))
+                    } else {
+                        inputs.get(1).copied().flatten()
+                    };
+                    if scales.is_none() || inputs.len() > 2 {
+                        return Err(bad("takes X and scales"));
+                    }
+                    inputs = vec![inputs[0], None, scales];
+                } else if inputs.len() > 4 {
+                    return Err(bad("takes at most 4 inputs (X, roi, scales, sizes)"));
+                }
+                Op::Resize(Resize {
+                    mode,
+                    coords,
+                    nearest,
+                    cubic_a: a.float("cubic_coeff_a", -0.75),
+                    exclude_outside: a.int("exclude_outside", 0) != 0,
+                    axes: a.ints("axes"),
+                })
+            }
+            "Size" => {
+                need(&inputs, 1, 1)?;
+                Op::Size
+            }
+            "ArgMax" | "ArgMin" => {
+                need(&inputs, 1, 1)?;
+                Op::ArgExtreme {
+                    max: np.op_type == "ArgMax",
+                    axis: a.int("axis", 0),
+                    keepdims: a.int("keepdims", 1) != 0,
+                    select_last_index: a.int("select_last_index", 0) != 0,
+                }
+            }
+            "LayerNormalization" => {
+                need(&inputs, 2, 3)?;
+                if np.output.len() > 3 {
+                    return Err(bad("has more than three outputs (Y, Mean, InvStdDev)"));
+                }
+                if np.output.first().is_none_or(|o| o.is_empty()) {
+                    return Err(bad("the output Y must be named"));
+                }
+                if np.output.iter().skip(1).any(|o| o.is_empty())
+                    && np.output.last().is_some_and(|o| !o.is_empty())
+                {
+                    return Err(bad(
+                        "an omitted Mean output with a named InvStdDev is not supported",
+                    ));
+                }
+                Op::LayerNorm {
+                    axis: a.int("axis", -1),
+                    epsilon: a.float("epsilon", 1e-5),
+                }
+            }
+            "InstanceNormalization" => {
+                need(&inputs, 3, 3)?;
+                Op::InstanceNorm {
+                    epsilon: a.float("epsilon", 1e-5),
+                }
+            }
             _ => return Err(unsupported(np, opset)),
         };
         if matches!(
@@ -886,7 +1275,13 @@ impl Builder {
         if outputs.is_empty() {
             return Err(bad("node has no outputs"));
         }
-        if let Op::Cast { to } = op {
+        let out_type = match op {
+            Op::Cast { to } => Some(to),
+            Op::Compare(_) | Op::Unary(Unary::Not) => Some(data_type::BOOL),
+            Op::ArgExtreme { .. } | Op::Size => Some(data_type::INT64),
+            _ => None,
+        };
+        if let Some(to) = out_type {
             for &o in &outputs {
                 self.g.values[o].elem_type = to;
             }

@@ -5,8 +5,9 @@ use crate::error::{GraphError, Result};
 use crate::eval::eval_host;
 use crate::ir::{Graph, Node, Op, ValueId};
 use crate::shape::{
-    broadcast, matmul_shape, norm_axis, pad_amounts, reshape_target, slice_ranges, squeeze_shape,
-    unsqueeze_shape,
+    broadcast, conv_transpose_geometry, expand_shape, matmul_shape, norm_axis, pad_amounts,
+    reduce_axes, reduced_shape, reshape_target, resize_output, slice_ranges, split_sizes,
+    squeeze_shape, tile_shape, unsqueeze_shape,
 };
 use crate::tensor::{checked_numel, Tensor, MAX_ELEMENTS};
 use std::collections::BTreeMap;
@@ -136,7 +137,7 @@ pub fn infer_with_values(
             .iter()
             .zip(&cin)
             .all(|(v, c)| v.is_none() || c.is_some());
-        let shape_op = matches!(n.op, Op::Shape { .. });
+        let shape_op = matches!(n.op, Op::Shape { .. } | Op::Size);
         if all_const || shape_op {
             let host_in: Vec<Option<Tensor>>;
             let host_ref: Vec<Option<&Tensor>> = if shape_op {
@@ -465,7 +466,197 @@ fn node_shapes(
             Ok(vec![shape])
         }
         Op::Recurrent(r) => recurrent_shapes(n, r, ins),
-        Op::Shape { .. } => {
+        Op::Unary(_) | Op::InstanceNorm { .. } => {
+            if matches!(n.op, Op::InstanceNorm { .. }) {
+                if x.len() < 3 {
+                    return Err(mismatch(
+                        n,
+                        format!("input {x:?} needs N, C and spatial axes"),
+                    ));
+                }
+                for i in 1..3 {
+                    let p = input(i)?;
+                    if p != [x[1]] {
+                        return Err(mismatch(
+                            n,
+                            format!("parameter {i} has shape {p:?}, expected [{}]", x[1]),
+                        ));
+                    }
+                }
+            }
+            same()
+        }
+        Op::Compare(_) | Op::Pow | Op::Where | Op::Variadic(_) => {
+            let mut s = x.to_vec();
+            for i in 1..n.inputs.len() {
+                let y = input(i)?;
+                s = broadcast(&s, y).ok_or_else(|| {
+                    mismatch(n, format!("cannot broadcast the inputs {s:?} and {y:?}"))
+                })?;
+            }
+            Ok(vec![s])
+        }
+        Op::PRelu => {
+            let slope = input(1)?;
+            if broadcast(x, slope).as_deref() != Some(x) {
+                return Err(mismatch(
+                    n,
+                    format!("slope {slope:?} does not broadcast to the input {x:?}"),
+                ));
+            }
+            same()
+        }
+        Op::Expand => {
+            let t = const_ints(n, consts, 1, "the target shape")?
+                .ok_or_else(|| mismatch(n, "missing shape input"))?;
+            Ok(vec![expand_shape(x, &t).map_err(|e| mismatch(n, e))?])
+        }
+        Op::Tile => {
+            let r = const_ints(n, consts, 1, "repeats")?
+                .ok_or_else(|| mismatch(n, "missing repeats input"))?;
+            Ok(vec![tile_shape(x, &r).map_err(|e| mismatch(n, e))?])
+        }
+        Op::Range => Err(mismatch(
+            n,
+            "start, limit and delta must be constants (computed from shapes or initializers)",
+        )),
+        Op::Split { axis, num_outputs } => {
+            let a = norm_axis(*axis, x.len())
+                .ok_or_else(|| mismatch(n, format!("axis {axis} out of range for {x:?}")))?;
+            let sp = const_ints(n, consts, 1, "split")?;
+            let sizes = split_sizes(x[a], sp.as_deref(), n.outputs.len(), *num_outputs)
+                .map_err(|e| mismatch(n, e))?;
+            Ok(sizes
+                .into_iter()
+                .map(|k| {
+                    let mut s = x.to_vec();
+                    s[a] = k;
+                    s
+                })
+                .collect())
+        }
+        Op::Reduce {
+            keepdims,
+            noop_with_empty_axes,
+            ..
+        } => {
+            let axes = const_ints(n, consts, 1, "axes")?.unwrap_or_default();
+            match reduce_axes(x.len(), &axes, *noop_with_empty_axes).map_err(|e| mismatch(n, e))? {
+                None => same(),
+                Some(ax) => Ok(vec![reduced_shape(x, &ax, *keepdims)]),
+            }
+        }
+        Op::ArgExtreme { axis, keepdims, .. } => {
+            let a = norm_axis(*axis, x.len())
+                .ok_or_else(|| mismatch(n, format!("axis {axis} out of range for {x:?}")))?;
+            if x[a] == 0 {
+                return Err(mismatch(n, format!("axis {a} of {x:?} is empty")));
+            }
+            Ok(vec![reduced_shape(x, &[a], *keepdims)])
+        }
+        Op::ConvTranspose {
+            window,
+            group,
+            output_padding,
+            output_shape,
+        } => {
+            let w = input(1)?;
+            if x.len() < 3 || w.len() != x.len() {
+                return Err(mismatch(
+                    n,
+                    format!("input {x:?} and weight {w:?} ranks do not fit"),
+                ));
+            }
+            if x.len() > 4 {
+                return Err(mismatch(
+                    n,
+                    format!(
+                        "{}-D ConvTranspose is not supported (1-D and 2-D are)",
+                        x.len() - 2
+                    ),
+                ));
+            }
+            if *group == 0 || x[1] != w[0] || w[0] % group != 0 {
+                return Err(mismatch(
+                    n,
+                    format!(
+                        "input has {} channels, weight {w:?} (C_in first) with group {group} \
+                         expects {}",
+                        x[1], w[0]
+                    ),
+                ));
+            }
+            let c_out = w[1] * group;
+            if let Some(b) = ins.get(2).copied().flatten() {
+                if b != [c_out] {
+                    return Err(mismatch(
+                        n,
+                        format!("bias shape {b:?} does not match {c_out} output channels"),
+                    ));
+                }
+            }
+            if !window.kernel.is_empty() && window.kernel != w[2..] {
+                return Err(mismatch(
+                    n,
+                    format!(
+                        "kernel_shape {:?} differs from the weight's {:?}",
+                        window.kernel,
+                        &w[2..]
+                    ),
+                ));
+            }
+            let kernel = w[2..].to_vec();
+            let geo = conv_transpose_geometry(
+                &x[2..],
+                &kernel,
+                window,
+                output_padding,
+                output_shape.as_deref(),
+            )
+            .map_err(|e| mismatch(n, e))?;
+            let mut s = vec![x[0], c_out];
+            s.extend(geo.iter().map(|g| g.2));
+            Ok(vec![s])
+        }
+        Op::Resize(r) => {
+            let scales = match n.input(2) {
+                Some(v) => Some(
+                    consts
+                        .get(&v)
+                        .ok_or_else(|| mismatch(n, "scales must be a constant"))?
+                        .to_f32(),
+                ),
+                None => None,
+            };
+            let sizes = const_ints(n, consts, 3, "sizes")?;
+            let (out, _) = resize_output(x, scales.as_deref(), sizes.as_deref(), r.axes.as_deref())
+                .map_err(|e| mismatch(n, e))?;
+            Ok(vec![out])
+        }
+        Op::LayerNorm { axis, .. } => {
+            let a = norm_axis(*axis, x.len())
+                .ok_or_else(|| mismatch(n, format!("axis {axis} out of range for {x:?}")))?;
+            for i in 1..3 {
+                if let Some(p) = ins.get(i).copied().flatten() {
+                    if broadcast(&x[a..], p).as_deref() != Some(&x[a..]) {
+                        return Err(mismatch(
+                            n,
+                            format!(
+                                "parameter {i} has shape {p:?}, which does not broadcast to the \
+                                 normalised shape {:?}",
+                                &x[a..]
+                            ),
+                        ));
+                    }
+                }
+            }
+            let mut stat = x[..a].to_vec();
+            stat.extend(std::iter::repeat_n(1, x.len() - a));
+            let mut outs = vec![x.to_vec()];
+            outs.extend(std::iter::repeat_n(stat, n.outputs.len().saturating_sub(1)));
+            Ok(outs)
+        }
+        Op::Shape { .. } | Op::Size => {
             let _ = g;
             Err(mismatch(
                 n,

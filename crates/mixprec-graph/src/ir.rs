@@ -333,6 +333,263 @@ impl Recurrent {
     }
 }
 
+/// Element-wise unary functions (one input, same shape out).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Unary {
+    /// Gauss error function.
+    Erf,
+    /// 1 / x.
+    Reciprocal,
+    /// Round toward −∞.
+    Floor,
+    /// Round toward +∞.
+    Ceil,
+    /// Round half to even.
+    Round,
+    /// −1, 0 or 1.
+    Sign,
+    /// log(1 + eˣ).
+    Softplus,
+    /// Logical negation of a boolean (0/1) tensor.
+    Not,
+    /// x·max(0, min(1, x/6 + 1/2)).
+    HardSwish,
+    /// x if x > 0 else alpha·(eˣ − 1).
+    Elu {
+        /// Scale of the negative part.
+        alpha: f32,
+    },
+    /// gamma·(x if x > 0 else alpha·(eˣ − 1)).
+    Selu {
+        /// Scale of the negative part.
+        alpha: f32,
+        /// Overall scale.
+        gamma: f32,
+    },
+    /// max(0, min(1, alpha·x + beta)).
+    HardSigmoid {
+        /// Slope.
+        alpha: f32,
+        /// Offset.
+        beta: f32,
+    },
+    /// x·Φ(x), exactly or with the tanh approximation.
+    Gelu {
+        /// `approximate = "tanh"`.
+        tanh: bool,
+    },
+    /// x / (1 + |x|).
+    Softsign,
+    /// x if x > alpha else 0.
+    ThresholdedRelu {
+        /// Threshold.
+        alpha: f32,
+    },
+    /// max(0, x) + min(0, alpha·(e^(x/alpha) − 1)).
+    Celu {
+        /// Scale.
+        alpha: f32,
+    },
+}
+
+impl Unary {
+    /// ONNX operator name.
+    pub fn onnx_name(self) -> &'static str {
+        match self {
+            Unary::Erf => "Erf",
+            Unary::Reciprocal => "Reciprocal",
+            Unary::Floor => "Floor",
+            Unary::Ceil => "Ceil",
+            Unary::Round => "Round",
+            Unary::Sign => "Sign",
+            Unary::Softplus => "Softplus",
+            Unary::Not => "Not",
+            Unary::HardSwish => "HardSwish",
+            Unary::Elu { .. } => "Elu",
+            Unary::Selu { .. } => "Selu",
+            Unary::HardSigmoid { .. } => "HardSigmoid",
+            Unary::Gelu { .. } => "Gelu",
+            Unary::Softsign => "Softsign",
+            Unary::ThresholdedRelu { .. } => "ThresholdedRelu",
+            Unary::Celu { .. } => "Celu",
+        }
+    }
+}
+
+/// Element-wise comparisons with broadcasting; the result is boolean (held as 0/1 integers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// a = b.
+    Equal,
+    /// a < b.
+    Less,
+    /// a ≤ b.
+    LessOrEqual,
+    /// a > b.
+    Greater,
+    /// a ≥ b.
+    GreaterOrEqual,
+    /// Logical and of booleans.
+    And,
+    /// Logical or of booleans.
+    Or,
+    /// Logical exclusive or of booleans.
+    Xor,
+}
+
+impl Compare {
+    /// ONNX operator name.
+    pub fn onnx_name(self) -> &'static str {
+        match self {
+            Compare::Equal => "Equal",
+            Compare::Less => "Less",
+            Compare::LessOrEqual => "LessOrEqual",
+            Compare::Greater => "Greater",
+            Compare::GreaterOrEqual => "GreaterOrEqual",
+            Compare::And => "And",
+            Compare::Or => "Or",
+            Compare::Xor => "Xor",
+        }
+    }
+}
+
+/// Variadic element-wise operators with broadcasting (one or more inputs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variadic {
+    /// Element-wise minimum.
+    Min,
+    /// Element-wise maximum.
+    Max,
+    /// Element-wise sum.
+    Sum,
+    /// Element-wise mean.
+    Mean,
+}
+
+impl Variadic {
+    /// ONNX operator name.
+    pub fn onnx_name(self) -> &'static str {
+        match self {
+            Variadic::Min => "Min",
+            Variadic::Max => "Max",
+            Variadic::Sum => "Sum",
+            Variadic::Mean => "Mean",
+        }
+    }
+}
+
+/// Reductions over axes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduce {
+    /// Mean.
+    Mean,
+    /// Sum.
+    Sum,
+    /// Maximum.
+    Max,
+    /// Minimum.
+    Min,
+    /// Product.
+    Prod,
+    /// Euclidean norm.
+    L2,
+    /// Sum of squares.
+    SumSquare,
+    /// Sum of absolute values.
+    L1,
+    /// Log of the sum.
+    LogSum,
+    /// Log of the sum of exponentials.
+    LogSumExp,
+}
+
+impl Reduce {
+    /// ONNX operator name.
+    pub fn onnx_name(self) -> &'static str {
+        match self {
+            Reduce::Mean => "ReduceMean",
+            Reduce::Sum => "ReduceSum",
+            Reduce::Max => "ReduceMax",
+            Reduce::Min => "ReduceMin",
+            Reduce::Prod => "ReduceProd",
+            Reduce::L2 => "ReduceL2",
+            Reduce::SumSquare => "ReduceSumSquare",
+            Reduce::L1 => "ReduceL1",
+            Reduce::LogSum => "ReduceLogSum",
+            Reduce::LogSumExp => "ReduceLogSumExp",
+        }
+    }
+    /// Every kind.
+    pub const ALL: [Reduce; 10] = [
+        Reduce::Mean,
+        Reduce::Sum,
+        Reduce::Max,
+        Reduce::Min,
+        Reduce::Prod,
+        Reduce::L2,
+        Reduce::SumSquare,
+        Reduce::L1,
+        Reduce::LogSum,
+        Reduce::LogSumExp,
+    ];
+}
+
+/// Interpolation of Resize.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResizeMode {
+    /// Nearest neighbour.
+    Nearest,
+    /// (Multi-)linear.
+    Linear,
+    /// Cubic convolution.
+    Cubic,
+}
+
+/// `coordinate_transformation_mode` of Resize: where output index x samples the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResizeCoords {
+    /// (x + 0.5) / scale − 0.5.
+    HalfPixel,
+    /// As half_pixel, but −0.5 when the output has length 1.
+    PytorchHalfPixel,
+    /// x · (in − 1) / (out − 1).
+    AlignCorners,
+    /// x / scale (Upsample and opset-10 Resize).
+    Asymmetric,
+    /// (x + 0.5) / scale, for nearest only.
+    TfHalfPixelForNn,
+}
+
+/// `nearest_mode` of Resize: how a fractional source position picks its neighbour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NearestMode {
+    /// Round, halves down.
+    RoundPreferFloor,
+    /// Round, halves up.
+    RoundPreferCeil,
+    /// Round down.
+    Floor,
+    /// Round up.
+    Ceil,
+}
+
+/// Attributes of Resize (and of Upsample, imported as Resize).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resize {
+    /// Interpolation.
+    pub mode: ResizeMode,
+    /// Coordinate transformation.
+    pub coords: ResizeCoords,
+    /// Neighbour choice of nearest mode.
+    pub nearest: NearestMode,
+    /// The `a` of cubic convolution.
+    pub cubic_a: f32,
+    /// Taps outside the input get weight 0 and the rest are renormalised.
+    pub exclude_outside: bool,
+    /// Opset 18 `axes`: the axes that scales / sizes refer to (all when absent).
+    pub axes: Option<Vec<i64>>,
+}
+
 /// Typed operators. Inputs are listed in ONNX order, after the normalisation described above.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -478,6 +735,82 @@ pub enum Op {
     },
     /// RNN, GRU or LSTM (float only: their weights are not quantizable layers).
     Recurrent(Recurrent),
+    /// Element-wise unary function.
+    Unary(Unary),
+    /// Element-wise comparison; inputs A, B.
+    Compare(Compare),
+    /// Min / Max / Sum / Mean of one or more inputs.
+    Variadic(Variadic),
+    /// Element-wise power with broadcasting; inputs X, Y.
+    Pow,
+    /// x if x ≥ 0 else slope·x; inputs X, slope (broadcast to X).
+    PRelu,
+    /// Select by a boolean condition; inputs condition, X, Y (broadcast together).
+    Where,
+    /// Broadcast to a shape; inputs X, shape.
+    Expand,
+    /// Repeat along each axis; inputs X, repeats.
+    Tile,
+    /// 1-D sequence start, start + delta, … below limit; inputs start, limit, delta.
+    Range,
+    /// Split along an axis; inputs X, optional split (sizes). Older opsets' `split`
+    /// attribute is normalised to the input.
+    Split {
+        /// Axis.
+        axis: i64,
+        /// Opset 18 `num_outputs`: without a split input, chunks of ceil(size / n), the
+        /// last one smaller. Without either, the axis must divide evenly.
+        num_outputs: Option<usize>,
+    },
+    /// Reduction; inputs X, optional axes (attribute forms are normalised to the input).
+    Reduce {
+        /// The reduction.
+        kind: Reduce,
+        /// Keep reduced axes with size 1.
+        keepdims: bool,
+        /// With no axes: identity rather than reducing every axis.
+        noop_with_empty_axes: bool,
+    },
+    /// Index of the maximum or minimum along an axis (int64).
+    ArgExtreme {
+        /// ArgMax (true) or ArgMin.
+        max: bool,
+        /// Axis.
+        axis: i64,
+        /// Keep the reduced axis with size 1.
+        keepdims: bool,
+        /// On ties take the last index rather than the first.
+        select_last_index: bool,
+    },
+    /// Number of elements of the input, as an int64 scalar.
+    Size,
+    /// Transposed convolution (1-D or 2-D); inputs X, W [C_in, C_out / group, k…], optional
+    /// B. Float only: its weight is not a quantizable layer.
+    ConvTranspose {
+        /// Kernel (from W when empty), strides, pads, dilations, `auto_pad`.
+        window: Window,
+        /// Groups.
+        group: usize,
+        /// Extra size at the end of each spatial axis.
+        output_padding: Vec<usize>,
+        /// Requested spatial output shape (padding is derived from it).
+        output_shape: Option<Vec<usize>>,
+    },
+    /// Resize; inputs X, optional roi, optional scales, optional sizes (Upsample and opset-10
+    /// Resize are normalised to this form).
+    Resize(Resize),
+    /// Layer normalisation over axes `axis..`; inputs X, Scale, optional B.
+    LayerNorm {
+        /// First normalised axis.
+        axis: i64,
+        /// Added to the variance.
+        epsilon: f32,
+    },
+    /// Instance normalisation over the spatial axes; inputs X, scale, B (per channel).
+    InstanceNorm {
+        /// Added to the variance.
+        epsilon: f32,
+    },
 }
 
 impl Op {
@@ -523,6 +856,24 @@ impl Op {
             Op::ConstantOfShape { .. } => "ConstantOfShape",
             Op::Cast { .. } => "Cast",
             Op::Recurrent(r) => r.kind.onnx_name(),
+            Op::Unary(u) => u.onnx_name(),
+            Op::Compare(c) => c.onnx_name(),
+            Op::Variadic(v) => v.onnx_name(),
+            Op::Pow => "Pow",
+            Op::PRelu => "PRelu",
+            Op::Where => "Where",
+            Op::Expand => "Expand",
+            Op::Tile => "Tile",
+            Op::Range => "Range",
+            Op::Split { .. } => "Split",
+            Op::Reduce { kind, .. } => kind.onnx_name(),
+            Op::ArgExtreme { max: true, .. } => "ArgMax",
+            Op::ArgExtreme { max: false, .. } => "ArgMin",
+            Op::Size => "Size",
+            Op::ConvTranspose { .. } => "ConvTranspose",
+            Op::Resize(_) => "Resize",
+            Op::LayerNorm { .. } => "LayerNormalization",
+            Op::InstanceNorm { .. } => "InstanceNormalization",
         }
     }
 }
