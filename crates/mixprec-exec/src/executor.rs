@@ -762,6 +762,10 @@ impl Executor {
                 let y = ops_onnx::pow(&x, &input(1)?, scalar).map_err(ce)?;
                 one(y.reshape(out_shape(0)?.as_slice()).map_err(ce)?)
             }
+            Op::Mod { fmod } => {
+                let shape = out_shape(0)?;
+                one(ops_onnx::modulo(&x, &input(1)?, *fmod, &shape).map_err(ce)?)
+            }
             Op::PRelu => one(ops_onnx::prelu(&x, &input(1)?).map_err(ce)?),
             Op::Where => {
                 let shape = out_shape(0)?;

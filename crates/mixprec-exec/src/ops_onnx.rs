@@ -1,5 +1,5 @@
 //! ONNX operators beyond the convolutional core, on candle tensors: element-wise functions,
-//! comparisons and selection, variadic Min/Max/Sum/Mean, Pow, PRelu, reductions,
+//! comparisons and selection, variadic Min/Max/Sum/Mean, Pow, Mod, PRelu, reductions,
 //! ArgMax/ArgMin, layer and instance normalisation. Definitions are the ONNX operator
 //! specifications (opsets 7–20).
 //!
@@ -218,6 +218,41 @@ pub fn pow(x: &Tensor, y: &Tensor, scalar_exponent: Option<f32>) -> Result<Tenso
     } else {
         Ok(r)
     }
+}
+
+/// Mod with broadcasting to `shape`. Integers: Python-style modulo (sign of the divisor), or
+/// C `fmod` (sign of the dividend) when `fmod`; division by zero is an error. Floats need
+/// `fmod` and compute a − b·trunc(a / b) with the truncated quotient held constant, so
+/// ∂/∂a = 1 and ∂/∂b = −trunc(a / b).
+pub fn modulo(a: &Tensor, b: &Tensor, fmod: bool, shape: &[usize]) -> Result<Tensor> {
+    let v = common(&[a.clone(), b.clone()])?;
+    let (x, y) = (c(v[0].broadcast_as(shape))?, c(v[1].broadcast_as(shape))?);
+    if is_int(&x) {
+        let p = c(x.flatten_all()?.to_vec1::<i64>())?;
+        let q = c(y.flatten_all()?.to_vec1::<i64>())?;
+        let r = p
+            .iter()
+            .zip(&q)
+            .map(|(&p, &q)| mixprec_graph::eval::int_mod(p, q, fmod).map_err(msg))
+            .collect::<Result<Vec<i64>>>()?;
+        return c(Tensor::from_vec(r, shape, a.device()));
+    }
+    if !fmod {
+        return Err(msg(
+            "Mod with fmod=0 needs integer inputs; floating-point inputs need fmod=1",
+        ));
+    }
+    let (xd, yd) = (x.detach(), y.detach());
+    let q = c(&xd / &yd)?;
+    let pos = c(q.ge(0f32))?;
+    let t = c(pos.where_cond(&c(q.floor())?, &c(q.ceil())?))?;
+    // Rounding of the f32 quotient can reach the next integer (the remainder then has the
+    // sign opposite to a): step the quotient back by one toward zero there.
+    let r0 = c(&xd - c(&yd * &t)?)?;
+    let wrong = c(c(&r0 * &xd)?.lt(0f32)?.to_dtype(DType::F32))?;
+    let step = c(pos.to_dtype(DType::F32)?.affine(2.0, -1.0))?;
+    let t = c(&t - c(wrong * step)?)?;
+    c(&x - c(&y * &t)?)
 }
 
 /// PRelu: x where x ≥ 0, else slope·x (slope broadcast to x).

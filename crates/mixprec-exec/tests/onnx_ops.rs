@@ -1,8 +1,10 @@
 //! Hand-checked executor results for cases the ONNX node tests leave out: Gelu (opset 20),
 //! Pow of negative bases with a tensor exponent, overflow-free Softplus / Elu /
 //! ReduceLogSumExp and their gradients, rounding operators on the gradient tape, uneven Split
-//! with num_outputs, Where / Expand / Tile on run-time inputs with a symbolic batch, and
-//! MatMul broadcasting of batch dimensions.
+//! with num_outputs, Where / Expand / Tile on run-time inputs with a symbolic batch, MatMul
+//! broadcasting of batch dimensions, and Mod (integer sign conventions, float fmod and its
+//! gradients, folding in an int64 shape sub-graph, the fmod attribute through export and
+//! import).
 
 use candle_core::{DType, Device, Tensor, Var};
 use mixprec_exec::executor::RunOptions;
@@ -285,4 +287,128 @@ fn matmul_broadcasts_batch_dimensions() {
         let at = ((i * 5 + j) * 3 + m) * 6 + n;
         assert!((got[at] - want).abs() < 1e-5, "{} vs {want}", got[at]);
     }
+}
+
+/// Mod: Python-style integer modulo takes the sign of the divisor (−7 mod 3 = 2,
+/// 7 mod −3 = −2), fmod the sign of the dividend (−7 fmod 3 = −1); float fmod has
+/// ∂/∂a = 1 and ∂/∂b = −trunc(a / b).
+#[test]
+fn mod_integer_signs_float_fmod_and_gradients() {
+    let e = G::new()
+        .input("a", &[Some(4)])
+        .input("b", &[Some(4)])
+        .node(Op::Cast { to: 7 }, &["a"], &["ai"])
+        .node(Op::Cast { to: 7 }, &["b"], &["bi"])
+        .node(Op::Mod { fmod: false }, &["ai", "bi"], &["m"])
+        .node(Op::Mod { fmod: true }, &["ai", "bi"], &["fi"])
+        .node(Op::Mod { fmod: true }, &["a", "b"], &["f"])
+        .outputs(&["m", "fi", "f"]);
+    let av = Var::from_vec(vec![-7.0f32, 7.0, 5.5, -4.3], 4, &Device::Cpu).unwrap();
+    let bv = Var::from_vec(vec![3.0f32, -3.0, 2.0, 2.1], 4, &Device::Cpu).unwrap();
+    let opts = RunOptions {
+        track: true,
+        ..Default::default()
+    };
+    let out = e
+        .run(&[av.as_tensor().clone(), bv.as_tensor().clone()], &opts)
+        .unwrap()
+        .outputs;
+    assert_eq!(out[0].dtype(), DType::I64);
+    // Cast truncates 5.5 → 5 and −4.3 → −4: 5 mod 2 = 1, −4 mod 2 = 0.
+    assert_eq!(out[0].to_vec1::<i64>().unwrap(), vec![2, -2, 1, 0]);
+    assert_eq!(out[1].to_vec1::<i64>().unwrap(), vec![-1, 1, 1, 0]);
+    close(&vals(&out[2]), &[-1.0, 1.0, 1.5, -0.1], 1e-6);
+    let g = out[2].sum_all().unwrap().backward().unwrap();
+    close(&vals(g.get(av.as_tensor()).unwrap()), &[1.0; 4], 0.0);
+    // trunc(a / b) = [−2, −2, 2, −2].
+    close(
+        &vals(g.get(bv.as_tensor()).unwrap()),
+        &[2.0, 2.0, -2.0, 2.0],
+        0.0,
+    );
+    // Integer modulo by zero is an error naming the node, not a panic.
+    let z = e.forward(&[t(&[1.0; 4], &[4]), t(&[0.0; 4], &[4])]);
+    let msg = z.unwrap_err().to_string();
+    assert!(msg.contains("n2") && msg.contains("zero"), "{msg}");
+    // fmod=0 is integer-only.
+    let e = G::new()
+        .input("a", &[Some(2)])
+        .node(Op::Mod { fmod: false }, &["a", "a"], &["m"])
+        .outputs(&["m"]);
+    let msg = e.forward(&[t(&[1.0, 2.0], &[2])]).unwrap_err().to_string();
+    assert!(msg.contains("fmod"), "{msg}");
+}
+
+/// Mod in an int64 shape sub-graph with a symbolic batch folds to constants per batch size
+/// and drives a Reshape, as in exported attention blocks.
+#[test]
+fn mod_folds_in_an_int64_shape_subgraph() {
+    let e = G::new()
+        .input("x", &[None, Some(6)])
+        .init("neg4", HostTensor::i64(vec![1], vec![-4]).unwrap())
+        .init("four", HostTensor::i64(vec![], vec![4]).unwrap())
+        .init("one", HostTensor::i64(vec![1], vec![1]).unwrap())
+        .init("minus1", HostTensor::i64(vec![1], vec![-1]).unwrap())
+        .node(
+            Op::Shape {
+                start: 0,
+                end: None,
+            },
+            &["x"],
+            &["s"],
+        )
+        .node(Op::Mod { fmod: false }, &["s", "neg4"], &["m"])
+        .node(Op::Mod { fmod: true }, &["s", "neg4"], &["f"])
+        .node(Op::Gather { axis: 0 }, &["s", "one"], &["d"])
+        .node(Op::Mod { fmod: false }, &["d", "four"], &["k"])
+        .node(Op::Concat { axis: 0 }, &["minus1", "k"], &["shape"])
+        .node(Op::Reshape { allowzero: false }, &["x", "shape"], &["y"])
+        .outputs(&["y"]);
+    let id = |n: &str| e.graph().value_id(n).unwrap();
+    for n in [5usize, 8] {
+        let inf = e.inferred(vec![vec![n, 6]]).unwrap();
+        let n = n as i64;
+        // Python-style: the sign of −4; fmod: the sign of the dimension.
+        let py = |v: i64| v.rem_euclid(4) - if v % 4 == 0 { 0 } else { 4 };
+        assert_eq!(inf.consts[&id("m")].to_i64(), vec![py(n), py(6)]);
+        assert_eq!(inf.consts[&id("f")].to_i64(), vec![n % 4, 2]);
+        assert_eq!(inf.consts[&id("shape")].to_i64(), vec![-1, 2]);
+        assert_eq!(inf.shapes[id("y")], Some(vec![3 * n as usize, 2]));
+        let xv: Vec<f32> = (0..6 * n).map(|v| v as f32).collect();
+        let y = e.forward(&[t(&xv, &[n as usize, 6])]).unwrap().remove(0);
+        assert_eq!(y.dims(), &[3 * n as usize, 2]);
+        close(&vals(&y), &xv, 0.0);
+    }
+}
+
+/// The fmod attribute survives export → import; fmod outside {0, 1} is rejected naming the
+/// node.
+#[test]
+fn mod_fmod_attribute_round_trips_and_is_checked() {
+    use prost::Message;
+    let e = G::new()
+        .input("a", &[Some(2)])
+        .input("b", &[Some(2)])
+        .node(Op::Mod { fmod: true }, &["a", "b"], &["f"])
+        .node(Op::Cast { to: 7 }, &["f"], &["fi"])
+        .node(Op::Mod { fmod: false }, &["fi", "fi"], &["m"])
+        .outputs(&["f", "m"]);
+    let mut proto = mixprec_graph::to_model_proto(e.graph()).unwrap();
+    let g = mixprec_graph::import::import_onnx_bytes(&proto.encode_to_vec()).unwrap();
+    let ops: Vec<&Op> = g.nodes.iter().map(|n| &n.op).collect();
+    assert_eq!(ops[0], &Op::Mod { fmod: true });
+    assert_eq!(ops[2], &Op::Mod { fmod: false });
+    let graph = proto.graph.as_mut().unwrap();
+    graph.node[0].attribute[0].i = 2;
+    let err = mixprec_graph::import::import_onnx_bytes(&proto.encode_to_vec())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("n0") && err.contains("fmod"), "{err}");
+    // fmod=0 (the default) on float inputs is rejected at import.
+    let graph = proto.graph.as_mut().unwrap();
+    graph.node[0].attribute.clear();
+    let err = mixprec_graph::import::import_onnx_bytes(&proto.encode_to_vec())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("n0") && err.contains("fmod=0"), "{err}");
 }

@@ -107,6 +107,21 @@ fn binary(a: &Tensor, b: &Tensor, op: &Op) -> Option<Tensor> {
     Some(Tensor { shape, data })
 }
 
+/// ONNX Mod of two integers: C `fmod` (sign of the dividend) when `fmod`, otherwise
+/// Python-style modulo with the sign of the divisor. Division by zero is an error.
+pub fn int_mod(a: i64, b: i64, fmod: bool) -> Result<i64, String> {
+    if b == 0 {
+        return Err(format!("integer Mod of {a} by zero"));
+    }
+    // wrapping_rem: i64::MIN % -1 is 0 rather than an overflow.
+    let r = a.wrapping_rem(b);
+    Ok(if !fmod && r != 0 && (r < 0) != (b < 0) {
+        r + b
+    } else {
+        r
+    })
+}
+
 /// True when a result of `shape` is beyond what the host evaluator produces.
 fn too_big(shape: &[usize]) -> bool {
     crate::tensor::checked_numel(shape).is_none_or(|n| n > MAX_FOLD_ELEMENTS)
@@ -535,7 +550,7 @@ fn eval_inner(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Option<Vec<Tensor>>
                 data,
             })
         }
-        Op::Compare(_) | Op::Pow | Op::Where | Op::Variadic(_) | Op::PRelu => {
+        Op::Compare(_) | Op::Pow | Op::Mod { .. } | Op::Where | Op::Variadic(_) | Op::PRelu => {
             let ts: Vec<&Tensor> = inputs
                 .iter()
                 .copied()
@@ -630,6 +645,21 @@ fn eval_inner(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Option<Vec<Tensor>>
                 Op::Pow => {
                     let (a, b) = (x.to_f32(), ts[1].to_f32());
                     TensorData::F32((0..len).map(|k| a[idx[0][k]].powf(b[idx[1][k]])).collect())
+                }
+                Op::Mod { fmod } if all_int => {
+                    let (a, b) = (x.to_i64(), ts[1].to_i64());
+                    TensorData::I64(
+                        (0..len)
+                            .map(|k| int_mod(a[idx[0][k]], b[idx[1][k]], *fmod))
+                            .collect::<Result<_, _>>()?,
+                    )
+                }
+                Op::Mod { fmod: false } => {
+                    return Err("Mod with fmod=0 needs integer inputs; floats need fmod=1".into())
+                }
+                Op::Mod { fmod: true } => {
+                    let (a, b) = (x.to_f32(), ts[1].to_f32());
+                    TensorData::F32((0..len).map(|k| a[idx[0][k]] % b[idx[1][k]]).collect())
                 }
                 Op::PRelu => {
                     let (a, b) = (x.to_f32(), ts[1].to_f32());
@@ -803,6 +833,31 @@ mod tests {
     use super::*;
     fn i(shape: Vec<usize>, v: Vec<i64>) -> Tensor {
         Tensor::i64(shape, v).unwrap()
+    }
+    #[test]
+    fn integer_mod_sign_conventions() {
+        // Python-style: the sign of the divisor; fmod: the sign of the dividend.
+        let a = i(vec![4], vec![-7, 7, -7, 7]);
+        let b = i(vec![4], vec![3, -3, -3, 3]);
+        let m = |fmod: bool| {
+            eval_host(&Op::Mod { fmod }, &[Some(&a), Some(&b)])
+                .unwrap()
+                .unwrap()[0]
+                .to_i64()
+        };
+        assert_eq!(m(false), vec![2, -2, -1, 1]);
+        assert_eq!(m(true), vec![-1, 1, -1, 1]);
+        assert_eq!(int_mod(i64::MIN, -1, false), Ok(0));
+        assert_eq!(int_mod(6, -3, false), Ok(0));
+        let zero = i(vec![], vec![0]);
+        let err = eval_host(&Op::Mod { fmod: false }, &[Some(&a), Some(&zero)]).unwrap_err();
+        assert!(err.contains("by zero"), "{err}");
+        let f = Tensor::f32(vec![1], vec![-7.5]).unwrap();
+        let r = eval_host(&Op::Mod { fmod: true }, &[Some(&f), Some(&b)])
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[0].to_f32(), vec![-1.5, -1.5, -1.5, -1.5]);
+        assert!(eval_host(&Op::Mod { fmod: false }, &[Some(&f), Some(&b)]).is_err());
     }
     #[test]
     fn gather_concat_shape_chain() {

@@ -275,6 +275,7 @@ pub fn to_model_proto(g: &Graph) -> Result<pb::ModelProto> {
                 ..Default::default()
             }),
             Op::Cast { to } => attribute.push(attr_i("to", *to as i64)),
+            Op::Mod { fmod: true } => attribute.push(attr_i("fmod", 1)),
             Op::Unary(u) => match *u {
                 Unary::Elu { alpha } => attribute.push(attr_f("alpha", alpha)),
                 Unary::Selu { alpha, gamma } => {

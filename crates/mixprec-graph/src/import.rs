@@ -66,6 +66,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "MaxPool",
     "Mean",
     "Min",
+    "Mod",
     "Mul",
     "Neg",
     "Not",
@@ -114,20 +115,114 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Xor",
 ];
 
-/// Read and import an ONNX file.
+/// Read and import an ONNX file; tensors stored as external data (as `torch.onnx.export`
+/// and `onnx.save(..., save_as_external_data=True)` write large models) are read from their
+/// files next to the model.
 pub fn load_onnx(path: impl AsRef<Path>) -> Result<Graph> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|source| GraphError::Io {
         path: path.into(),
         source,
     })?;
-    import_onnx_bytes(&bytes).map_err(|e| match e {
-        GraphError::Decode { detail, .. } => GraphError::Decode {
-            path: path.into(),
-            detail,
-        },
+    let decode_err = |detail: String| GraphError::Decode {
+        path: path.into(),
+        detail,
+    };
+    let mut model =
+        pb::ModelProto::decode(bytes.as_slice()).map_err(|e| decode_err(e.to_string()))?;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    inline_external_data(&mut model, dir)?;
+    import_model(&model).map_err(|e| match e {
+        GraphError::Decode { detail, .. } => decode_err(detail),
         other => other,
     })
+}
+
+/// Replaces the external data of every tensor of `model` (initializers and Constant-node
+/// values) by its bytes, read as the ONNX external-data layout says: the file `location`
+/// relative to the model's folder `dir`, from byte `offset` (default 0), `length` bytes
+/// (default: to the end of the file).
+fn inline_external_data(model: &mut pb::ModelProto, dir: &Path) -> Result<()> {
+    let Some(g) = model.graph.as_mut() else {
+        return Ok(());
+    };
+    let attrs = g
+        .node
+        .iter_mut()
+        .flat_map(|n| n.attribute.iter_mut())
+        .flat_map(|a| a.t.iter_mut());
+    for t in g.initializer.iter_mut().chain(attrs) {
+        inline_tensor(t, dir)?;
+    }
+    Ok(())
+}
+
+fn inline_tensor(t: &mut pb::TensorProto, dir: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    if t.external_data.is_empty() && t.data_location != 1 {
+        return Ok(());
+    }
+    let bad = |d: String| GraphError::BadTensor {
+        name: t.name.clone(),
+        detail: d,
+    };
+    let get = |k: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key == k)
+            .map(|e| e.value.as_str())
+    };
+    let number = |k: &str| -> Result<Option<u64>> {
+        get(k)
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| bad(format!("external data {k} '{v}' is not a byte count")))
+            })
+            .transpose()
+    };
+    let location = get("location").ok_or_else(|| bad("external data without a location".into()))?;
+    let rel = Path::new(location);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(bad(format!(
+            "external data location '{location}' must be a path inside the model's folder"
+        )));
+    }
+    let (offset, length) = (number("offset")?.unwrap_or(0), number("length")?);
+    let file = dir.join(rel);
+    let io = |source| GraphError::Io {
+        path: file.clone(),
+        source,
+    };
+    let mut f = std::fs::File::open(&file).map_err(io)?;
+    f.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let mut buf = Vec::new();
+    match length {
+        Some(n) => {
+            buf.resize(
+                usize::try_from(n)
+                    .map_err(|_| bad(format!("external data length {n} is too large")))?,
+                0,
+            );
+            f.read_exact(&mut buf).map_err(|e| {
+                bad(format!(
+                    "{}: cannot read {n} bytes at offset {offset} ({e}); the data file is shorter than the model says",
+                    file.display()
+                ))
+            })?;
+        }
+        None => {
+            f.read_to_end(&mut buf).map_err(io)?;
+        }
+    }
+    t.raw_data = buf;
+    t.external_data.clear();
+    t.data_location = 0;
+    Ok(())
 }
 
 /// Read an ONNX `TensorProto` file (the `input_*.pb` / `output_*.pb` files of the ONNX test
@@ -144,12 +239,18 @@ pub fn load_tensor_proto(path: impl AsRef<Path>) -> Result<pb::TensorProto> {
     })
 }
 
-/// Import an ONNX model from bytes.
+/// Import an ONNX model from bytes (its tensors must hold their data: external data needs
+/// [`load_onnx`], which knows the model's folder).
 pub fn import_onnx_bytes(bytes: &[u8]) -> Result<Graph> {
     let model = pb::ModelProto::decode(bytes).map_err(|e| GraphError::Decode {
         path: "<bytes>".into(),
         detail: e.to_string(),
     })?;
+    import_model(&model)
+}
+
+/// Import a decoded ONNX model.
+fn import_model(model: &pb::ModelProto) -> Result<Graph> {
     let gp = model.graph.as_ref().ok_or_else(|| GraphError::Decode {
         path: "<bytes>".into(),
         detail: "the model has no graph (file truncated or not an ONNX model)".into(),
@@ -274,7 +375,7 @@ pub fn tensor_from_proto(t: &pb::TensorProto) -> Result<Tensor> {
     };
     if !t.external_data.is_empty() || t.data_location == 1 {
         return Err(bad(
-            "external data is not supported; save the model with weights inside the file".into(),
+            "the tensor's data is in an external file; load the model from its path (next to its data file) so that the data can be read".into(),
         ));
     }
     let shape: Vec<usize> = t
@@ -1044,6 +1145,29 @@ impl Builder {
             "Pow" => {
                 need(&inputs, 2, 2)?;
                 Op::Pow
+            }
+            "Mod" => {
+                need(&inputs, 2, 2)?;
+                let fmod = match a.int("fmod", 0) {
+                    0 => false,
+                    1 => true,
+                    f => return Err(bad(&format!("fmod must be 0 or 1, got {f}"))),
+                };
+                let float_input = inputs.iter().flatten().any(|&v| {
+                    matches!(
+                        self.g.values[v].elem_type,
+                        data_type::FLOAT
+                            | data_type::DOUBLE
+                            | data_type::FLOAT16
+                            | data_type::BFLOAT16
+                    )
+                });
+                if !fmod && float_input {
+                    return Err(bad(
+                        "fmod=0 (integer modulo) on floating-point inputs; floats need fmod=1",
+                    ));
+                }
+                Op::Mod { fmod }
             }
             "PRelu" => {
                 need(&inputs, 2, 2)?;

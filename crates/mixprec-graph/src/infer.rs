@@ -486,7 +486,7 @@ fn node_shapes(
             }
             same()
         }
-        Op::Compare(_) | Op::Pow | Op::Where | Op::Variadic(_) => {
+        Op::Compare(_) | Op::Pow | Op::Mod { .. } | Op::Where | Op::Variadic(_) => {
             let mut s = x.to_vec();
             for i in 1..n.inputs.len() {
                 let y = input(i)?;

@@ -743,6 +743,12 @@ pub enum Op {
     Variadic(Variadic),
     /// Element-wise power with broadcasting; inputs X, Y.
     Pow,
+    /// Element-wise remainder with broadcasting; inputs A, B.
+    Mod {
+        /// C `fmod` (result has the sign of the dividend; the only form for floats) rather
+        /// than integer modulo with the sign of the divisor.
+        fmod: bool,
+    },
     /// x if x ≥ 0 else slope·x; inputs X, slope (broadcast to X).
     PRelu,
     /// Select by a boolean condition; inputs condition, X, Y (broadcast together).
@@ -860,6 +866,7 @@ impl Op {
             Op::Compare(c) => c.onnx_name(),
             Op::Variadic(v) => v.onnx_name(),
             Op::Pow => "Pow",
+            Op::Mod { .. } => "Mod",
             Op::PRelu => "PRelu",
             Op::Where => "Where",
             Op::Expand => "Expand",

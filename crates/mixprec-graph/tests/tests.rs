@@ -453,3 +453,93 @@ fn fuzz_regressions_do_not_panic() {
         assert!(outcome.is_ok(), "{} panics", f.display());
     }
 }
+
+/// A tensor whose data lives in `file` at `offset` (external data).
+fn external(name: &str, dims: &[i64], file: &str, offset: usize, len: usize) -> pb::TensorProto {
+    let kv = |k: &str, v: String| pb::StringStringEntryProto {
+        key: k.into(),
+        value: v,
+    };
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: 1,
+        data_location: 1,
+        external_data: vec![
+            kv("location", file.into()),
+            kv("offset", offset.to_string()),
+            kv("length", len.to_string()),
+        ],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn external_data_is_read_next_to_the_model() {
+    // A MatMul weight [3, 2] and a Constant-node bias [2] in one data file (at offsets 16 and
+    // 64, as exporters align them), read relative to the model's folder.
+    let dir = tempfile::tempdir().unwrap();
+    let w: Vec<f32> = vec![1.0, -2.0, 0.5, 4.0, 3.0, -1.5];
+    let b: Vec<f32> = vec![0.25, -0.75];
+    let mut blob = vec![0u8; 16];
+    blob.extend(w.iter().flat_map(|v| v.to_le_bytes()));
+    blob.resize(64, 0);
+    blob.extend(b.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(dir.path().join("m.onnx.data"), &blob).unwrap();
+    let c = pb::NodeProto {
+        output: vec!["b".into()],
+        name: "bias_const".into(),
+        op_type: "Constant".into(),
+        attribute: vec![pb::AttributeProto {
+            name: "value".into(),
+            r#type: 4,
+            t: Some(external("bv", &[2], "m.onnx.data", 64, 8)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let write = |inits: Vec<pb::TensorProto>, c: pb::NodeProto| {
+        let bytes = model_with(
+            vec![
+                c,
+                node("MatMul", "fc", &["x", "w"], &["y0"]),
+                node("Add", "add", &["y0", "b"], &["y"]),
+            ],
+            inits,
+            vec![vi("x", &[1, 3])],
+            "y",
+        );
+        let p = dir.path().join("m.onnx");
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let p = write(
+        vec![external("w", &[3, 2], "m.onnx.data", 16, 24)],
+        c.clone(),
+    );
+    let g = load_onnx(&p).unwrap();
+    let layers = g.layers();
+    assert_eq!(layers.len(), 1);
+    assert_eq!(g.initializers[&layers[0].weight].to_f32(), w);
+    let bias = g.values.iter().position(|v| v.name == "b").unwrap();
+    assert_eq!(g.initializers[&bias].to_f32(), b);
+    // From bytes there is no folder to read from: an error that says to load from the path.
+    let e = import_onnx_bytes(&std::fs::read(&p).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'w'") && e.contains("external file"), "{e}");
+    // A file that is too short, a missing file and a location outside the folder are errors
+    // naming the tensor or the file.
+    let p = write(
+        vec![external("w", &[3, 2], "m.onnx.data", 60, 24)],
+        c.clone(),
+    );
+    let e = load_onnx(&p).unwrap_err().to_string();
+    assert!(e.contains("'w'") && e.contains("shorter"), "{e}");
+    let p = write(vec![external("w", &[3, 2], "gone.data", 0, 24)], c.clone());
+    let e = load_onnx(&p).unwrap_err().to_string();
+    assert!(e.contains("gone.data"), "{e}");
+    let p = write(vec![external("w", &[3, 2], "../m.onnx.data", 16, 24)], c);
+    let e = load_onnx(&p).unwrap_err().to_string();
+    assert!(e.contains("inside the model's folder"), "{e}");
+}
