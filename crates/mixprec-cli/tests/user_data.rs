@@ -2,7 +2,9 @@
 //! Squeeze → Gemm, input [N, T, F]) evaluated, scored and quantized on the user's own arrays
 //! through the real binary.
 
-use mixprec_graph::onnx_proto as pb;
+use mixprec_graph::onnx_build::{
+    self, attr_int, attr_ints, float_info, float_tensor, int64_tensor, node, with_attrs,
+};
 use prost::Message;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -39,135 +41,55 @@ fn weights(n: usize, seed: u32, s: f32) -> Vec<f32> {
         .collect()
 }
 
-fn init(name: &str, dims: &[i64], v: Vec<f32>) -> pb::TensorProto {
-    pb::TensorProto {
-        name: name.into(),
-        dims: dims.to_vec(),
-        data_type: 1,
-        float_data: v,
-        ..Default::default()
-    }
-}
-
-fn vi(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            tensor_type: Some(pb::TypeProtoTensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|d| match d {
-                            Some(v) => pb::Dimension {
-                                dim_value: Some(*v),
-                                ..Default::default()
-                            },
-                            None => pb::Dimension {
-                                dim_param: Some("N".into()),
-                                ..Default::default()
-                            },
-                        })
-                        .collect(),
-                }),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn attr_i(name: &str, i: i64) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: 2,
-        i,
-        ..Default::default()
-    }
-}
-
 /// `seq_major`: the LSTM reads the model input directly as [T, N, F] (no Transpose).
 fn model(dir: &Path, seq_major: bool) -> String {
-    let node =
-        |op: &str, ins: &[&str], outs: &[&str], attrs: Vec<pb::AttributeProto>| pb::NodeProto {
-            input: ins.iter().map(|s| s.to_string()).collect(),
-            output: outs.iter().map(|s| s.to_string()).collect(),
-            name: format!("{op}_node").to_lowercase(),
-            op_type: op.into(),
-            attribute: attrs,
-            ..Default::default()
-        };
-    let perm = pb::AttributeProto {
-        name: "perm".into(),
-        r#type: 7,
-        ints: vec![1, 0, 2],
-        ..Default::default()
-    };
-    let axes = pb::TensorProto {
-        name: "axes".into(),
-        dims: vec![1],
-        data_type: 7,
-        int64_data: vec![0],
-        ..Default::default()
-    };
     let (f, h, c) = (F as i64, H as i64, C as i64);
-    let m = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 14,
-        }],
-        graph: Some(pb::GraphProto {
-            node: if seq_major {
-                vec![node(
-                    "LSTM",
-                    &["x", "w", "r", "b"],
-                    &["", "yh"],
-                    vec![attr_i("hidden_size", h)],
-                )]
-            } else {
-                vec![
-                    node("MatMul", &["x", "wp"], &["xp"], vec![]),
-                    node("Transpose", &["xp"], &["xt"], vec![perm]),
-                    node(
-                        "LSTM",
-                        &["xt", "w", "r", "b"],
-                        &["", "yh"],
-                        vec![attr_i("hidden_size", h)],
-                    ),
-                    node("Squeeze", &["yh", "axes"], &["hn"], vec![]),
-                    node(
-                        "Gemm",
-                        &["hn", "wh", "bh"],
-                        &["logits"],
-                        vec![attr_i("transB", 1)],
-                    ),
-                ]
-            },
-            name: "seq".into(),
-            initializer: vec![
-                init("wp", &[f, f], weights(F * F, 1, 0.8)),
-                init("w", &[1, 4 * h, f], weights(4 * H * F, 2, 0.6)),
-                init("r", &[1, 4 * h, h], weights(4 * H * H, 3, 0.5)),
-                init("b", &[1, 8 * h], weights(8 * H, 4, 0.1)),
-                init("wh", &[c, h], weights(C * H, 5, 1.5)),
-                init("bh", &[c], vec![0.0; C]),
-                axes,
-            ],
-            input: vec![if seq_major {
-                vi("x", &[Some(T as i64), None, Some(f)])
-            } else {
-                vi("x", &[None, Some(T as i64), Some(f)])
-            }],
-            output: vec![if seq_major {
-                vi("yh", &[Some(1), None, Some(h)])
-            } else {
-                vi("logits", &[None, Some(c)])
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
+    let lstm = |x: &str| {
+        with_attrs(
+            node("LSTM", "lstm_node", &[x, "w", "r", "b"], &["", "yh"]),
+            vec![attr_int("hidden_size", h)],
+        )
     };
+    let (nodes, input, output) = if seq_major {
+        (
+            vec![lstm("x")],
+            float_info("x", &[Some(T as i64), None, Some(f)]),
+            float_info("yh", &[Some(1), None, Some(h)]),
+        )
+    } else {
+        (
+            vec![
+                node("MatMul", "matmul_node", &["x", "wp"], &["xp"]),
+                with_attrs(
+                    node("Transpose", "transpose_node", &["xp"], &["xt"]),
+                    vec![attr_ints("perm", &[1, 0, 2])],
+                ),
+                lstm("xt"),
+                node("Squeeze", "squeeze_node", &["yh", "axes"], &["hn"]),
+                with_attrs(
+                    node("Gemm", "gemm_node", &["hn", "wh", "bh"], &["logits"]),
+                    vec![attr_int("transB", 1)],
+                ),
+            ],
+            float_info("x", &[None, Some(T as i64), Some(f)]),
+            float_info("logits", &[None, Some(c)]),
+        )
+    };
+    let m = onnx_build::model(
+        14,
+        nodes,
+        vec![
+            float_tensor("wp", &[f, f], weights(F * F, 1, 0.8)),
+            float_tensor("w", &[1, 4 * h, f], weights(4 * H * F, 2, 0.6)),
+            float_tensor("r", &[1, 4 * h, h], weights(4 * H * H, 3, 0.5)),
+            float_tensor("b", &[1, 8 * h], weights(8 * H, 4, 0.1)),
+            float_tensor("wh", &[c, h], weights(C * H, 5, 1.5)),
+            float_tensor("bh", &[c], vec![0.0; C]),
+            int64_tensor("axes", &[1], vec![0]),
+        ],
+        vec![input],
+        vec![output],
+    );
     let p = dir.join(if seq_major {
         "seq_major.onnx"
     } else {

@@ -6,6 +6,9 @@
 use candle_core::{Device, Tensor};
 use mixprec_exec::Executor;
 use mixprec_graph::ir::{Activation, ActivationKind, Recurrent, RecurrentKind, RnnDirection};
+use mixprec_graph::onnx_build::{
+    self, attr_float, attr_floats, attr_int, attr_string, attr_strings,
+};
 use mixprec_graph::onnx_proto as pb;
 use mixprec_graph::{
     import_onnx_bytes, infer, model_stats, to_model_proto, Dim, Graph, LayerKind, Node, Op,
@@ -855,83 +858,20 @@ fn head_after_lstm_is_a_layer_and_recurrent_weights_are_not() {
 // ---------------------------------------------------------------------------------------------
 // ONNX import / export.
 
-fn attr_i(name: &str, i: i64) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attr_type::INT,
-        i,
-        ..Default::default()
-    }
-}
-fn attr_f(name: &str, f: f32) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attr_type::FLOAT,
-        f,
-        ..Default::default()
-    }
-}
-fn attr_s(name: &str, s: &str) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attr_type::STRING,
-        s: s.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
-fn attr_ss(name: &str, v: &[&str]) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attr_type::STRINGS,
-        strings: v.iter().map(|s| s.as_bytes().to_vec()).collect(),
-        ..Default::default()
-    }
-}
-fn attr_fs(name: &str, v: &[f32]) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attr_type::FLOATS,
-        floats: v.to_vec(),
-        ..Default::default()
-    }
-}
-
 fn tensor(name: &str, dims: &[usize], v: Vec<f32>) -> pb::TensorProto {
-    pb::TensorProto {
-        name: name.into(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: 1,
-        float_data: v,
-        ..Default::default()
-    }
+    let dims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+    onnx_build::float_tensor(name, &dims, v)
 }
 
 fn value_info(name: &str, dims: &[Result<usize, &str>]) -> pb::ValueInfoProto {
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            tensor_type: Some(pb::TypeProtoTensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|d| match d {
-                            Ok(v) => pb::Dimension {
-                                dim_value: Some(*v as i64),
-                                ..Default::default()
-                            },
-                            Err(p) => pb::Dimension {
-                                dim_param: Some(p.to_string()),
-                                ..Default::default()
-                            },
-                        })
-                        .collect(),
-                }),
-            }),
-            ..Default::default()
+    onnx_build::value_info(
+        name,
+        1,
+        dims.iter().map(|d| match d {
+            Ok(v) => onnx_build::dim(*v as i64),
+            Err(p) => onnx_build::sym(p),
         }),
-        ..Default::default()
-    }
+    )
 }
 
 /// A bidirectional batch-first LSTM as an exporter writes it: Y omitted (empty name), Y_h and
@@ -986,12 +926,12 @@ fn lstm_onnx(attrs: Vec<pb::AttributeProto>, outputs: &[&str]) -> Vec<u8> {
 
 fn full_attrs() -> Vec<pb::AttributeProto> {
     vec![
-        attr_i("hidden_size", 2),
-        attr_s("direction", "bidirectional"),
-        attr_i("layout", 1),
-        attr_f("clip", 2.5),
-        attr_i("input_forget", 1),
-        attr_ss(
+        attr_int("hidden_size", 2),
+        attr_string("direction", "bidirectional"),
+        attr_int("layout", 1),
+        attr_float("clip", 2.5),
+        attr_int("input_forget", 1),
+        attr_strings(
             "activations",
             &[
                 "HardSigmoid",
@@ -1002,8 +942,8 @@ fn full_attrs() -> Vec<pb::AttributeProto> {
                 "Softsign",
             ],
         ),
-        attr_fs("activation_alpha", &[0.3, 0.05, 0.9]),
-        attr_fs("activation_beta", &[0.45]),
+        attr_floats("activation_alpha", &[0.3, 0.05, 0.9]),
+        attr_floats("activation_beta", &[0.45]),
     ]
 }
 
@@ -1070,8 +1010,8 @@ fn import_export_roundtrip_keeps_attributes_and_results() {
     // Defaults survive too (forward, no attributes but hidden_size): default activations.
     let g = import_onnx_bytes(&lstm_onnx(
         vec![
-            attr_i("hidden_size", 2),
-            attr_s("direction", "bidirectional"),
+            attr_int("hidden_size", 2),
+            attr_string("direction", "bidirectional"),
         ],
         &["Y"],
     ))
@@ -1087,8 +1027,8 @@ fn import_export_roundtrip_keeps_attributes_and_results() {
 fn unsupported_attributes_are_clear_import_errors() {
     let with = |extra: Vec<pb::AttributeProto>| {
         let mut attrs = vec![
-            attr_i("hidden_size", 2),
-            attr_s("direction", "bidirectional"),
+            attr_int("hidden_size", 2),
+            attr_string("direction", "bidirectional"),
         ];
         for e in extra {
             attrs.retain(|a| a.name != e.name);
@@ -1101,31 +1041,31 @@ fn unsupported_attributes_are_clear_import_errors() {
     };
     for (extra, needle) in [
         (
-            vec![attr_s("direction", "sideways")],
+            vec![attr_string("direction", "sideways")],
             "direction 'sideways'",
         ),
-        (vec![attr_i("layout", 2)], "layout 2"),
+        (vec![attr_int("layout", 2)], "layout 2"),
         (
-            vec![attr_ss(
+            vec![attr_strings(
                 "activations",
                 &["Gelu", "Tanh", "Tanh", "Sigmoid", "Tanh", "Tanh"],
             )],
             "activation 'Gelu' is not supported",
         ),
         (
-            vec![attr_ss("activations", &["Sigmoid", "Tanh", "Tanh"])],
+            vec![attr_strings("activations", &["Sigmoid", "Tanh", "Tanh"])],
             "needs 6",
         ),
         (
-            vec![attr_ss(
+            vec![attr_strings(
                 "activations",
                 &["Affine", "Tanh", "Tanh", "Sigmoid", "Tanh", "Tanh"],
             )],
             "activation_alpha",
         ),
-        (vec![attr_f("clip", -1.0)], "clip"),
-        (vec![attr_i("linear_before_reset", 1)], "GRU only"),
-        (vec![attr_i("hidden_size", 0)], "hidden_size"),
+        (vec![attr_float("clip", -1.0)], "clip"),
+        (vec![attr_int("linear_before_reset", 1)], "GRU only"),
+        (vec![attr_int("hidden_size", 0)], "hidden_size"),
     ] {
         let err = with(extra);
         assert!(
@@ -1135,7 +1075,7 @@ fn unsupported_attributes_are_clear_import_errors() {
     }
     // hidden_size is read from R when absent.
     let g = import_onnx_bytes(&lstm_onnx(
-        vec![attr_s("direction", "bidirectional")],
+        vec![attr_string("direction", "bidirectional")],
         &["Y"],
     ))
     .unwrap();

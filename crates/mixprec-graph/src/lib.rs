@@ -9,6 +9,7 @@ pub mod export;
 pub mod import;
 pub mod infer;
 pub mod ir;
+pub mod onnx_build;
 pub mod onnx_proto;
 pub mod shape;
 pub mod tensor;

@@ -4,37 +4,12 @@
 //! sub-graphs, and export → import round trips.
 
 use mixprec_graph::ir::{Reduce, Unary};
+use mixprec_graph::onnx_build::{
+    self, attr_float, attr_int, attr_ints, attr_string, float_info, node, with_attrs,
+};
 use mixprec_graph::onnx_proto as pb;
 use mixprec_graph::*;
 use prost::Message;
-
-fn vi(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            tensor_type: Some(pb::TypeProtoTensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|d| match d {
-                            Some(v) => pb::Dimension {
-                                dim_value: Some(*v),
-                                ..Default::default()
-                            },
-                            None => pb::Dimension {
-                                dim_param: Some("N".into()),
-                                ..Default::default()
-                            },
-                        })
-                        .collect(),
-                }),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 fn fixed(dims: &[i64]) -> Vec<Option<i64>> {
     dims.iter().map(|&d| Some(d)).collect()
@@ -47,74 +22,8 @@ fn model(
     inputs: Vec<pb::ValueInfoProto>,
     outs: &[&str],
 ) -> Vec<u8> {
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: opset,
-        }],
-        graph: Some(pb::GraphProto {
-            node: nodes,
-            name: "t".into(),
-            initializer: inits,
-            input: inputs,
-            output: outs.iter().map(|o| vi(o, &[])).collect(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
-
-fn node(op: &str, name: &str, ins: &[&str], outs: &[&str]) -> pb::NodeProto {
-    pb::NodeProto {
-        input: ins.iter().map(|s| s.to_string()).collect(),
-        output: outs.iter().map(|s| s.to_string()).collect(),
-        name: name.into(),
-        op_type: op.into(),
-        ..Default::default()
-    }
-}
-
-fn with(mut n: pb::NodeProto, attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
-    n.attribute = attrs;
-    n
-}
-
-fn ai(name: &str, i: i64) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attr_type::INT,
-        i,
-        ..Default::default()
-    }
-}
-
-fn af(name: &str, f: f32) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attr_type::FLOAT,
-        f,
-        ..Default::default()
-    }
-}
-
-fn aints(name: &str, v: &[i64]) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attr_type::INTS,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn astr(name: &str, s: &str) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attr_type::STRING,
-        s: s.as_bytes().to_vec(),
-        ..Default::default()
-    }
+    let outs = outs.iter().map(|o| float_info(o, &[])).collect();
+    onnx_build::model(opset, nodes, inits, inputs, outs).encode_to_vec()
 }
 
 fn ints(name: &str, v: &[i64]) -> pb::TensorProto {
@@ -137,22 +46,22 @@ fn shapes_of(g: &Graph, input: Vec<usize>, names: &[&str]) -> Vec<Vec<usize>> {
 fn reduce_axes_attribute_and_input_forms_agree() {
     let attr_form = model(
         13,
-        vec![with(
+        vec![with_attrs(
             node("ReduceMean", "rm", &["x"], &["y"]),
-            vec![aints("axes", &[1]), ai("keepdims", 0)],
+            vec![attr_ints("axes", &[1]), attr_int("keepdims", 0)],
         )],
         vec![],
-        vec![vi("x", &fixed(&[2, 3, 4]))],
+        vec![float_info("x", &fixed(&[2, 3, 4]))],
         &["y"],
     );
     let input_form = model(
         18,
-        vec![with(
+        vec![with_attrs(
             node("ReduceMean", "rm", &["x", "ax"], &["y"]),
-            vec![ai("keepdims", 0)],
+            vec![attr_int("keepdims", 0)],
         )],
         vec![ints("ax", &[1])],
-        vec![vi("x", &fixed(&[2, 3, 4]))],
+        vec![float_info("x", &fixed(&[2, 3, 4]))],
         &["y"],
     );
     for bytes in [attr_form, input_form] {
@@ -170,12 +79,12 @@ fn reduce_axes_attribute_and_input_forms_agree() {
     // ReduceSum took axes as an input from opset 13: an attribute there is an error.
     let bad = model(
         13,
-        vec![with(
+        vec![with_attrs(
             node("ReduceSum", "rs7", &["x"], &["y"]),
-            vec![aints("axes", &[1])],
+            vec![attr_ints("axes", &[1])],
         )],
         vec![],
-        vec![vi("x", &fixed(&[2, 3]))],
+        vec![float_info("x", &fixed(&[2, 3]))],
         &["y"],
     );
     let e = import_onnx_bytes(&bad).unwrap_err().to_string();
@@ -184,12 +93,12 @@ fn reduce_axes_attribute_and_input_forms_agree() {
     for (noop, want) in [(1, vec![2, 3]), (0, vec![1, 1])] {
         let g = import_onnx_bytes(&model(
             13,
-            vec![with(
+            vec![with_attrs(
                 node("ReduceSum", "rs", &["x"], &["y"]),
-                vec![ai("noop_with_empty_axes", noop)],
+                vec![attr_int("noop_with_empty_axes", noop)],
             )],
             vec![],
-            vec![vi("x", &fixed(&[2, 3]))],
+            vec![float_info("x", &fixed(&[2, 3]))],
             &["y"],
         ))
         .unwrap();
@@ -203,22 +112,22 @@ fn split_forms_by_opset() {
     let cases = [
         model(
             11,
-            vec![with(
+            vec![with_attrs(
                 node("Split", "sp", &["x"], &outs),
-                vec![ai("axis", 1), aints("split", &[1, 3])],
+                vec![attr_int("axis", 1), attr_ints("split", &[1, 3])],
             )],
             vec![],
-            vec![vi("x", &fixed(&[2, 4]))],
+            vec![float_info("x", &fixed(&[2, 4]))],
             &outs,
         ),
         model(
             13,
-            vec![with(
+            vec![with_attrs(
                 node("Split", "sp", &["x", "s"], &outs),
-                vec![ai("axis", -1)],
+                vec![attr_int("axis", -1)],
             )],
             vec![ints("s", &[1, 3])],
-            vec![vi("x", &fixed(&[2, 4]))],
+            vec![float_info("x", &fixed(&[2, 4]))],
             &outs,
         ),
     ];
@@ -233,12 +142,12 @@ fn split_forms_by_opset() {
     let three = ["a", "b", "c"];
     let g = import_onnx_bytes(&model(
         18,
-        vec![with(
+        vec![with_attrs(
             node("Split", "sp", &["x"], &three),
-            vec![ai("num_outputs", 3)],
+            vec![attr_int("num_outputs", 3)],
         )],
         vec![],
-        vec![vi("x", &fixed(&[7]))],
+        vec![float_info("x", &fixed(&[7]))],
         &three,
     ))
     .unwrap();
@@ -248,12 +157,12 @@ fn split_forms_by_opset() {
     );
     let e = import_onnx_bytes(&model(
         18,
-        vec![with(
+        vec![with_attrs(
             node("Split", "split_bad", &["x"], &outs),
-            vec![ai("num_outputs", 3)],
+            vec![attr_int("num_outputs", 3)],
         )],
         vec![],
-        vec![vi("x", &fixed(&[7]))],
+        vec![float_info("x", &fixed(&[7]))],
         &outs,
     ))
     .unwrap_err()
@@ -264,7 +173,7 @@ fn split_forms_by_opset() {
         13,
         vec![node("Split", "sp_uneven", &["x"], &outs)],
         vec![],
-        vec![vi("x", &fixed(&[5]))],
+        vec![float_info("x", &fixed(&[5]))],
         &outs,
     ))
     .unwrap();
@@ -280,9 +189,9 @@ fn symbolic_batch_flows_through_shape_subgraphs() {
         13,
         vec![
             node("Shape", "shape", &["x"], &["s"]),
-            with(
+            with_attrs(
                 node("ReduceProd", "numel", &["s"], &["n"]),
-                vec![ai("keepdims", 0)],
+                vec![attr_int("keepdims", 0)],
             ),
             node("Range", "range", &["zero", "n", "one"], &["r"]),
             node("Less", "less", &["r", "four"], &["m"]),
@@ -297,7 +206,7 @@ fn symbolic_batch_flows_through_shape_subgraphs() {
             export::tensor_to_proto("b", &Tensor::f32(vec![3], vec![1., 2., 3.]).unwrap()),
             ints("reps", &[2, 1]),
         ],
-        vec![vi("x", &[None, Some(3)])],
+        vec![float_info("x", &[None, Some(3)])],
         &["w", "e", "t"],
     );
     let g = import_onnx_bytes(&bytes).unwrap();
@@ -326,9 +235,9 @@ fn constant_subgraphs_fold_at_import() {
             node("Not", "not", &["m"], &["nm"]),
             node("Where", "where", &["nm", "rf", "neg"], &["w"]),
             node("Pow", "pow", &["w", "two"], &["p"]),
-            with(
+            with_attrs(
                 node("ReduceSum", "sum", &["p", "ax"], &["y"]),
-                vec![ai("keepdims", 0)],
+                vec![attr_int("keepdims", 0)],
             ),
         ],
         vec![
@@ -346,7 +255,7 @@ fn constant_subgraphs_fold_at_import() {
     // Cast needs its `to`; rebuild the node with it.
     let mut m = pb::ModelProto::decode(bytes.as_slice()).unwrap();
     let gp = m.graph.as_mut().unwrap();
-    gp.node[1].attribute = vec![ai("to", 1)];
+    gp.node[1].attribute = vec![attr_int("to", 1)];
     let g = import_onnx_bytes(&m.encode_to_vec()).unwrap();
     assert!(g.nodes.is_empty(), "left: {:?}", g.nodes);
     let y = &g.initializers[&g.value_id("y").unwrap()];
@@ -358,9 +267,9 @@ fn constant_subgraphs_fold_at_import() {
 fn attribute_errors_name_the_node() {
     let cases: [(pb::NodeProto, &str); 3] = [
         (
-            with(
+            with_attrs(
                 node("Gelu", "gelu_fast", &["x"], &["y"]),
-                vec![astr("approximate", "fast")],
+                vec![attr_string("approximate", "fast")],
             ),
             "approximate",
         ),
@@ -381,7 +290,7 @@ fn attribute_errors_name_the_node() {
             20,
             vec![n],
             vec![],
-            vec![vi("x", &fixed(&[2]))],
+            vec![float_info("x", &fixed(&[2]))],
             &["y"],
         ))
         .unwrap_err()
@@ -393,31 +302,34 @@ fn attribute_errors_name_the_node() {
 #[test]
 fn export_round_trip_keeps_operators_and_attributes() {
     let nodes = vec![
-        with(node("Elu", "elu", &["x"], &["a"]), vec![af("alpha", 0.5)]),
-        with(
+        with_attrs(
+            node("Elu", "elu", &["x"], &["a"]),
+            vec![attr_float("alpha", 0.5)],
+        ),
+        with_attrs(
             node("Gelu", "gelu", &["a"], &["b"]),
-            vec![astr("approximate", "tanh")],
+            vec![attr_string("approximate", "tanh")],
         ),
-        with(
+        with_attrs(
             node("HardSigmoid", "hs", &["b"], &["c"]),
-            vec![af("alpha", 0.3), af("beta", 0.4)],
+            vec![attr_float("alpha", 0.3), attr_float("beta", 0.4)],
         ),
-        with(
+        with_attrs(
             node("LayerNormalization", "ln", &["c", "scale"], &["d"]),
-            vec![ai("axis", -1), af("epsilon", 1e-3)],
+            vec![attr_int("axis", -1), attr_float("epsilon", 1e-3)],
         ),
-        with(
+        with_attrs(
             node("Split", "split", &["d"], &["e", "f"]),
-            vec![ai("axis", 1), ai("num_outputs", 2)],
+            vec![attr_int("axis", 1), attr_int("num_outputs", 2)],
         ),
         node("Max", "max", &["e", "f", "c"], &["g"]),
-        with(
+        with_attrs(
             node("ReduceL2", "l2", &["g", "ax"], &["h"]),
-            vec![ai("keepdims", 0)],
+            vec![attr_int("keepdims", 0)],
         ),
-        with(
+        with_attrs(
             node("ArgMax", "am", &["g"], &["i"]),
-            vec![ai("axis", 1), ai("select_last_index", 1)],
+            vec![attr_int("axis", 1), attr_int("select_last_index", 1)],
         ),
         node("PRelu", "prelu", &["h", "slope"], &["j"]),
     ];
@@ -429,7 +341,7 @@ fn export_round_trip_keeps_operators_and_attributes() {
             export::tensor_to_proto("slope", &Tensor::f32(vec![1], vec![0.1]).unwrap()),
             ints("ax", &[-1]),
         ],
-        vec![vi("x", &[None, Some(2), Some(4)])],
+        vec![float_info("x", &[None, Some(2), Some(4)])],
         &["i", "j"],
     );
     let g = import_onnx_bytes(&bytes).unwrap();
@@ -455,12 +367,12 @@ fn export_round_trip_keeps_operators_and_attributes() {
     // Opset 13 attribute forms re-export in the input form at the opset that reads it.
     let g = import_onnx_bytes(&model(
         13,
-        vec![with(
+        vec![with_attrs(
             node("ReduceMax", "rmax", &["x"], &["y"]),
-            vec![aints("axes", &[0])],
+            vec![attr_ints("axes", &[0])],
         )],
         vec![],
-        vec![vi("x", &fixed(&[2, 3]))],
+        vec![float_info("x", &fixed(&[2, 3]))],
         &["y"],
     ))
     .unwrap();
@@ -484,12 +396,12 @@ fn upsample_and_resize_forms_import_infer_and_round_trip() {
     // Opset 7 Upsample with a scales attribute: nearest, asymmetric, floor.
     let g = import_onnx_bytes(&model(
         7,
-        vec![with(
+        vec![with_attrs(
             node("Upsample", "up", &["x"], &["y"]),
             vec![af32("scales", &[1.0, 1.0, 2.0, 3.0])],
         )],
         vec![],
-        vec![vi("x", &[None, Some(2), Some(3), Some(4)])],
+        vec![float_info("x", &[None, Some(2), Some(3), Some(4)])],
         &["y"],
     ))
     .unwrap();
@@ -505,17 +417,17 @@ fn upsample_and_resize_forms_import_infer_and_round_trip() {
     // Opset 13 Resize with sizes, exported and imported again.
     let g = import_onnx_bytes(&model(
         13,
-        vec![with(
+        vec![with_attrs(
             node("Resize", "rs", &["x", "", "", "sz"], &["y"]),
             vec![
-                astr("mode", "cubic"),
-                astr("coordinate_transformation_mode", "align_corners"),
-                af("cubic_coeff_a", -0.5),
-                ai("exclude_outside", 1),
+                attr_string("mode", "cubic"),
+                attr_string("coordinate_transformation_mode", "align_corners"),
+                attr_float("cubic_coeff_a", -0.5),
+                attr_int("exclude_outside", 1),
             ],
         )],
         vec![ints("sz", &[1, 2, 5, 9])],
-        vec![vi("x", &fixed(&[1, 2, 3, 4]))],
+        vec![float_info("x", &fixed(&[1, 2, 3, 4]))],
         &["y"],
     ))
     .unwrap();
@@ -528,15 +440,18 @@ fn upsample_and_resize_forms_import_infer_and_round_trip() {
     // Unsupported modes are import errors naming the node.
     let e = import_onnx_bytes(&model(
         13,
-        vec![with(
+        vec![with_attrs(
             node("Resize", "crop7", &["x", "roi", "sc"], &["y"]),
-            vec![astr("coordinate_transformation_mode", "tf_crop_and_resize")],
+            vec![attr_string(
+                "coordinate_transformation_mode",
+                "tf_crop_and_resize",
+            )],
         )],
         vec![],
         vec![
-            vi("x", &fixed(&[1, 4])),
-            vi("roi", &fixed(&[4])),
-            vi("sc", &fixed(&[2])),
+            float_info("x", &fixed(&[1, 4])),
+            float_info("roi", &fixed(&[4])),
+            float_info("sc", &fixed(&[2])),
         ],
         &["y"],
     ))
@@ -553,17 +468,17 @@ fn conv_transpose_shapes_and_round_trip() {
     let w = export::tensor_to_proto("w", &Tensor::f32(vec![4, 3, 3, 3], vec![0.1; 108]).unwrap());
     let g = import_onnx_bytes(&model(
         13,
-        vec![with(
+        vec![with_attrs(
             node("ConvTranspose", "up", &["x", "w"], &["y"]),
             vec![
-                aints("strides", &[2, 2]),
-                aints("pads", &[1, 1, 0, 0]),
-                aints("output_padding", &[1, 0]),
-                ai("group", 2),
+                attr_ints("strides", &[2, 2]),
+                attr_ints("pads", &[1, 1, 0, 0]),
+                attr_ints("output_padding", &[1, 0]),
+                attr_int("group", 2),
             ],
         )],
         vec![w],
-        vec![vi("x", &[None, Some(4), Some(5), Some(6)])],
+        vec![float_info("x", &[None, Some(4), Some(5), Some(6)])],
         &["y"],
     ))
     .unwrap();

@@ -1,5 +1,6 @@
 //! Integration tests of mixprec-graph on the real models and on hand-built protobufs.
 
+use mixprec_graph::onnx_build::{self, node};
 use mixprec_graph::onnx_proto as pb;
 use mixprec_graph::*;
 use prost::Message;
@@ -100,25 +101,7 @@ fn truncated_and_random_bytes_are_clear_errors() {
 }
 
 fn vi(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            tensor_type: Some(pb::TypeProtoTensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| pb::Dimension {
-                            dim_value: Some(d),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    onnx_build::value_info(name, 1, dims.iter().map(|&d| onnx_build::dim(d)))
 }
 
 fn model_with(
@@ -127,33 +110,7 @@ fn model_with(
     inputs: Vec<pb::ValueInfoProto>,
     out: &str,
 ) -> Vec<u8> {
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(pb::GraphProto {
-            node: nodes,
-            name: "t".into(),
-            initializer: inits,
-            input: inputs,
-            output: vec![vi(out, &[])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
-
-fn node(op: &str, name: &str, ins: &[&str], outs: &[&str]) -> pb::NodeProto {
-    pb::NodeProto {
-        input: ins.iter().map(|s| s.to_string()).collect(),
-        output: outs.iter().map(|s| s.to_string()).collect(),
-        name: name.into(),
-        op_type: op.into(),
-        ..Default::default()
-    }
+    onnx_build::model(13, nodes, inits, inputs, vec![vi(out, &[])]).encode_to_vec()
 }
 
 #[test]
