@@ -570,32 +570,28 @@ fn eval_inner(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Option<Vec<Tensor>>
                 Op::Where => {
                     let c = ts[0].to_i64();
                     let (a, b) = (ts[1], ts[2]);
+                    // Element k takes a or b at their broadcast positions, by c.
+                    fn pick<T: Copy>(
+                        c: &[i64],
+                        a: &[T],
+                        b: &[T],
+                        idx: &[Vec<usize>],
+                        len: usize,
+                    ) -> Vec<T> {
+                        (0..len)
+                            .map(|k| {
+                                if c[idx[0][k]] != 0 {
+                                    a[idx[1][k]]
+                                } else {
+                                    b[idx[2][k]]
+                                }
+                            })
+                            .collect()
+                    }
                     if !a.is_float() && !b.is_float() {
-                        let (av, bv) = (a.to_i64(), b.to_i64());
-                        TensorData::I64(
-                            (0..len)
-                                .map(|k| {
-                                    if c[idx[0][k]] != 0 {
-                                        av[idx[1][k]]
-                                    } else {
-                                        bv[idx[2][k]]
-                                    }
-                                })
-                                .collect(),
-                        )
+                        TensorData::I64(pick(&c, &a.to_i64(), &b.to_i64(), &idx, len))
                     } else {
-                        let (av, bv) = (a.to_f32(), b.to_f32());
-                        TensorData::F32(
-                            (0..len)
-                                .map(|k| {
-                                    if c[idx[0][k]] != 0 {
-                                        av[idx[1][k]]
-                                    } else {
-                                        bv[idx[2][k]]
-                                    }
-                                })
-                                .collect(),
-                        )
+                        TensorData::F32(pick(&c, &a.to_f32(), &b.to_f32(), &idx, len))
                     }
                 }
                 Op::Compare(cmp) => {
