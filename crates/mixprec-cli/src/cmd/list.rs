@@ -18,6 +18,11 @@ pub fn run(_: Args) -> Result<()> {
         println!("  {:<14} {} ({c}×{h}×{w})", k.as_str(), k.display_name());
     }
     println!(
+        "  {:<14} the embedded 1,000-image MNIST test subset (1×28×28)\n  {:<14} your own arrays: x (samples, batch first, any shape and numeric type) and y (integer labels); or a folder with x.npy and y.npy",
+        crate::cmd::data::EMBEDDED,
+        "FILE.npz"
+    );
+    println!(
         "\nONNX operators (opsets 7–21):\n  {}",
         mixprec_graph::SUPPORTED_OPS.join(", ")
     );
