@@ -724,48 +724,41 @@ impl Plan {
                     rename(&mut p, &mut slot_uses, s);
                     slot.insert(out_v, s);
                 }
-                Op::Add => {
+                Op::Add | Op::Mul => {
                     let &[(_, av, a), (_, bv, b)] = rt.as_slice() else {
                         return Err(unsupported(node, "needs two operands"));
                     };
                     let (sa, sb) = (sample(av)?, sample(bv)?);
-                    let (a, b, b_inner) = broadcast_pair(node, (a, &sa), (b, &sb), "adds")?;
+                    let add = matches!(node.op, Op::Add);
+                    let verb = if add { "adds" } else { "multiplies" };
+                    let (a, b, inner) = broadcast_pair(node, (a, &sa), (b, &sb), verb)?;
+                    let name = node.name.clone();
                     let o = produce(
                         &mut p,
                         &mut slot_uses,
                         &mut producer,
                         out_tensor(out_v, out_shape),
                         uses[out_v],
-                        |o| FStep::Add {
-                            name: node.name.clone(),
-                            a,
-                            b,
-                            output: o,
-                            lo: None,
-                            hi: None,
-                            b_inner,
-                        },
-                    );
-                    slot.insert(out_v, o);
-                }
-                Op::Mul => {
-                    let &[(_, av, a), (_, bv, b)] = rt.as_slice() else {
-                        return Err(unsupported(node, "needs two operands"));
-                    };
-                    let (sa, sb) = (sample(av)?, sample(bv)?);
-                    let (a, b, inner) = broadcast_pair(node, (a, &sa), (b, &sb), "multiplies")?;
-                    let o = produce(
-                        &mut p,
-                        &mut slot_uses,
-                        &mut producer,
-                        out_tensor(out_v, out_shape),
-                        uses[out_v],
-                        |o| FStep::Mul {
-                            name: node.name.clone(),
-                            a,
-                            b,
-                            output: o,
-                            inner,
+                        |output| {
+                            if add {
+                                FStep::Add {
+                                    name,
+                                    a,
+                                    b,
+                                    output,
+                                    lo: None,
+                                    hi: None,
+                                    b_inner: inner,
+                                }
+                            } else {
+                                FStep::Mul {
+                                    name,
+                                    a,
+                                    b,
+                                    output,
+                                    inner,
+                                }
+                            }
                         },
                     );
                     slot.insert(out_v, o);
