@@ -214,7 +214,7 @@ impl Session {
         let layers = exec.graph().layers();
         if layers.is_empty() {
             bail!(
-                "{} has no Conv, Gemm or MatMul layer with constant weights to quantize",
+                "{} has no Conv, Gemm, MatMul or recurrent layer with constant weights to quantize",
                 a.model
             );
         }
@@ -293,7 +293,13 @@ impl Session {
                 .iter()
                 .find(|s| s.name == l.name)
                 .with_context(|| format!("no accounting for layer '{}'", l.name))?;
-            let w = g.initializers[&l.weight].to_f32();
+            // Statistics over every quantized weight of the layer (W and R when recurrent).
+            let w: Vec<f32> = g
+                .layer_weights(l)
+                .iter()
+                .filter_map(|v| g.initializers.get(v))
+                .flat_map(|t| t.to_f32())
+                .collect();
             let mut info = LayerInfo::new(l.name.clone(), s.weights, s.macs, s.input_elems);
             info.out_channels = match self.granularity {
                 Granularity::Channel => {

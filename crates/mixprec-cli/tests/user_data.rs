@@ -99,6 +99,100 @@ fn model(dir: &Path, seq_major: bool) -> String {
     p.to_str().unwrap().to_string()
 }
 
+/// The float graph of a QDQ export: weight and bias `DequantizeLinear` nodes (int8 / int32
+/// codes, per tensor or per `axis`) become float initializers, activation Q/DQ pairs are bypassed. Also returns
+/// the innermost rows of the dequantized tensor `rows_of`.
+fn strip_qdq(
+    g: &mixprec_graph::onnx_proto::GraphProto,
+    rows_of: &str,
+) -> (mixprec_graph::onnx_proto::GraphProto, Vec<Vec<f32>>) {
+    use mixprec_graph::onnx_proto as pb;
+    use std::collections::BTreeMap;
+    let inits: BTreeMap<String, pb::TensorProto> = g
+        .initializer
+        .iter()
+        .map(|t| (t.name.clone(), t.clone()))
+        .collect();
+    let mut out = g.clone();
+    out.node.clear();
+    let mut alias: BTreeMap<String, String> = BTreeMap::new();
+    let mut rows = Vec::new();
+    for n in &g.node {
+        match n.op_type.as_str() {
+            "QuantizeLinear" => {
+                alias.insert(n.output[0].clone(), n.input[0].clone());
+            }
+            "DequantizeLinear" if inits.contains_key(&n.input[0]) => {
+                let q = &inits[&n.input[0]];
+                let codes: Vec<i64> = match q.data_type {
+                    pb::data_type::INT8 => q.raw_data.iter().map(|&b| b as i8 as i64).collect(),
+                    pb::data_type::INT32 => q
+                        .raw_data
+                        .chunks(4)
+                        .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+                        .collect(),
+                    other => panic!("{}: unexpected code type {other}", q.name),
+                };
+                let scale: Vec<f32> = inits[&n.input[1]]
+                    .raw_data
+                    .chunks(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                let zp: Vec<i64> = n.input.get(2).map_or(vec![0; scale.len()], |z| {
+                    inits[z].raw_data.iter().map(|&b| b as i8 as i64).collect()
+                });
+                let dims: Vec<usize> = q.dims.iter().map(|&d| d as usize).collect();
+                let axis = n
+                    .attribute
+                    .iter()
+                    .find(|a| a.name == "axis")
+                    .map(|a| a.i as usize)
+                    .unwrap_or(1);
+                let inner: usize = dims.get(axis + 1..).map_or(1, |d| d.iter().product());
+                let vals: Vec<f32> = codes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &c)| {
+                        let b = if scale.len() == 1 {
+                            0
+                        } else {
+                            (i / inner) % dims[axis]
+                        };
+                        (c - zp[b]) as f32 * scale[b]
+                    })
+                    .collect();
+                if n.output[0] == rows_of {
+                    rows = vals
+                        .chunks(*dims.last().unwrap())
+                        .map(|r| r.to_vec())
+                        .collect();
+                }
+                out.initializer.push(pb::TensorProto {
+                    name: n.output[0].clone(),
+                    dims: q.dims.clone(),
+                    data_type: pb::data_type::FLOAT,
+                    raw_data: vals.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    ..Default::default()
+                });
+            }
+            "DequantizeLinear" => {
+                let src = alias[&n.input[0]].clone();
+                alias.insert(n.output[0].clone(), src);
+            }
+            _ => {
+                let mut n = n.clone();
+                for i in &mut n.input {
+                    if let Some(a) = alias.get(i) {
+                        *i = a.clone();
+                    }
+                }
+                out.node.push(n);
+            }
+        }
+    }
+    (out, rows)
+}
+
 /// A version-1 .npy file of row-major data.
 fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
@@ -161,8 +255,8 @@ fn sequence_model_on_user_arrays() {
     // sample shape would not).
     let out = ok(&run(&["eval", &m, "--data", arrays.to_str().unwrap()]));
     assert!(out.contains("top-1 100.00 %"), "{out}");
-    // Hessian traces: the projection before the LSTM by Hutchinson (weights and input
-    // activations), the head exactly.
+    // Hessian traces: the projection before the LSTM and the LSTM (a layer: W and R are
+    // constant) by Hutchinson (weights and input activations), the head exactly.
     let out = ok(&run(&[
         "sensitivity",
         "--model",
@@ -185,14 +279,73 @@ fn sequence_model_on_user_arrays() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert_eq!(layers, ["matmul_node", "gemm_node"]);
+    assert_eq!(layers, ["matmul_node", "lstm_node", "gemm_node"]);
     let d = &t["details"];
     assert_eq!(d[0]["exact"], 0.0);
-    assert_eq!(d[1]["exact"], 1.0);
-    for k in 0..2 {
+    assert_eq!(d[1]["exact"], 0.0);
+    assert_eq!(d[2]["exact"], 1.0);
+    for k in 0..3 {
         assert!(d[k]["trace"].as_f64().unwrap() > 0.0, "{d}");
         assert!(d[k]["input_trace"].as_f64().unwrap() > 0.0, "{d}");
     }
+    // Mixed precision with the LSTM as a layer: its W and R take the chosen bit-width.
+    let qdir = dir.path().join("quantized");
+    ok(&run(&[
+        "quantize",
+        "--model",
+        &m,
+        "--data",
+        arrays.to_str().unwrap(),
+        "--budget",
+        "wbits=4",
+        "--options",
+        "w2,w4,w8",
+        "--metric",
+        "kl",
+        "--out",
+        qdir.to_str().unwrap(),
+    ]));
+    let policy: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(qdir.join("policy.json")).unwrap()).unwrap();
+    let ptext = policy.to_string();
+    for l in ["matmul_node", "lstm_node", "gemm_node"] {
+        assert!(ptext.contains(l), "{l} missing from {ptext}");
+    }
+    // The QDQ export dequantizes both LSTM weights and loads back with mixprec.
+    let qm = qdir.join("model.onnx");
+    let proto =
+        mixprec_graph::onnx_proto::ModelProto::decode(std::fs::read(&qm).unwrap().as_slice())
+            .unwrap();
+    let gp = proto.graph.clone().unwrap();
+    let lstm = gp.node.iter().find(|n| n.op_type == "LSTM").unwrap();
+    assert_eq!(lstm.input[1], "lstm_node::weight_dequantized");
+    assert_eq!(lstm.input[2], "lstm_node::recurrence_dequantized");
+    // mixprec reads float graphs: with the weight codes dequantized into float initializers
+    // and the activation Q/DQ pairs bypassed, the export loads and evaluates.
+    let (float, r_rows) = strip_qdq(&gp, "lstm_node::recurrence_dequantized");
+    // R [1, 4H, H] holds quantized values: not the float ones, within half a step (at
+    // most half the largest magnitude, for 2 to 8 bits symmetric) of them.
+    assert_eq!(r_rows.len(), 4 * H);
+    let rq: Vec<f32> = r_rows.concat();
+    let rf = weights(4 * H * H, 3, 0.5);
+    assert_ne!(rq, rf);
+    let max = rf.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    for (q, f) in rq.iter().zip(&rf) {
+        assert!((q - f).abs() <= 0.5 * max + 1e-6, "{q} vs {f}");
+    }
+    let mut m2 = proto.clone();
+    m2.graph = Some(float);
+    let sp = dir.path().join("stripped.onnx");
+    std::fs::write(&sp, m2.encode_to_vec()).unwrap();
+    let back = mixprec_graph::load_onnx(&sp).unwrap();
+    assert!(back.nodes.iter().any(|n| n.op.onnx_name() == "LSTM"));
+    let out = ok(&run(&[
+        "eval",
+        sp.to_str().unwrap(),
+        "--data",
+        arrays.to_str().unwrap(),
+    ]));
+    assert!(out.contains("top-1"), "{out}");
     // A model whose input is [sequence, batch, features] (LSTM layout 0 on the input) is an
     // error naming the input and the node, not sequences cut from the batch axis.
     let sm = model(dir.path(), true);

@@ -6,7 +6,7 @@ use crate::ops;
 use crate::ops_onnx;
 use candle_core::{DType, Device, Tensor, Var};
 use mixprec_graph::shape::{norm_axis, pad_amounts, reduce_axes, slice_ranges};
-use mixprec_graph::{infer_with_values, Graph, Inferred, Layer, Op, ValueId};
+use mixprec_graph::{infer_with_values, Graph, Inferred, Layer, LayerKind, Op, ValueId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Once};
 
@@ -44,7 +44,8 @@ pub fn init() {
 /// Changes a layer's weight or input activation during a forward pass (fake quantization,
 /// noise injection, a damaged layer…). Identity by default.
 pub trait LayerHook {
-    /// The weight used by `layer`.
+    /// The weight used by `layer`. `layer.weight` names the value `w` holds: for a recurrent
+    /// layer this is called twice per pass, with W and then with R (node input 2).
     fn weight(&self, layer: &Layer, w: Tensor) -> Result<Tensor> {
         let _ = layer;
         Ok(w)
@@ -348,6 +349,17 @@ impl Executor {
                 }
                 if let Some(w) = ins[1].take() {
                     ins[1] = Some(hook.weight(l, w)?);
+                }
+                // A recurrent layer's recurrence weight R is quantized like W; the hook sees
+                // it as the weight of a copy of the layer whose `weight` names R.
+                if l.kind == LayerKind::Recurrent {
+                    if let (Some(r_id), Some(r)) = (node.input(2), ins[2].take()) {
+                        let lr = Layer {
+                            weight: r_id,
+                            ..l.clone()
+                        };
+                        ins[2] = Some(hook.weight(&lr, r)?);
+                    }
                 }
             }
             let mut outs = self.eval_node(node, &ins, &inf, opts, &mut bn_stats)?;

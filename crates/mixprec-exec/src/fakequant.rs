@@ -10,7 +10,10 @@
 //!   ([`calibrate`], "the choice of the clipping range, also known as calibration").
 //! * Survey §2.1 / Table 1: any other weight quantizer runs through
 //!   [`mixprec_quant::quantize`] on the host values; the result is cached per layer and
-//!   recomputed only when the weight changes.
+//!   weight and recomputed only when the weight changes. A recurrent layer (RNN / GRU /
+//!   LSTM) has two weights, W `[dirs, gates·H, I]` and R `[dirs, gates·H, H]`, both
+//!   quantized with the layer's scheme and cached apart; per-channel granularity uses axis 1
+//!   (one block per row of gates·H, shared by the directions).
 //! * Survey §2.2, Eq. 7: stochastic rounding (gradients always; weights and activations when
 //!   their scheme asks for it).
 //!
@@ -60,7 +63,7 @@ pub fn check_policy(graph: &Graph, policy: &Policy) -> Result<()> {
 
 /// The axis of a layer's weight (as stored, before any transpose) that indexes output
 /// channels: 0 for Conv and for Gemm with `transB`, the last axis for Gemm without `transB`
-/// and for MatMul.
+/// and for MatMul, 1 (the gates·H rows of W and R) for a recurrent layer.
 pub fn weight_channel_axis(graph: &Graph, layer: &Layer) -> usize {
     let rank = graph
         .initializers
@@ -69,6 +72,7 @@ pub fn weight_channel_axis(graph: &Graph, layer: &Layer) -> usize {
         .unwrap_or(0);
     match &graph.nodes[layer.node].op {
         Op::Conv { .. } | Op::Gemm { trans_b: true, .. } => 0,
+        Op::Recurrent(_) => 1.min(rank.saturating_sub(1)),
         _ => rank.saturating_sub(1),
     }
 }
@@ -180,7 +184,10 @@ pub struct FakeQuant {
     order: Vec<(String, usize)>,
     seed: u64,
     calls: AtomicU64,
-    cache: Mutex<HashMap<String, WeightEntry>>,
+    /// Quantized weights by (layer name, weight value): two entries for a recurrent layer.
+    cache: Mutex<HashMap<(String, ValueId), WeightEntry>>,
+    /// The weight values of each policy layer, in [`Graph::layer_weights`] order.
+    weights: HashMap<String, Vec<ValueId>>,
 }
 
 impl std::fmt::Debug for FakeQuant {
@@ -207,6 +214,7 @@ impl FakeQuant {
         check_policy(graph, policy)?;
         let mut layers = HashMap::new();
         let mut order = Vec::new();
+        let mut weights = HashMap::new();
         for (index, l) in graph.layers().iter().enumerate() {
             let Some(lp) = policy.get(&l.name) else {
                 continue;
@@ -215,11 +223,13 @@ impl FakeQuant {
                 None => None,
                 Some(scheme) => Some(Self::act_quant(&l.name, scheme, ranges)?),
             };
-            let numel = graph
-                .initializers
-                .get(&l.weight)
+            let ws = graph.layer_weights(l);
+            let numel = ws
+                .iter()
+                .filter_map(|w| graph.initializers.get(w))
                 .map(|t| t.len())
-                .unwrap_or(0);
+                .sum();
+            weights.insert(l.name.clone(), ws);
             order.push((l.name.clone(), numel));
             layers.insert(
                 l.name.clone(),
@@ -237,10 +247,17 @@ impl FakeQuant {
             seed,
             calls: AtomicU64::new(0),
             cache: Mutex::new(HashMap::new()),
+            weights,
         };
         for l in graph.layers() {
-            if let Some(var) = exec.var(l.weight) {
-                fq.weight(&l, var.as_tensor().detach())?;
+            for w in graph.layer_weights(&l) {
+                if let Some(var) = exec.var(w) {
+                    let lw = Layer {
+                        weight: w,
+                        ..l.clone()
+                    };
+                    fq.weight(&lw, var.as_tensor().detach())?;
+                }
             }
         }
         Ok(fq)
@@ -280,6 +297,7 @@ impl FakeQuant {
     }
 
     /// Quantizes host weight values of `layer` (uniform kinds also get their clip mask).
+    /// `second` marks a recurrent layer's R (its own seed, and named in errors).
     fn quantize_weight(
         &self,
         layer: &str,
@@ -287,18 +305,27 @@ impl FakeQuant {
         scheme: &QScheme,
         values: Vec<f32>,
         w: &Tensor,
+        second: bool,
     ) -> Result<WeightEntry> {
-        let role = "weight";
+        let role = if second {
+            "recurrence weight R"
+        } else {
+            "weight"
+        };
+        let seed = if second {
+            splitmix(self.layer_seed(spec.index) ^ 0x52)
+        } else {
+            self.layer_seed(spec.index)
+        };
         let dims = w.dims().to_vec();
         if !dims.is_empty() && spec.axis >= dims.len() {
             return Err(ExecError::Invalid(format!(
-                "layer '{layer}' weight: channel axis {} does not exist in shape {dims:?}",
+                "layer '{layer}' {role}: channel axis {} does not exist in shape {dims:?}",
                 spec.axis
             )));
         }
         let layout = TensorLayout::new(dims.clone(), spec.axis);
-        let qt = quantize(&values, &layout, scheme, self.layer_seed(spec.index))
-            .map_err(|e| quant_err(layer, role, e))?;
+        let qt = quantize(&values, &layout, scheme, seed).map_err(|e| quant_err(layer, role, e))?;
         let mask = match scheme.kind {
             QuantKind::Uniform | QuantKind::UniformPow2 => {
                 let p = UniformParams::from_values(&values, &layout, scheme)
@@ -329,9 +356,23 @@ impl FakeQuant {
             .iter()
             .map(|(name, numel)| {
                 let spec = &self.layers[name];
-                let entry = cache.as_ref().and_then(|c| c.get(name));
-                let (bits, mse) = match (spec.weight, entry) {
-                    (Some(_), Some(e)) => (e.bits, e.mse),
+                let entries: Vec<&WeightEntry> = match (&cache, self.weights.get(name)) {
+                    (Some(c), Some(ws)) => ws
+                        .iter()
+                        .filter_map(|w| c.get(&(name.clone(), *w)))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let (bits, mse) = match spec.weight {
+                    Some(_) if !entries.is_empty() => {
+                        // Element-weighted mean squared error over W (and R).
+                        let n: usize = entries.iter().map(|e| e.original.len()).sum();
+                        let se: f64 = entries
+                            .iter()
+                            .map(|e| e.mse * e.original.len() as f64)
+                            .sum();
+                        (entries.iter().map(|e| e.bits).sum(), se / n.max(1) as f64)
+                    }
                     _ => (32 * *numel as u64, 0.0),
                 };
                 LayerQuantInfo {
@@ -361,14 +402,19 @@ impl LayerHook for FakeQuant {
             .cache
             .lock()
             .map_err(|_| ExecError::Invalid("fake-quant weight cache poisoned".into()))?;
+        let key = (layer.name.clone(), layer.weight);
         let fresh = cache
-            .get(&layer.name)
+            .get(&key)
             .is_some_and(|e| e.original == values && e.q.dims() == w.dims());
         if !fresh {
-            let entry = self.quantize_weight(&layer.name, spec, &scheme, values, &w)?;
-            cache.insert(layer.name.clone(), entry);
+            let second = self
+                .weights
+                .get(&layer.name)
+                .is_some_and(|ws| ws.first() != Some(&layer.weight));
+            let entry = self.quantize_weight(&layer.name, spec, &scheme, values, &w, second)?;
+            cache.insert(key.clone(), entry);
         }
-        let e = &cache[&layer.name];
+        let e = &cache[&key];
         straight_through(&w, &e.q, e.mask.as_ref())
     }
 

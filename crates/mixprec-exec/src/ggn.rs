@@ -50,6 +50,13 @@ use crate::ops::{self, to_vec_f32};
 /// multiplies two values both depending on it; `None` when the block is exact.
 pub fn non_linear_tail(g: &Graph, layer: &Layer, logits: ValueId) -> Option<String> {
     let node = &g.nodes[layer.node];
+    // A recurrent layer's output is not linear in its own weights (gates and state feedback).
+    if matches!(node.op, Op::Recurrent(_)) {
+        return Some(format!(
+            "the layer itself ({}) is not linear in its weights",
+            node.op.onnx_name()
+        ));
+    }
     let mut reach = vec![false; g.values.len()];
     for &o in &node.outputs {
         reach[o] = true;

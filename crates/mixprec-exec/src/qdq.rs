@@ -22,6 +22,10 @@
 //!   `DequantizeLinear` (per-channel `axis`) — exactly the fake-quant executor's arithmetic,
 //!   but ONNX Runtime then runs float kernels on dequantized tensors.
 //!
+//! Recurrent layers (RNN / GRU / LSTM) get `DequantizeLinear` on both W (input 1) and R
+//! (input 2), per channel along axis 1 (the gates·H rows) or per tensor, in either form; their
+//! bias B stays float and the recurrent operator itself runs in float.
+//!
 //! Sources:
 //! * Survey §2.4, Eq. 8 and 10: `q = clamp(round(x / S) + Z, qmin, qmax)`, `x̂ = S (q − Z)`,
 //!   which is exactly ONNX `QuantizeLinear` / `DequantizeLinear` (round half to even). The
@@ -56,7 +60,7 @@ use std::path::Path;
 
 use mixprec_data::Dataset;
 use mixprec_graph::onnx_proto::{self as pb, attr_type, data_type};
-use mixprec_graph::{Graph, Layer, Node, Op, Tensor, ValueId};
+use mixprec_graph::{Graph, Layer, LayerKind, Node, Op, Tensor, ValueId};
 use mixprec_quant::build_observer;
 use mixprec_quant::UniformParams;
 use mixprec_quant::{Granularity, Policy, QScheme, QuantKind, Rounding, TensorLayout};
@@ -273,6 +277,8 @@ pub fn qdq_model(
     // Q/DQ nodes to insert before the node of the given name.
     let mut before: BTreeMap<String, Vec<pb::NodeProto>> = BTreeMap::new();
     let mut rewires: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+    // New name of a recurrent layer's R (node input 2).
+    let mut r_rewires: BTreeMap<String, String> = BTreeMap::new();
     for layer in graph.layers() {
         let Some(lp) = policy.get(&layer.name) else {
             continue;
@@ -296,6 +302,14 @@ pub fn qdq_model(
             if uses[layer.weight] <= 1 {
                 drop_inits.push(graph.values[layer.weight].name.clone());
             }
+            if let Some((dq, int4, drop)) =
+                recurrence_dq(gp, graph, &layer, &scheme, opts.int4, &uses)?
+            {
+                int4_used |= int4;
+                r_rewires.insert(node.name.clone(), dq.output[0].clone());
+                inserted.push(dq);
+                drop_inits.extend(drop);
+            }
         }
         if !inserted.is_empty() {
             before.insert(node.name.clone(), inserted);
@@ -313,6 +327,9 @@ pub fn qdq_model(
             }
             if let Some(w) = w {
                 n.input[1] = w.clone();
+            }
+            if let Some(r) = r_rewires.get(&n.name) {
+                n.input[2] = r.clone();
             }
         }
         gp.node.push(n);
@@ -849,7 +866,15 @@ fn weight_dq(
     int4: bool,
 ) -> Result<(QuantizedWeight, pb::NodeProto, bool)> {
     let qw = quantize_weight(graph, layer, scheme)?;
-    let base = format!("{}::weight", layer.name);
+    // A recurrent layer's second weight (R, node input 2) gets names of its own.
+    let role = if graph.nodes[layer.node].input(2) == Some(layer.weight)
+        && layer.kind == LayerKind::Recurrent
+    {
+        "recurrence"
+    } else {
+        "weight"
+    };
+    let base = format!("{}::{role}", layer.name);
     let dt = container(qw.params.qmin, scheme.bits, int4);
     let dims: Vec<i64> = qw.shape.iter().map(|&d| d as i64).collect();
     let pdims = if qw.axis.is_some() {
@@ -891,6 +916,32 @@ fn weight_dq(
         ..Default::default()
     };
     Ok((qw, dq, matches!(dt, INT4 | UINT4)))
+}
+
+/// For a recurrent layer: the DequantizeLinear of its recurrence weight R (quantized with
+/// the layer's scheme, like W), the int4 flag, and whether R's float initializer can be
+/// dropped. `None` for other layers.
+fn recurrence_dq(
+    gp: &mut pb::GraphProto,
+    graph: &Graph,
+    layer: &Layer,
+    scheme: &QScheme,
+    int4: bool,
+    uses: &[usize],
+) -> Result<Option<(pb::NodeProto, bool, Option<String>)>> {
+    if layer.kind != LayerKind::Recurrent {
+        return Ok(None);
+    }
+    let Some(r) = graph.nodes[layer.node].input(2) else {
+        return Ok(None);
+    };
+    let lr = Layer {
+        weight: r,
+        ..layer.clone()
+    };
+    let (_, dq, int4) = weight_dq(gp, graph, &lr, scheme, int4)?;
+    let drop = (uses[r] <= 1).then(|| graph.values[r].name.clone());
+    Ok(Some((dq, int4, drop)))
 }
 
 /// Name of the input activation of `layer`'s node.
@@ -1006,6 +1057,8 @@ pub fn qdq_model_full(
     // New names of a layer's input, weight and bias.
     type Rewire = (Option<String>, Option<String>, Option<String>);
     let mut rewires: BTreeMap<String, Rewire> = BTreeMap::new();
+    // New name of a recurrent layer's R (node input 2).
+    let mut r_rewires: BTreeMap<String, String> = BTreeMap::new();
     let mut drop_inits: Vec<String> = Vec::new();
     let mut int4_used = false;
     for layer in g.layers() {
@@ -1038,9 +1091,18 @@ pub fn qdq_model_full(
             if uses[layer.weight] <= 1 {
                 drop_inits.push(g.values[layer.weight].name.clone());
             }
-            // int32 bias at S_x · S_w per output channel.
+            if let Some((dq, int4, drop)) = recurrence_dq(gp, g, &layer, &scheme, opts.int4, &uses)?
+            {
+                int4_used |= int4;
+                r_rewires.insert(node.name.clone(), dq.output[0].clone());
+                inserted.push(dq);
+                drop_inits.extend(drop);
+            }
+            // int32 bias at S_x · S_w per output channel (a recurrent layer's B, which
+            // holds input and recurrence biases of every gate, stays float).
             let bias = layer
                 .bias
+                .filter(|_| layer.kind != LayerKind::Recurrent)
                 .and_then(|b| g.initializers.get(&b).map(|t| (b, t)));
             if let (Some(sx), Some((bid, bt))) = (sx, bias) {
                 let cout = qw.shape[weight_channel_axis(g, &layer)];
@@ -1112,6 +1174,9 @@ pub fn qdq_model_full(
                     n.input.resize(3, String::new());
                 }
                 n.input[2] = b.clone();
+            }
+            if let Some(r) = r_rewires.get(&n.name) {
+                n.input[2] = r.clone();
             }
         }
         let name = n.name.clone();

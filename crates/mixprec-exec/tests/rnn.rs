@@ -809,8 +809,10 @@ impl mixprec_exec::LayerHook for ZeroWeights {
 }
 
 #[test]
-fn head_after_lstm_is_a_layer_and_recurrent_weights_are_not() {
-    let (mut g, _, hw) = lstm_classifier();
+fn lstm_and_head_are_layers_with_recurrent_accounting() {
+    let (mut g, r, hw) = lstm_classifier();
+    let w = g.value_id("W").unwrap();
+    let b = g.value_id("B").unwrap();
     // The executor hands the head's weight to layer hooks: zero weights leave the bias.
     let e = Executor::new(g.clone()).unwrap();
     let x = Tensor::from_vec(vals(3 * 4 * 2, 2.0, 1.0), (3, 4, 2), &Device::Cpu).unwrap();
@@ -824,35 +826,127 @@ fn head_after_lstm_is_a_layer_and_recurrent_weights_are_not() {
         .to_vec1()
         .unwrap();
     assert_eq!(y, [0.1, -0.1].repeat(4));
+    // The LSTM (constant W and R) is a layer: weight W, bias B; R is its second weight.
     let layers = g.layers();
-    assert_eq!(layers.len(), 1);
-    assert_eq!(layers[0].name, "head");
-    assert_eq!(layers[0].kind, LayerKind::Gemm);
-    assert_eq!(layers[0].weight, hw);
+    assert_eq!(layers.len(), 2);
+    assert_eq!(layers[0].name, "rnn_node");
+    assert_eq!(layers[0].kind, LayerKind::Recurrent);
+    assert_eq!((layers[0].weight, layers[0].bias), (w, Some(b)));
+    assert_eq!(g.layer_weights(&layers[0]), [w, r]);
+    assert_eq!(layers[1].name, "head");
+    assert_eq!(layers[1].kind, LayerKind::Gemm);
+    assert_eq!(layers[1].weight, hw);
+    assert_eq!(g.layer_weights(&layers[1]), [hw]);
     // A MatMul head is found as well.
     let head = g.nodes.iter().position(|n| n.name == "head").unwrap();
-    let w = g.add_value("mm.weight");
+    let mw = g.add_value("mm.weight");
     g.initializers
-        .insert(w, host(vec![3, 2], vals(6, 1.5, 0.5)));
+        .insert(mw, host(vec![3, 2], vals(6, 1.5, 0.5)));
     g.nodes[head].op = Op::MatMul;
-    g.nodes[head].inputs = vec![g.nodes[head].inputs[0], Some(w)];
+    g.nodes[head].inputs = vec![g.nodes[head].inputs[0], Some(mw)];
     let layers = g.layers();
+    assert_eq!(layers.len(), 2);
+    assert_eq!(layers[1].kind, LayerKind::MatMul);
+    // Accounting by hand: H = 3, I = 2, 4 gates. W [1, 12, 2] + R [1, 12, 3] = 60 weights,
+    // + B [1, 24] = 84 parameters; 4·H·(I + H) = 60 MACs per step, one step (symbolic
+    // sequence axis), one direction. The head: [1, 3] × [3, 2] = 6 MACs.
+    let st = model_stats(&g).unwrap();
+    assert_eq!(st.layers.len(), 2);
+    let ls = &st.layers[0];
+    assert_eq!((ls.name.as_str(), ls.op.as_str()), ("rnn_node", "LSTM"));
+    assert_eq!(ls.kind, LayerKind::Recurrent);
+    assert_eq!(ls.weight_shape, [1, 12, 2]);
+    assert_eq!((ls.weights, ls.params, ls.macs), (60, 84, 60));
+    assert_eq!(ls.input_elems, 2);
+    assert_eq!(st.layers[1].macs, 6);
+    assert_eq!(st.total_macs, 66);
+    assert!(st.recurrent.is_empty());
+    assert_eq!(st.recurrent_macs, 0);
+    // A recurrent node whose R is not constant stays float: not a layer, listed apart.
+    let mut g2 = g.clone();
+    let rt = g2.initializers.remove(&r).unwrap();
+    g2.values[r].shape = Some(rt.shape.iter().map(|&d| Dim::Fixed(d)).collect());
+    g2.inputs.push(r);
+    let layers = g2.layers();
     assert_eq!(layers.len(), 1);
     assert_eq!(layers[0].kind, LayerKind::MatMul);
-    // Accounting: the recurrent node is listed apart with 4·H·(I + H) MACs per step.
-    let st = model_stats(&g).unwrap();
+    let st = model_stats(&g2).unwrap();
     assert_eq!(st.layers.len(), 1);
     assert_eq!(st.recurrent.len(), 1);
     let rs = &st.recurrent[0];
     assert_eq!(rs.op, "LSTM");
     assert_eq!(rs.macs_per_step, 4 * 3 * (2 + 3));
-    // The sequence axis is symbolic: counted as one step.
     assert_eq!((rs.steps, rs.directions, rs.macs), (1, 1, 60));
-    assert_eq!(rs.params, (12 * 2 + 12 * 3 + 24) as u64);
+    assert_eq!(rs.params, (12 * 2 + 24) as u64);
+    assert_eq!((st.total_macs, st.recurrent_macs), (6, 60));
     // The executor runs the whole model.
     let e = Executor::new(g).unwrap();
     let x = Tensor::from_vec(vals(5 * 7 * 2, 3.0, 1.0), (5, 7, 2), &Device::Cpu).unwrap();
     assert_eq!(e.forward(&[x]).unwrap()[0].dims(), &[7, 2]);
+}
+
+#[test]
+fn fake_quant_quantizes_lstm_w_and_r_at_the_layer_bits() {
+    use mixprec_quant::{quantize, Granularity, Policy, QScheme, QuantKind, TensorLayout};
+    let (g, r, _) = lstm_classifier();
+    let w = g.value_id("W").unwrap();
+    let x = Tensor::from_vec(vals(3 * 4 * 2, 2.0, 1.0), (3, 4, 2), &Device::Cpu).unwrap();
+    let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    for granularity in [Granularity::Tensor, Granularity::Channel] {
+        let scheme = QScheme::new(QuantKind::Uniform, 4, true, granularity);
+        let mut p = Policy::new();
+        p.set_weight("rnn_node", scheme);
+        let e = Executor::new(g.clone()).unwrap();
+        let fq = mixprec_exec::FakeQuant::new(&e, &p, &Default::default(), 7).unwrap();
+        let opts = mixprec_exec::RunOptions {
+            hook: Some(&fq),
+            ..Default::default()
+        };
+        let yq = flat(&e.run(std::slice::from_ref(&x), &opts).unwrap().outputs[0]);
+        // A second pass reuses the cached W and R and gives the same result.
+        let yq2 = flat(&e.run(std::slice::from_ref(&x), &opts).unwrap().outputs[0]);
+        assert_eq!(yq, yq2);
+        let yf = flat(&e.forward(std::slice::from_ref(&x)).unwrap()[0]);
+        let diff = yq
+            .iter()
+            .zip(&yf)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            diff > 1e-3,
+            "4-bit LSTM weights change nothing: {yq:?} vs {yf:?}"
+        );
+        // Reference: the float model with W and R replaced by their 4-bit values (per row of
+        // gates·H, axis 1, for per-channel).
+        let mut gq = g.clone();
+        for v in [w, r] {
+            let t = &g.initializers[&v];
+            let q = quantize(
+                &t.to_f32(),
+                &TensorLayout::new(t.shape.clone(), 1),
+                &scheme,
+                0,
+            )
+            .unwrap();
+            assert_ne!(q.values, t.to_f32());
+            gq.initializers.insert(v, host(t.shape.clone(), q.values));
+        }
+        let yr = flat(
+            &Executor::new(gq)
+                .unwrap()
+                .forward(std::slice::from_ref(&x))
+                .unwrap()[0],
+        );
+        for (a, b) in yq.iter().zip(&yr) {
+            assert!((a - b).abs() < 1e-5, "{granularity:?}: {yq:?} vs {yr:?}");
+        }
+        // The report counts W and R.
+        let info = fq.layer_info();
+        assert_eq!(info.len(), 1);
+        assert_eq!(info[0].weight_elems, 60);
+        assert!(info[0].weight_bits >= 60 * 4, "{:?}", info[0]);
+        assert!(info[0].weight_mse > 0.0);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

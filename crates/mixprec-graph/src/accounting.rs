@@ -1,11 +1,15 @@
 //! Per-layer accounting: parameters, multiply-accumulates and output activation sizes, for one
-//! sample (symbolic batch dimensions set to 1). Recurrent operators (RNN, GRU, LSTM) are
-//! counted apart: they stay float and are not quantizable layers. Per step, sample and
-//! direction they cost gates·H·(I + H) MACs (4 for LSTM, 3 for GRU, 1 for RNN); a symbolic
-//! sequence axis is set to 1 like the batch, so such a model is counted for one step.
+//! sample (symbolic batch dimensions set to 1). Recurrent operators (RNN, GRU, LSTM) cost,
+//! per step, sample and direction, gates·H·(I + H) MACs (4 for LSTM, 3 for GRU, 1 for RNN);
+//! a symbolic sequence axis is set to 1 like the batch, so such a model is counted for one
+//! step. A recurrent node whose W and R are constant is a quantizable layer
+//! ([`LayerKind::Recurrent`]): its row in [`ModelStats::layers`] has `weights` = |W| + |R|,
+//! `params` = |W| + |R| + |B| + |P| and `macs` = per-step MACs · steps · directions.
+//! Recurrent nodes with non-constant weights stay float and are listed apart in
+//! [`ModelStats::recurrent`].
 
 use crate::error::Result;
-use crate::infer::{infer, input_shapes_for_batch};
+use crate::infer::{infer, input_shapes_for_batch, Inferred};
 use crate::ir::{Graph, LayerKind, Op};
 use serde::Serialize;
 
@@ -20,9 +24,9 @@ pub struct LayerStats {
     pub kind: LayerKind,
     /// Weight shape.
     pub weight_shape: Vec<usize>,
-    /// Weight elements.
+    /// Weight elements (W + R for a recurrent layer).
     pub weights: u64,
-    /// Weight + bias elements.
+    /// Weight + bias elements (W + R + B + P for a recurrent layer).
     pub params: u64,
     /// Multiply-accumulates per sample.
     pub macs: u64,
@@ -34,7 +38,7 @@ pub struct LayerStats {
     pub output_shape: Vec<usize>,
 }
 
-/// Size and cost of one recurrent operator (float, not a quantizable layer).
+/// Size and cost of one recurrent operator.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RecurrentStats {
     /// Node name.
@@ -62,9 +66,10 @@ pub struct ModelStats {
     pub total_params: u64,
     /// Sum of the layers' MACs.
     pub total_macs: u64,
-    /// Recurrent operators, in node order (their MACs are not in `total_macs`).
+    /// Recurrent operators that are not quantizable layers (W or R not constant), in node
+    /// order; their MACs are not in `total_macs`.
     pub recurrent: Vec<RecurrentStats>,
-    /// Sum of the recurrent operators' MACs.
+    /// Sum of the MACs of the operators in `recurrent`.
     pub recurrent_macs: u64,
     /// Sum of the layers' output activation elements.
     pub total_output_elems: u64,
@@ -76,7 +81,8 @@ pub struct ModelStats {
 pub fn model_stats(g: &Graph) -> Result<ModelStats> {
     let inf = infer(g, &input_shapes_for_batch(g, 1)?)?;
     let mut layers = Vec::new();
-    for l in g.layers() {
+    let g_layers = g.layers();
+    for l in &g_layers {
         let node = &g.nodes[l.node];
         let w = &g.initializers[&l.weight];
         let out = inf.shape(g, node.outputs[0])?.to_vec();
@@ -104,15 +110,30 @@ pub fn model_stats(g: &Graph) -> Result<ModelStats> {
                         .copied()
                         .unwrap_or(1) as u64
             }
+            LayerKind::Recurrent => recurrent_stats(g, &inf, l.node)?.macs,
         };
-        let bias = l.bias.map(|b| g.initializers[&b].len()).unwrap_or(0);
+        let weights: usize = g
+            .layer_weights(l)
+            .iter()
+            .filter_map(|v| g.initializers.get(v))
+            .map(|t| t.len())
+            .sum();
+        let mut extra = l.bias.map(|b| g.initializers[&b].len()).unwrap_or(0);
+        if l.kind == LayerKind::Recurrent {
+            // Peepholes are float parameters of the layer too.
+            extra += node
+                .input(7)
+                .and_then(|v| g.initializers.get(&v))
+                .map(|t| t.len())
+                .unwrap_or(0);
+        }
         layers.push(LayerStats {
             name: l.name.clone(),
             op: node.op.onnx_name().into(),
             kind: l.kind,
             weight_shape: w.shape.clone(),
-            weights: w.len() as u64,
-            params: (w.len() + bias) as u64,
+            weights: weights as u64,
+            params: (weights + extra) as u64,
             macs,
             input_elems: x.iter().product::<usize>() as u64,
             output_elems: out_elems,
@@ -120,39 +141,10 @@ pub fn model_stats(g: &Graph) -> Result<ModelStats> {
         });
     }
     let mut recurrent = Vec::new();
-    for n in &g.nodes {
-        let Op::Recurrent(r) = &n.op else { continue };
-        let x = n
-            .input(0)
-            .map(|v| inf.shape(g, v).map(|s| s.to_vec()))
-            .transpose()?
-            .unwrap_or_default();
-        let (steps, input) = match x.as_slice() {
-            [a, b, i] => (if r.batch_first { *b } else { *a }, *i),
-            _ => (0, 0),
-        };
-        let params = [1usize, 2, 3, 7]
-            .iter()
-            .filter_map(|&i| n.input(i))
-            .filter_map(|v| g.initializers.get(&v))
-            .map(|t| t.len() as u64)
-            .sum();
-        let h = r.hidden_size as u64;
-        let macs_per_step = (r.kind.gates() as u64)
-            .saturating_mul(h)
-            .saturating_mul((input as u64).saturating_add(h));
-        let directions = r.direction.count() as u64;
-        recurrent.push(RecurrentStats {
-            name: n.name.clone(),
-            op: n.op.onnx_name().into(),
-            params,
-            macs_per_step,
-            steps: steps as u64,
-            directions,
-            macs: macs_per_step
-                .saturating_mul(steps as u64)
-                .saturating_mul(directions),
-        });
+    for (i, n) in g.nodes.iter().enumerate() {
+        if matches!(n.op, Op::Recurrent(_)) && !g_layers.iter().any(|l| l.node == i) {
+            recurrent.push(recurrent_stats(g, &inf, i)?);
+        }
     }
     Ok(ModelStats {
         recurrent_macs: recurrent.iter().map(|r| r.macs).sum(),
@@ -162,5 +154,51 @@ pub fn model_stats(g: &Graph) -> Result<ModelStats> {
         total_output_elems: layers.iter().map(|l| l.output_elems).sum(),
         nodes: g.nodes.len(),
         layers,
+    })
+}
+
+/// [`RecurrentStats`] of recurrent node `node` (all-zero MACs when it is not recurrent).
+fn recurrent_stats(g: &Graph, inf: &Inferred, node: usize) -> Result<RecurrentStats> {
+    let n = &g.nodes[node];
+    let x = n
+        .input(0)
+        .map(|v| inf.shape(g, v).map(|s| s.to_vec()))
+        .transpose()?
+        .unwrap_or_default();
+    let (steps, input, h, gates, directions) = match &n.op {
+        Op::Recurrent(r) => {
+            let (steps, input) = match x.as_slice() {
+                [a, b, i] => (if r.batch_first { *b } else { *a }, *i),
+                _ => (0, 0),
+            };
+            (
+                steps,
+                input,
+                r.hidden_size as u64,
+                r.kind.gates() as u64,
+                r.direction.count() as u64,
+            )
+        }
+        _ => (0, 0, 0, 0, 0),
+    };
+    let params = [1usize, 2, 3, 7]
+        .iter()
+        .filter_map(|&i| n.input(i))
+        .filter_map(|v| g.initializers.get(&v))
+        .map(|t| t.len() as u64)
+        .sum();
+    let macs_per_step = gates
+        .saturating_mul(h)
+        .saturating_mul((input as u64).saturating_add(h));
+    Ok(RecurrentStats {
+        name: n.name.clone(),
+        op: n.op.onnx_name().into(),
+        params,
+        macs_per_step,
+        steps: steps as u64,
+        directions,
+        macs: macs_per_step
+            .saturating_mul(steps as u64)
+            .saturating_mul(directions),
     })
 }

@@ -934,6 +934,9 @@ pub enum LayerKind {
     Gemm,
     /// MatMul with a constant right-hand side.
     MatMul,
+    /// RNN / GRU / LSTM with constant input (W) and recurrence (R) weights; both are
+    /// quantized at the layer's bit-width. `Layer::weight` is W, `Layer::bias` is B.
+    Recurrent,
 }
 
 /// A layer with weights: the unit mixed precision assigns bit-widths to.
@@ -992,18 +995,25 @@ impl Graph {
         c
     }
 
-    /// The layers with weights (Conv, Gemm, MatMul whose right operand is constant), in node order.
+    /// The layers with weights (Conv, Gemm, MatMul whose right operand is constant, and
+    /// RNN / GRU / LSTM whose W and R are both constant), in node order.
     pub fn layers(&self) -> Vec<Layer> {
         let mut out = Vec::new();
+        let is_float_const = |v: &ValueId| self.initializers.get(v).is_some_and(|t| t.is_float());
         for (i, n) in self.nodes.iter().enumerate() {
             let (kind, w, b) = match n.op {
                 Op::Conv { .. } => (LayerKind::Conv, n.input(1), n.input(2)),
                 Op::Gemm { .. } => (LayerKind::Gemm, n.input(1), n.input(2)),
                 Op::MatMul => (LayerKind::MatMul, n.input(1), None),
+                Op::Recurrent(_) => {
+                    if !n.input(2).is_some_and(|r| is_float_const(&r)) {
+                        continue;
+                    }
+                    (LayerKind::Recurrent, n.input(1), n.input(3))
+                }
                 _ => continue,
             };
-            let Some(w) = w.filter(|w| self.initializers.get(w).is_some_and(|t| t.is_float()))
-            else {
+            let Some(w) = w.filter(is_float_const) else {
                 continue;
             };
             let b = b.filter(|b| self.initializers.contains_key(b));
@@ -1014,6 +1024,16 @@ impl Graph {
                 weight: w,
                 bias: b,
             });
+        }
+        out
+    }
+
+    /// Every weight of `layer` that is quantized at its bit-width: `[W]` for Conv, Gemm and
+    /// MatMul; `[W, R]` (input and recurrence weights) for a recurrent layer.
+    pub fn layer_weights(&self, layer: &Layer) -> Vec<ValueId> {
+        let mut out = vec![layer.weight];
+        if layer.kind == LayerKind::Recurrent {
+            out.extend(self.nodes[layer.node].input(2));
         }
         out
     }

@@ -99,7 +99,7 @@ pub fn run(a: Args) -> Result<()> {
     let layers = exec.graph().layers();
     if layers.is_empty() {
         bail!(
-            "{} has no Conv, Gemm or MatMul layer with constant weights to quantize",
+            "{} has no Conv, Gemm, MatMul or recurrent layer with constant weights to quantize",
             c.model
         );
     }

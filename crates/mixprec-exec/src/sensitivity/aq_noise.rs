@@ -84,15 +84,17 @@ pub struct AqNoise {
     cfg: Config,
 }
 
-/// Adds `noise` to the weight of the layer at node `node`.
+/// Adds `noise` to the weight `weight` of the layer at node `node` (W only for a recurrent
+/// layer: its R passes unchanged).
 struct WeightNoise {
     node: usize,
+    weight: mixprec_graph::ValueId,
     noise: Tensor,
 }
 
 impl LayerHook for WeightNoise {
     fn weight(&self, layer: &Layer, w: Tensor) -> Result<Tensor> {
-        if layer.node == self.node {
+        if layer.node == self.node && layer.weight == self.weight {
             Ok(w.broadcast_add(&self.noise)?)
         } else {
             Ok(w)
@@ -250,6 +252,7 @@ impl AqNoise {
             let probe = |sigma: f64| -> Result<(f64, f64)> {
                 let hook = WeightNoise {
                     node: layer.node,
+                    weight: layer.weight,
                     noise: eps.affine(sigma * rms, 0.0)?,
                 };
                 let noisy = Rows::of(ctx, Some(&hook))?;

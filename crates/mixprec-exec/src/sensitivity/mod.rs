@@ -19,6 +19,11 @@
 //! * `separability` — survey §3.2.2, PDB Eq. 19 (feature separability).
 //!
 //! Every metric is deterministic for a seed.
+//!
+//! Recurrent layers (RNN / GRU / LSTM): the output-based metrics (`output-mse`, `kl`, `sqnr`)
+//! quantize both W and R through [`crate::FakeQuant`]; the weight-based metrics
+//! ([`SensCtx::weight`], [`SensCtx::weight_error`], Hessian-vector products, Fisher)
+//! see W only, the recurrence weight R is not part of their score.
 
 pub mod aq_noise;
 pub mod fisher;
@@ -185,7 +190,8 @@ impl<'a> SensCtx<'a> {
         let layers = exec.graph().layers();
         if layers.is_empty() {
             return Err(ExecError::Invalid(
-                "the model has no Conv / Gemm / MatMul layer with a weight to score".into(),
+                "the model has no Conv / Gemm / MatMul / recurrent layer with a weight to score"
+                    .into(),
             ));
         }
         let sample = data.sample_shape();
@@ -226,7 +232,7 @@ impl<'a> SensCtx<'a> {
         })
     }
 
-    /// The current float values and shape of a layer's weight.
+    /// The current float values and shape of a layer's weight (W only for a recurrent layer).
     pub fn weight(&self, layer: &Layer) -> Result<(Vec<f32>, Vec<usize>)> {
         let var = self.exec.var(layer.weight).ok_or_else(|| {
             ExecError::Invalid(format!("layer '{}' has no float weight", layer.name))
