@@ -104,8 +104,10 @@ struct SufTable {
 }
 
 /// Grid unit of row `d` for a table of about `budget` cells over `levels` (the exact common
-/// unit of the changes when it fits), and the number of cells it gives.
-fn grid_unit(levels: &[Level], d: usize, budget: usize) -> (f64, f64) {
+/// unit of the changes when it fits), and the number of cells it gives: the cells per unit are
+/// the widths of the windows of [`window`] (rooms `slack − prefix change` that the suffix can
+/// still use), so the estimate matches the table.
+fn grid_unit(levels: &[Level], d: usize, budget: usize, slack_d: f64) -> (f64, f64) {
     let mut g = 0u64;
     let mut integral = true;
     let mut spans = Vec::with_capacity(levels.len());
@@ -126,16 +128,23 @@ fn grid_unit(levels: &[Level], d: usize, budget: usize) -> (f64, f64) {
                 g = x;
             }
         }
-        spans.push(hi - lo);
+        spans.push((lo, hi));
     }
-    // Window width at level t is at most min(prefix span, suffix span).
-    let total: f64 = spans.iter().sum();
-    let mut pre = 0.0;
+    let k = spans.len();
+    let mut suf = vec![(0.0f64, 0.0f64); k + 1];
+    for t in (0..k).rev() {
+        suf[t] = (suf[t + 1].0 + spans[t].0, suf[t + 1].1 + spans[t].1);
+    }
+    let (mut pmin, mut pmax) = (0.0f64, 0.0f64);
     let mut cells_per_unit = 0.0;
-    for sp in &spans {
-        let suf = total - pre;
-        cells_per_unit += pre.min(suf);
-        pre += sp;
+    for t in 0..=k {
+        let top = (slack_d - pmin).min(suf[t].1);
+        let bot = (slack_d - pmax).max(suf[t].0);
+        cells_per_unit += (top - bot).max(0.0);
+        if t < k {
+            pmin += spans[t].0;
+            pmax += spans[t].1;
+        }
     }
     let budget = budget.max(16) as f64;
     let exact = if integral && g > 0 { g as f64 } else { 0.0 };
@@ -232,11 +241,14 @@ impl SufTable {
                 .fold(f64::INFINITY, |u, it| u.min(other(it.1, &it.2)));
             umin[t] = umin[t + 1] + u;
         }
-        let mut start = vec![0usize; k + 2];
-        for t in 0..=k {
-            start[t + 1] = start[t] + width[t];
+        // Rows are stored from the last level to the first, in the order they are computed
+        // (appended: no zeroing pass over the table).
+        let mut start = vec![0usize; k + 1];
+        let mut total = 0;
+        for t in (0..=k).rev() {
+            start[t] = total;
+            total += width[t];
         }
-        let total = start[k + 1];
         let mut tb = Self {
             d,
             lam: lam.to_vec(),
@@ -247,8 +259,7 @@ impl SufTable {
             win_lo,
             start,
             width,
-            // Zeroed memory comes from fresh pages cheaply; every row is filled below.
-            h: vec![0.0; total],
+            h: Vec::with_capacity(total),
         };
         // Rows are computed exactly in f64 (two scratch rows) and stored rounded down to f32:
         // half the memory traffic, and a stored value never exceeds the true one.
@@ -256,6 +267,7 @@ impl SufTable {
         // The last level's row is all zero (so is its stored copy).
         let mut next_buf = vec![0.0f64; max_w];
         let mut row_buf = vec![0.0f64; max_w];
+        tb.h.resize(tb.width[k], 0.0);
         for t in (0..k).rev() {
             let wt = tb.width[t];
             let lo_t = tb.win_lo[t];
@@ -263,8 +275,7 @@ impl SufTable {
             let (next_lo, next_umin) = (tb.suf_lo[t + 1], tb.umin[t + 1]);
             let row = &mut row_buf[..wt];
             let next = &next_buf[..nw];
-            row.fill(f64::INFINITY);
-            for it in &levels[t] {
+            for (n, it) in levels[t].iter().enumerate() {
                 let w = cell(it.2[d]);
                 let val = other(it.1, &it.2);
                 // q (absolute lo_t + q) reads cell lo_t + q - w of level t + 1, inside its
@@ -274,18 +285,30 @@ impl SufTable {
                 let b = (nlo + nw as i64 + w - lo_t).clamp(0, wt as i64) as usize;
                 let first = (next_lo + w - lo_t).clamp(0, a as i64) as usize;
                 let below = next[0] + val;
+                let above = next_umin + val;
+                let inside: &[f64] = if a < b {
+                    let off = (lo_t + a as i64 - w - nlo) as usize;
+                    &next[off..off + (b - a)]
+                } else {
+                    &[]
+                };
+                if n == 0 {
+                    // The first item writes the row (nothing below its reach).
+                    row[..first].fill(f64::INFINITY);
+                    row[first..a].fill(below);
+                    for (slot, &nv) in row[a..b.max(a)].iter_mut().zip(inside) {
+                        *slot = nv + val;
+                    }
+                    row[b.max(a)..].fill(above);
+                    continue;
+                }
                 // Plain minima (no branch, no masked store) so that the loops vectorise.
                 for slot in &mut row[first..a] {
                     *slot = slot.min(below);
                 }
-                if a < b {
-                    let off = (lo_t + a as i64 - w - nlo) as usize;
-                    for (slot, &nv) in row[a..b].iter_mut().zip(&next[off..off + (b - a)]) {
-                        let v = nv + val;
-                        *slot = slot.min(v);
-                    }
+                for (slot, &nv) in row[a..b.max(a)].iter_mut().zip(inside) {
+                    *slot = slot.min(nv + val);
                 }
-                let above = next_umin + val;
                 for slot in &mut row[b.max(a)..] {
                     *slot = slot.min(above);
                 }
@@ -294,10 +317,8 @@ impl SufTable {
             // below the window is its first cell and above it the least value), so their
             // minimum already is: no prefix-minimum pass is needed.
             debug_assert!(row.windows(2).all(|w| w[1] <= w[0]));
-            let st = tb.start[t];
-            for (slot, &v) in tb.h[st..st + wt].iter_mut().zip(row.iter()) {
-                *slot = down_f32(v);
-            }
+            debug_assert_eq!(tb.h.len(), tb.start[t]);
+            tb.h.extend(row.iter().map(|&v| down_f32(v)));
             std::mem::swap(&mut next_buf, &mut row_buf);
         }
         tb
@@ -339,19 +360,25 @@ impl SufTable {
     }
 }
 
-/// `v` as an `f32` that is never above it: lowered by 2⁻²² relative (more than the f32
-/// rounding error) and 1e-30 absolute (for tiny values) before rounding; infinities stay.
-/// Branch-free so that the storing loop vectorises.
+/// `v` as an `f32` that is never above it: capped at `f32::MAX` (the lookups never read an
+/// unreachable cell, the only infinite ones), then lowered by 2⁻²² relative (more than the f32
+/// rounding error) and 1e-30 absolute (for tiny values) before rounding. Branch-free so that
+/// the storing loop vectorises.
 #[inline]
 fn down_f32(v: f64) -> f32 {
-    let z = v - v.abs() * (1.0 / 4_194_304.0) - 1e-30;
-    // Finite values beyond the f32 range would round to +inf: cap them.
-    let z = if v.is_finite() {
-        z.min(f32::MAX as f64)
+    let v = less(v, f32::MAX as f64);
+    (v - v.abs() * (1.0 / 4_194_304.0) - 1e-30) as f32
+}
+
+/// The smaller of `a` and `b` for operands that are never NaN: one `minpd` per vector in the
+/// table loops (`f64::min`'s NaN rule costs a compare and a blend more).
+#[inline(always)]
+pub(crate) fn less(a: f64, b: f64) -> f64 {
+    if a < b {
+        a
     } else {
-        v
-    };
-    z as f32
+        b
+    }
 }
 
 /// A partial choice: its changes of objective and rows relative to `x0`.
@@ -477,7 +504,9 @@ impl<'a> CoreDp<'a> {
         // row's multiplier is tuned for the best root bound (the bound is concave in it).
         let mut tables: Vec<SufTable> = Vec::new();
         if !levels.is_empty() {
-            let grids: Vec<(f64, f64)> = (0..m).map(|d| grid_unit(&levels, d, max_cells)).collect();
+            let grids: Vec<(f64, f64)> = (0..m)
+                .map(|d| grid_unit(&levels, d, max_cells, slack[d]))
+                .collect();
             let primary = (0..m)
                 .min_by(|&a, &b| grids[a].1.total_cmp(&grids[b].1))
                 .expect("m >= 1");
@@ -486,7 +515,7 @@ impl<'a> CoreDp<'a> {
             // first (their multiplier tuned on a coarse grid unless hinted), then the extras.
             let mut specs: Vec<(usize, Vec<f64>, f64, usize)> = Vec::new();
             for d in std::iter::once(primary).chain((0..m).filter(|&d| d != primary)) {
-                let (unit, _) = grid_unit(&levels, d, share);
+                let (unit, _) = grid_unit(&levels, d, share, slack[d]);
                 let cells: usize = window(&levels, d, unit, slack[d]).3.iter().sum();
                 let with_x = |x: f64| {
                     let mut l = lam.to_vec();
@@ -501,7 +530,7 @@ impl<'a> CoreDp<'a> {
                 } else if let Some(h) = hint {
                     h[d]
                 } else {
-                    let (cu, _) = grid_unit(&levels, d, share / 16);
+                    let (cu, _) = grid_unit(&levels, d, share / 16, slack[d]);
                     tune_multiplier(lam[1 - d], TUNE_STEPS, |x| {
                         root_of(&SufTable::new(&levels, d, &with_x(x), cu, slack[d]))
                     })
@@ -626,7 +655,7 @@ impl<'a> CoreDp<'a> {
     /// at its Lagrangian item, so incumbents appear at every level and tighten the threshold.
     pub(crate) fn search_best_first(&self, theta: f64, limits: &mut CoreLimits) -> CoreOutcome {
         use std::cmp::Reverse;
-        use std::collections::{BTreeMap, BinaryHeap, HashMap};
+        use std::collections::{BinaryHeap, HashMap};
         let m = self.m;
         let k_n = self.levels.len();
         let eps = if theta.is_finite() {
@@ -658,7 +687,7 @@ impl<'a> CoreDp<'a> {
         let mut heap: BinaryHeap<Reverse<(OrdF64, u32)>> = BinaryHeap::new();
         heap.push(Reverse((OrdF64(root_bnd), 0)));
         // Dominance buckets: (level, Δc_1 bits) → Δc_2 (ordered key) → Δf of the states kept.
-        let mut seen: HashMap<(u32, u64), BTreeMap<u64, f64>, FastHash> = HashMap::default();
+        let mut seen: HashMap<(u32, u64), Front, FastHash> = HashMap::default();
         let mut pops = 0u64;
         while let Some(Reverse((OrdF64(b), idx))) = heap.pop() {
             if b >= thr - eps {
@@ -692,28 +721,12 @@ impl<'a> CoreDp<'a> {
                 if bnd >= thr - eps {
                     continue;
                 }
-                // Dominance within (level, Δc_1): each bucket is a Pareto front ordered by Δc_2
-                // with strictly falling Δf, so the entry of largest Δc_2 ≤ the new one's has the
-                // least Δf among those that could dominate it. (+0.0 folds −0 into +0.)
+                // Dominance within (level, Δc_1): each bucket is a Pareto front over (Δc_2, Δf).
+                // (+0.0 folds −0 into +0.)
                 let key = ((t + 1) as u32, (ns.dc[0] + 0.0).to_bits());
-                let front = seen.entry(key).or_default();
-                let k2 = ord_key(ns.dc[1]);
-                if front
-                    .range(..=k2)
-                    .next_back()
-                    .is_some_and(|(_, &f)| f <= ns.df)
-                {
+                if !seen.entry(key).or_default().admit(ord_key(ns.dc[1]), ns.df) {
                     continue;
                 }
-                // Entries from Δc_2 on with Δf ≥ the new one's are now dominated (removed one
-                // by one: usually none or one, and no list is allocated).
-                while let Some((&k, &f)) = front.range(k2..).next() {
-                    if f < ns.df {
-                        break;
-                    }
-                    front.remove(&k);
-                }
-                front.insert(k2, ns.df);
                 if limits.states == 0 || nodes.len() >= MAX_NODES {
                     limits.states = 0;
                     return aborted(best, &nodes);
@@ -762,6 +775,73 @@ impl<'a> CoreDp<'a> {
             id = nd.parent;
         }
         Some((v, out))
+    }
+}
+
+/// Pareto front of `(Δc_2 key, Δf)` pairs of one dominance bucket, ordered by `Δc_2` with
+/// strictly falling `Δf`: a sorted vector while small (most buckets), a B-tree once large.
+enum Front {
+    Small(Vec<(u64, f64)>),
+    Large(std::collections::BTreeMap<u64, f64>),
+}
+
+impl Default for Front {
+    fn default() -> Self {
+        Front::Small(Vec::new())
+    }
+}
+
+/// Entries of a [`Front`] kept in a vector (beyond, a B-tree).
+const FRONT_VEC_MAX: usize = 64;
+
+impl Front {
+    /// False when an entry with no larger `Δc_2` and no larger `Δf` dominates `(k2, df)`;
+    /// else records it, dropping the entries it dominates (larger or equal `Δc_2`, no smaller
+    /// `Δf`), and returns true.
+    fn admit(&mut self, k2: u64, df: f64) -> bool {
+        match self {
+            Front::Small(v) => {
+                // The entry before the first larger Δc_2 has the least Δf of those that could
+                // dominate the new one.
+                let pos = v.partition_point(|&(k, _)| k <= k2);
+                if pos > 0 && v[pos - 1].1 <= df {
+                    return false;
+                }
+                let start = if pos > 0 && v[pos - 1].0 == k2 {
+                    pos - 1
+                } else {
+                    pos
+                };
+                let mut end = start;
+                while end < v.len() && v[end].1 >= df {
+                    end += 1;
+                }
+                if end > start {
+                    v[start] = (k2, df);
+                    v.drain(start + 1..end);
+                } else {
+                    v.insert(start, (k2, df));
+                    if v.len() > FRONT_VEC_MAX {
+                        *self = Front::Large(v.iter().copied().collect());
+                    }
+                }
+                true
+            }
+            Front::Large(m) => {
+                if m.range(..=k2).next_back().is_some_and(|(_, &f)| f <= df) {
+                    return false;
+                }
+                // Usually none or one is dominated: removed one by one.
+                while let Some((&k, &f)) = m.range(k2..).next() {
+                    if f < df {
+                        break;
+                    }
+                    m.remove(&k);
+                }
+                m.insert(k2, df);
+                true
+            }
+        }
     }
 }
 
@@ -940,7 +1020,7 @@ mod tests {
             let d = k % 2;
             let mut l = vec![lam[0] * f, lam[1] * f];
             l[d] = 0.0;
-            let (unit, _) = grid_unit(&core.levels, d, PARALLEL_CELLS);
+            let (unit, _) = grid_unit(&core.levels, d, PARALLEL_CELLS, core.slack[d]);
             let cells: usize = window(&core.levels, d, unit, core.slack[d]).3.iter().sum();
             specs.push((d, l, unit, cells));
         }
