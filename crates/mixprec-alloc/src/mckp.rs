@@ -89,6 +89,8 @@ const DFS_EXTRA_FACTORS: &[f64] = &[0.7, 1.4];
 const DFS_EXTRA_CELLS: usize = 256;
 /// Default of [`Limits::dfs_max_groups`].
 const DFS_MAX_GROUPS: usize = 120;
+/// Subgradient steps without a better Lagrangian bound after which the polishing stops.
+const POLISH_PATIENCE: usize = 20;
 /// Bisection steps for the core's proven lower bound.
 const BISECT_STEPS: usize = 10;
 /// The bisection stops once its interval is below `(proven − LB) / BISECT_STOP_DIV`.
@@ -352,7 +354,8 @@ impl<'a> Solver<'a> {
         bps.last().map_or(0.0, |b| b.0)
     }
 
-    fn dual(&mut self, ub_hint: f64) -> (Vec<f64>, f64) {
+    /// Coordinate ascent on `L(λ)`: each multiplier in turn set to its exact maximiser.
+    fn ascent(&mut self) -> (Vec<f64>, f64) {
         let m = self.m;
         let mut lam = vec![0.0; m];
         let mut bps = Vec::new();
@@ -373,36 +376,47 @@ impl<'a> Solver<'a> {
                 break;
             }
         }
-        if m > 1 && ub_hint.is_finite() {
-            // Polyak subgradient polishing (coordinate ascent can stall at a kink).
-            let scale: Vec<f64> = self.r.caps.iter().map(|c| c.abs().max(1e-300)).collect();
-            let mut theta = 1.0;
-            let mut lam = best_lam.clone();
-            let mut stall = 0;
-            for _ in 0..60 {
-                let (v, _, used) = self.lagrangian(&lam);
-                if v > best + 1e-15 * best.abs() {
-                    best = v;
-                    best_lam.clone_from(&lam);
+        (best_lam, best)
+    }
+
+    /// Polyak subgradient steps from `(best_lam, best)` towards the target `ub_hint`
+    /// (coordinate ascent can stall at a kink); stops after [`POLISH_PATIENCE`] steps without
+    /// a better bound.
+    fn polish(&mut self, mut best_lam: Vec<f64>, mut best: f64, ub_hint: f64) -> (Vec<f64>, f64) {
+        let m = self.m;
+        let scale: Vec<f64> = self.r.caps.iter().map(|c| c.abs().max(1e-300)).collect();
+        let mut theta = 1.0;
+        let mut lam = best_lam.clone();
+        let (mut stall, mut since_best) = (0, 0);
+        for _ in 0..60 {
+            let (v, _, used) = self.lagrangian(&lam);
+            if v > best + 1e-15 * best.abs() {
+                best = v;
+                best_lam.clone_from(&lam);
+                stall = 0;
+                since_best = 0;
+            } else {
+                stall += 1;
+                since_best += 1;
+                if stall >= 5 {
+                    theta *= 0.5;
                     stall = 0;
-                } else {
-                    stall += 1;
-                    if stall >= 5 {
-                        theta *= 0.5;
-                        stall = 0;
-                    }
                 }
-                let g: Vec<f64> = (0..m)
-                    .map(|d| (used[d] - self.r.caps[d]) / scale[d])
-                    .collect();
-                let gn: f64 = g.iter().map(|v| v * v).sum();
-                if gn == 0.0 || theta < 1e-4 || ub_hint - best <= 1e-12 * best.abs().max(1.0) {
-                    break;
-                }
-                let step = theta * (ub_hint - v) / gn;
-                for d in 0..m {
-                    lam[d] = (lam[d] + step * g[d] / scale[d]).max(0.0);
-                }
+            }
+            let g: Vec<f64> = (0..m)
+                .map(|d| (used[d] - self.r.caps[d]) / scale[d])
+                .collect();
+            let gn: f64 = g.iter().map(|v| v * v).sum();
+            if gn == 0.0
+                || theta < 1e-4
+                || since_best >= POLISH_PATIENCE
+                || ub_hint - best <= 1e-12 * best.abs().max(1.0)
+            {
+                break;
+            }
+            let step = theta * (ub_hint - v) / gn;
+            for d in 0..m {
+                lam[d] = (lam[d] + step * g[d] / scale[d]).max(0.0);
             }
         }
         (best_lam, best)
@@ -656,15 +670,6 @@ impl<'a> Solver<'a> {
         if m == 0 {
             return Ok(self.alive.iter().map(|it| it[0]).collect());
         }
-        // Incumbent from the single-row-at-a-time duals first, to steer the subgradient.
-        let (lam0, _) = {
-            let mut lam = vec![0.0; m];
-            let mut bps = Vec::new();
-            for d in 0..m {
-                lam[d] = self.best_coordinate(&lam, d, &mut bps);
-            }
-            (lam, ())
-        };
         let mut ub = f64::INFINITY;
         let mut best_x: Option<Vec<usize>> = None;
         let consider = |x: Vec<usize>, ub: &mut f64, best_x: &mut Option<Vec<usize>>| {
@@ -674,22 +679,28 @@ impl<'a> Solver<'a> {
                 *best_x = Some(x);
             }
         };
-        {
-            let (_, mut x, _) = self.lagrangian(&lam0);
-            if self.repair(&mut x) {
-                self.improve(&mut x);
-                consider(x, &mut ub, &mut best_x);
+        let incumbent = |s: &Self, lam: &[f64], ub: &mut f64, best_x: &mut Option<Vec<usize>>| {
+            let (_, mut x, _) = s.lagrangian(lam);
+            if s.repair(&mut x) {
+                s.improve(&mut x);
+                consider(x, ub, best_x);
             }
+        };
+        // Incumbent from the single-row-at-a-time duals first, to steer the subgradient.
+        let mut lam0 = vec![0.0; m];
+        let mut bps = Vec::new();
+        for d in 0..m {
+            lam0[d] = self.best_coordinate(&lam0, d, &mut bps);
         }
-        let (lam, lb) = self.dual(ub);
+        incumbent(self, &lam0, &mut ub, &mut best_x);
+        let (lam, lb) = self.ascent();
+        let (lam, lb) = if m > 1 && ub.is_finite() {
+            self.polish(lam, lb, ub)
+        } else {
+            (lam, lb)
+        };
         self.stats.lower_bound = lb;
-        {
-            let (_, mut x, _) = self.lagrangian(&lam);
-            if self.repair(&mut x) {
-                self.improve(&mut x);
-                consider(x, &mut ub, &mut best_x);
-            }
-        }
+        incumbent(self, &lam, &mut ub, &mut best_x);
         self.stats.first_incumbent = ub;
 
         let eps = |ub: f64| {
