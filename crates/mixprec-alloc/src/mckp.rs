@@ -432,51 +432,80 @@ impl<'a> Solver<'a> {
         u
     }
 
-    /// Greedy repair of an infeasible choice; false if it gets stuck.
+    /// Greedy repair of an infeasible choice (best objective loss per unit of excess removed
+    /// first); false if it gets stuck. One scan finds each group's best swap; they are applied
+    /// in order of their scores while each one, scored again after the swaps before it, is
+    /// still no worse than the next one's score (scores only grow as the excess shrinks), and a
+    /// new scan starts when that fails.
     fn repair(&self, x: &mut [usize]) -> bool {
         let r = self.r;
         let m = self.m;
-        let scale: Vec<f64> = r.caps.iter().map(|c| c.abs().max(1e-300)).collect();
+        let inv_scale: Vec<f64> = r.caps.iter().map(|c| 1.0 / c.abs().max(1e-300)).collect();
+        let lim: Vec<f64> = r
+            .caps
+            .iter()
+            .map(|&c| c + crate::problem::BUDGET_RTOL * c.abs().max(1.0))
+            .collect();
         let mut used = self.used_of(x);
-        for _ in 0..(self.stats.items_after_presolve + 10) {
-            let excess: Vec<f64> = (0..m).map(|d| used[d] - r.caps[d]).collect();
-            if (0..m).all(|d| fits(used[d], r.caps[d])) {
-                return true;
-            }
-            let mut best: Option<(f64, usize, usize)> = None;
-            for (g, items) in self.alive.iter().enumerate() {
-                let cur = x[g];
-                for &j in items {
-                    if j == cur {
-                        continue;
+        // Score of swapping group g to item j (None when it removes no excess or breaks a
+        // row that fits).
+        let score = |g: usize, j: usize, x: &[usize], used: &[f64]| -> Option<f64> {
+            let cur = x[g];
+            let (cj, cc) = (r.c(j), r.c(cur));
+            let mut gain = 0.0;
+            for d in 0..m {
+                let delta = cj[d] - cc[d];
+                let excess = used[d] - r.caps[d];
+                if excess > 0.0 {
+                    if delta < 0.0 {
+                        gain += (-delta).min(excess) * inv_scale[d];
                     }
-                    let mut gain = 0.0;
-                    let mut ok = true;
-                    for d in 0..m {
-                        let delta = r.c(j)[d] - r.c(cur)[d];
-                        if excess[d] > 0.0 {
-                            if delta < 0.0 {
-                                gain += (-delta).min(excess[d]) / scale[d];
-                            }
-                        } else if delta > 0.0 && !fits(used[d] + delta, r.caps[d]) {
-                            ok = false;
-                            break;
-                        }
-                    }
-                    if !ok || gain <= 0.0 {
-                        continue;
-                    }
-                    let score = (r.obj[j] - r.obj[cur]) / gain;
-                    if best.is_none_or(|(s, _, _)| score < s) {
-                        best = Some((score, g, j));
-                    }
+                } else if delta > 0.0 && used[d] + delta > lim[d] {
+                    return None;
                 }
             }
-            let Some((_, g, j)) = best else { return false };
-            for d in 0..m {
-                used[d] += r.c(j)[d] - r.c(x[g])[d];
+            (gain > 0.0).then(|| (r.obj[j] - r.obj[cur]) / gain)
+        };
+        let mut cands: Vec<(f64, usize, usize)> = Vec::new();
+        for _ in 0..(self.stats.items_after_presolve + 10) {
+            if (0..m).all(|d| used[d] <= lim[d]) {
+                return true;
             }
-            x[g] = j;
+            cands.clear();
+            for (g, items) in self.alive.iter().enumerate() {
+                let mut best: Option<(f64, usize, usize)> = None;
+                for &j in items {
+                    if j == x[g] {
+                        continue;
+                    }
+                    if let Some(sc) = score(g, j, x, &used) {
+                        if best.is_none_or(|(s, _, _)| sc < s) {
+                            best = Some((sc, g, j));
+                        }
+                    }
+                }
+                cands.extend(best);
+            }
+            if cands.is_empty() {
+                return false;
+            }
+            cands.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            for k in 0..cands.len() {
+                let (_, g, j) = cands[k];
+                let Some(sc) = score(g, j, x, &used) else {
+                    break;
+                };
+                if k > 0 && cands.get(k + 1).is_some_and(|next| sc > next.0) {
+                    break;
+                }
+                for d in 0..m {
+                    used[d] += r.c(j)[d] - r.c(x[g])[d];
+                }
+                x[g] = j;
+                if (0..m).all(|d| used[d] <= lim[d]) {
+                    return true;
+                }
+            }
         }
         false
     }
