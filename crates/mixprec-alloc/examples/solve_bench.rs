@@ -177,6 +177,7 @@ fn direct(f: &str, p: &AllocationProblem, repeats: usize, limit_ms: u64, over: &
         "proven_bound": stats.proven_bound,
         "root_bound": stats.root_lp,
         "memo_pruned": stats.memo_pruned,
+        "refinements": stats.refinements,
     });
     println!("{line}");
 }

@@ -48,9 +48,14 @@
 //!    holds every solution below `θ`: a bisection over `θ` on cheap cores (a sixteenth of the
 //!    cells) gives a proven lower bound, the core with extra tables is built for a cap half
 //!    of `proven − LB` above it, and the search returns the best solution below the cap
-//!    (optimal) or proves that none exists (then the cap grows). The suffix bounds use
-//!    several multipliers for the relaxed row (the partial Lagrangian dual of a state is not
-//!    maximised by the root's multiplier).
+//!    (optimal) or proves that none exists (then the cap grows: by half of `proven − LB`
+//!    while the core's root bound alone rules the cap out, by a tenth once a search was needed,
+//!    since larger cores cost much more to search). The suffix bounds use several multipliers
+//!    for the relaxed row (the partial Lagrangian dual of a state is not maximised by the
+//!    root's multiplier). A search that runs out of its share of states
+//!    ([`Limits::core_refine_states`]) is run again at the same cap on tables with four times
+//!    the cells (up to 32 M): on instances with a large core, coarse tables bound barely above
+//!    `L(λ)` and the state count explodes where finer ones prune.
 //!
 //! The result is optimal up to a relative tolerance of 1e-9 in objective (1e-12 in the core
 //! programme) and budgets; when a node or time limit stops the search, the solver says so and
@@ -74,6 +79,15 @@ use crate::problem::fits;
 
 /// Cells of the core programme's suffix bound tables (over all rows and groups).
 const CORE_CELLS: usize = 4_000_000;
+/// Cells of the bisection's cheap cores.
+const BISECT_CELLS: usize = CORE_CELLS / BISECT_CELL_DIV;
+/// States a core search may keep before its tables are rebuilt finer (by [`REFINE_FACTOR`],
+/// up to [`MAX_CORE_CELLS`]).
+const REFINE_STATES: u64 = 500_000;
+/// Growth of the cells of a core's tables after a search ran out of [`REFINE_STATES`].
+const REFINE_FACTOR: usize = 4;
+/// Most cells of a core's tables (about 4 bytes each, plus the extra tables).
+const MAX_CORE_CELLS: usize = 32_000_000;
 /// Cells of the depth-first search's per-row bound tables (over all rows and groups).
 const DFS_TABLE_CELLS: usize = 100_000;
 /// Cells per group of the coarse tables that tune the other row's multiplier (depth-first).
@@ -99,6 +113,10 @@ const BISECT_STOP_DIV: f64 = 8.0;
 /// (a larger core has coarser tables and a weaker bound; a smaller one may not reach the
 /// optimum, and then a core for a larger threshold is built).
 const CAP_FLOOR: f64 = 0.5;
+/// After a search below a cap that the core's root bound did not rule out found nothing, the
+/// next cap lies `CAP_STEP · (proven − LB)` above the proven bound (instead of
+/// [`CAP_FLOOR`] times).
+const CAP_STEP: f64 = 0.1;
 /// The bisection's cores get this fraction of [`CORE_CELLS`] (a weaker bound, built fast).
 const BISECT_CELL_DIV: usize = 16;
 use crate::core_dp::CoreLimits;
@@ -121,6 +139,9 @@ pub struct Limits {
     /// Whether the depth-first search drops nodes dominated by one entered before at the same
     /// level with the same first-row cost (on by default; off only to measure or test it).
     pub dfs_memo: bool,
+    /// States a core search may keep before its tables are rebuilt finer (same cap, four
+    /// times the cells, up to a limit); the last, finest search may use every state left.
+    pub core_refine_states: u64,
 }
 
 impl Default for Limits {
@@ -131,6 +152,7 @@ impl Default for Limits {
             dfs_first_nodes: 30_000,
             dfs_max_groups: DFS_MAX_GROUPS,
             dfs_memo: true,
+            core_refine_states: REFINE_STATES,
         }
     }
 }
@@ -155,6 +177,9 @@ pub struct Stats {
     pub proven_bound: f64,
     /// Depth-first nodes dropped as dominated by one entered before.
     pub memo_pruned: u64,
+    /// Core searches that ran out of their share of states and were run again on finer
+    /// tables.
+    pub refinements: u64,
 }
 
 /// Why the exact solver returned no solution.
@@ -569,7 +594,7 @@ impl<'a> Solver<'a> {
         let tol = |v: f64| crate::core_dp::OBJ_RTOL * v.abs().max(1.0);
         // The other row's multiplier is tuned on the first core and reused after that.
         let hint: std::cell::RefCell<Option<Vec<f64>>> = std::cell::RefCell::new(None);
-        let core_of = |theta: f64, extras: bool| {
+        let core_of = |theta: f64, cells: usize, extras: bool| {
             let h = hint.borrow().clone();
             let core = CoreDp::new(
                 r,
@@ -577,11 +602,7 @@ impl<'a> Solver<'a> {
                 lam,
                 rc_of,
                 gap(theta),
-                if extras {
-                    CORE_CELLS
-                } else {
-                    CORE_CELLS / BISECT_CELL_DIV
-                },
+                cells,
                 h.as_deref(),
                 extras,
             );
@@ -590,7 +611,9 @@ impl<'a> Solver<'a> {
             }
             core
         };
-        if !ub.is_finite() && core_of(f64::INFINITY, false).root_bound() == f64::INFINITY {
+        if !ub.is_finite()
+            && core_of(f64::INFINITY, BISECT_CELLS, false).root_bound() == f64::INFINITY
+        {
             // Even the whole problem's bound says no choice fits every row.
             return Err(Failure::Infeasible);
         }
@@ -603,7 +626,7 @@ impl<'a> Solver<'a> {
             lb + 1e-3 * lb.abs().max(1.0)
         };
         if !ub.is_finite() {
-            while hi < 1e300 && core_of(hi, false).root_bound() >= hi {
+            while hi < 1e300 && core_of(hi, BISECT_CELLS, false).root_bound() >= hi {
                 proven = hi;
                 hi = lb + 2.0 * (hi - lb);
             }
@@ -614,7 +637,7 @@ impl<'a> Solver<'a> {
                 break;
             }
             let mid = 0.5 * (proven + hi);
-            let rb = core_of(mid, false).root_bound();
+            let rb = core_of(mid, BISECT_CELLS, false).root_bound();
             if rb >= mid {
                 proven = mid;
             } else {
@@ -627,30 +650,46 @@ impl<'a> Solver<'a> {
             stats.nodes = states;
             stats.root_lp = proven;
         };
+        // Tables of the searched core: finer (more cells) after a search that ran out of its
+        // share of states, at the same cap.
+        let mut cells = CORE_CELLS;
+        let mut refine = false;
+        let mut last_cap = f64::INFINITY;
+        // Growth of the cap, relative to `proven − LB` (see CAP_STEP).
+        let mut step = CAP_FLOOR;
         loop {
             if proven >= ub - tol(ub) {
                 finish(&mut self.stats, states, proven);
                 return best_x.ok_or(Failure::Infeasible);
             }
-            let mut cap = proven + (proven - lb).max(tol(proven)) * CAP_FLOOR;
+            let mut cap = proven + (proven - lb).max(tol(proven)) * step;
             if cap - lb > 1e6 * proven.abs().max(1.0) {
                 // Without an incumbent the cap could grow for ever: search everything.
                 cap = f64::INFINITY;
             }
-            let cap = cap.min(ub);
-            let core = core_of(cap, true);
+            let cap = if refine { last_cap } else { cap.min(ub) };
+            refine = false;
+            last_cap = cap;
+            let core = core_of(cap, cells, true);
             self.stats.core_groups = core.core_groups();
             // Every solution below the cap uses only the core's items.
-            proven = proven.max(core.root_bound().min(cap));
+            let root = core.root_bound();
+            proven = proven.max(root.min(cap));
             if proven >= ub - tol(ub) {
                 continue;
             }
+            let left = limits.node_limit.saturating_sub(states);
+            let share = if cells < MAX_CORE_CELLS {
+                left.min(limits.core_refine_states)
+            } else {
+                left
+            };
             let mut run_limits = CoreLimits {
                 deadline: limits.deadline,
-                states: limits.node_limit.saturating_sub(states),
+                states: share,
             };
             let out = core.search_best_first(cap, &mut run_limits);
-            states = limits.node_limit - run_limits.states.min(limits.node_limit);
+            states += share - run_limits.states.min(share);
             match out {
                 CoreOutcome::Done(Some((v, items))) => {
                     finish(&mut self.stats, states, v);
@@ -665,6 +704,11 @@ impl<'a> Solver<'a> {
                         return best_x.ok_or(Failure::Infeasible);
                     }
                     proven = proven.max(cap);
+                    if root < cap {
+                        // The tables alone did not rule the cap out: the optimum is near,
+                        // and larger cores cost much more to search.
+                        step = CAP_STEP;
+                    }
                 }
                 CoreOutcome::Aborted { bound, best } => {
                     // The search's solution and bound are kept: the limit's certificate is
@@ -676,6 +720,15 @@ impl<'a> Solver<'a> {
                         }
                     }
                     proven = proven.max(bound.min(cap)).min(ub);
+                    let out_of_share = share < left && run_limits.states == 0;
+                    let in_time = limits.deadline.is_none_or(|dl| Instant::now() < dl);
+                    if out_of_share && in_time && proven < ub - tol(ub) {
+                        // Coarse tables bound too weakly: the same cap again on a finer grid.
+                        cells = (cells * REFINE_FACTOR).min(MAX_CORE_CELLS);
+                        self.stats.refinements += 1;
+                        refine = cap < ub;
+                        continue;
+                    }
                     finish(&mut self.stats, states, proven);
                     if proven >= ub - tol(ub) {
                         return best_x.ok_or(Failure::Infeasible);
@@ -1737,25 +1790,77 @@ mod tests {
                 continue;
             };
             let expect = brute(&r);
-            for first in [0u64, 200_000] {
+            // (The last pair makes every core search run out of its share of states and
+            // rebuild its tables finer.)
+            for (first, refine) in [(0u64, REFINE_STATES), (200_000, REFINE_STATES), (0, 1)] {
+                if refine == 1 && seed % 4 != 0 {
+                    continue; // (tables of up to MAX_CORE_CELLS: every fourth seed suffices)
+                }
                 let limits = Limits {
                     dfs_first_nodes: first,
+                    core_refine_states: refine,
                     ..Limits::default()
                 };
                 let (out, stats) = solve(&r, &limits);
                 match (expect, out) {
                     (Some(b), Ok(items)) => {
-                        let v =
-                            assert_optimal(&r, &items, b, &format!("seed {seed} first {first}"));
+                        let v = assert_optimal(
+                            &r,
+                            &items,
+                            b,
+                            &format!("seed {seed} first {first} refine {refine}"),
+                        );
                         assert_eq!(stats.proven_bound, v);
                         solved += 1;
                     }
                     (None, Err(Failure::Infeasible)) => infeasible += 1,
-                    (e, o) => panic!("seed {seed} first {first}: brute {e:?} vs {o:?}"),
+                    (e, o) => {
+                        panic!("seed {seed} first {first} refine {refine}: brute {e:?} vs {o:?}")
+                    }
                 }
             }
         }
-        assert!(solved >= 160, "{solved} solved, {infeasible} infeasible");
+        assert!(solved >= 190, "{solved} solved, {infeasible} infeasible");
+    }
+
+    /// A core search that runs out of its share of states is run again on finer tables at the
+    /// same cap, and the answer is still the optimum (the one found without that limit).
+    #[test]
+    fn refined_core_search_keeps_the_optimum() {
+        let bits = [(2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8)];
+        let mut refined = 0;
+        for seed in 0..6u64 {
+            let p = hawq_like(
+                40 + seed,
+                60,
+                &bits,
+                &[(CostKind::ModelSize, 0.5), (CostKind::Bops, 0.45)],
+            );
+            let r = Reduced::new(&p).unwrap();
+            let base = Limits {
+                dfs_first_nodes: 0,
+                ..Limits::default()
+            };
+            let (plain, _) = solve(&r, &base);
+            let (tight, stats) = solve(
+                &r,
+                &Limits {
+                    core_refine_states: 20,
+                    ..base
+                },
+            );
+            let obj = |items: &[usize]| items.iter().map(|&i| r.obj[i]).sum::<f64>();
+            let (a, b) = (plain.expect("solved"), tight.expect("solved"));
+            assert!(r.feasible(&b), "seed {seed}");
+            assert!(
+                (obj(&a) - obj(&b)).abs() <= 1e-9 * obj(&a).abs().max(1.0),
+                "seed {seed}: {} vs {}",
+                obj(&a),
+                obj(&b)
+            );
+            refined += stats.refinements;
+        }
+        assert!(refined > 0, "no search was refined");
     }
 
     /// The depth-first search's bound (tuned and extra dynamic-programming tables, LP rows)

@@ -84,6 +84,7 @@ impl Allocator for Ilp {
         ctx.note("root_lp", stats.root_lp);
         ctx.note("core_groups", stats.core_groups as f64);
         ctx.note("items_after_presolve", stats.items_after_presolve as f64);
+        ctx.note("refinements", stats.refinements as f64);
         match out {
             Ok(items) => r.finish(p, &items),
             Err(Failure::Infeasible) => Err(AllocError::Infeasible {
