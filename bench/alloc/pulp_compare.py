@@ -4,9 +4,9 @@
 Creates its own virtual environment with PuLP, writes the instances as mixprec JSON problem
 files (sizes 54x4, 560x6, 2000x6, each with a model-size and a BOPs budget), solves them with
 PuLP/CBC (timing `prob.solve()` in-process), runs the Rust example `solve_bench` on the same
-files (in-process median of repeats, plus 50-point Pareto sweeps along model-size with only
-the model-size budget: `pareto50` = exact `ilp` per point, `dp50` = the `pareto-dp` frontier)
-and prints objectives, times and the speed ratio; exits non-zero if the optima differ by more
+files (in-process median of repeats, with the heap settings of the mixprec binary, plus
+50-point Pareto sweeps along model-size with only the model-size budget: `pareto50` = exact
+`ilp` per point, `dp50` = the `pareto-dp` frontier) and prints objectives, times and the speed ratio; exits non-zero if the optima differ by more
 than 1e-9 relative or if `ilp` did not prove optimality.
 
 CBC's time is the median of `--cbc-repeats` solves (one when the first takes over 5 s).
@@ -149,6 +149,11 @@ def main():
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env.setdefault("CARGO_TARGET_DIR", os.path.join(root, "target-alloc"))
+        # The heap settings the mixprec binary makes at start (`keep_freed_memory` in
+        # crates/mixprec-cli/src/main.rs): freed blocks up to 32 MiB stay on the heap instead
+        # of being unmapped and faulted in again by the next solve's tables.
+        env.setdefault("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=33554432:"
+                       "glibc.malloc.trim_threshold=536870912")
         cmd = ["cargo", "run", "--release", "-q", "-p", "mixprec-alloc", "--example",
                "solve_bench", "--", "--repeats", str(args.repeats), "--pareto", "50",
                "--time-limit-ms", str(args.time_limit_ms)]
