@@ -1,9 +1,8 @@
 //! Loads JSON allocation problems, solves each with the exact `ilp` allocator (median of
 //! repeated in-process solves after an uncounted first one; no more repeats once they took
-//! 5 s), runs a 50-point exact
-//! Pareto sweep along `model-size` (the problem with only its model-size budget, each point an
-//! exact `ilp` solve) and the
-//! `pareto-dp` frontier on the same axis, and prints one JSON line per file.
+//! 5 s), runs a 50-point exact Pareto sweep along `model-size` (the problem with only its
+//! model-size budget, each point an exact `ilp` solve) and the `pareto-dp` frontier on the same
+//! axis, and prints one JSON line per file.
 //!
 //! `cargo run --release -p mixprec-alloc --example solve_bench -- [--repeats N] [--pareto N]
 //! [--time-limit-ms MS] [--dfs-first N] [--dfs-max-groups N] [--no-memo] FILE...`
