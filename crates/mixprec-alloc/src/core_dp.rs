@@ -689,7 +689,12 @@ impl<'a> CoreDp<'a> {
         // Dominance buckets: (level, Δc_1 bits) → Δc_2 (ordered key) → Δf of the states kept.
         let mut seen: HashMap<(u32, u64), Front, FastHash> = HashMap::default();
         let mut pops = 0u64;
-        while let Some(Reverse((OrdF64(b), idx))) = heap.pop() {
+        // The state to expand next: the heap's least, or the best child of the last state
+        // when no state in the heap comes before it (most states keep a single child, so the
+        // heap is bypassed along such chains; the order of expansion is the same).
+        let mut next = heap.pop().map(|Reverse((OrdF64(b), idx))| (b, idx));
+        let mut kids: Vec<(f64, u32)> = Vec::new();
+        while let Some((b, idx)) = next {
             if b >= thr - eps {
                 break;
             }
@@ -709,6 +714,7 @@ impl<'a> CoreDp<'a> {
             let Node { s, level, .. } = nodes[idx as usize];
             let t = level as usize;
             let suf = self.suf_min[t + 1];
+            kids.clear();
             for (j, &(_, df, dc)) in self.levels[t].iter().enumerate() {
                 let ns = St {
                     df: s.df + df,
@@ -745,9 +751,35 @@ impl<'a> CoreDp<'a> {
                     best = Some((v, id));
                 }
                 if t + 1 < k_n {
-                    heap.push(Reverse((OrdF64(bnd), id)));
+                    kids.push((bnd, id));
                 }
             }
+            // The least child (earliest on ties, as in the heap) goes next unless a state in
+            // the heap comes first (on equal bounds the heap's, which is older).
+            let first = kids
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(a.0.cmp(&b.0)))
+                .map(|(k, _)| k);
+            next = match first {
+                Some(k)
+                    if heap
+                        .peek()
+                        .is_none_or(|Reverse((OrdF64(hb), _))| kids[k].0 < *hb) =>
+                {
+                    let go = kids.swap_remove(k);
+                    for &(bnd, id) in &kids {
+                        heap.push(Reverse((OrdF64(bnd), id)));
+                    }
+                    Some(go)
+                }
+                _ => {
+                    for &(bnd, id) in &kids {
+                        heap.push(Reverse((OrdF64(bnd), id)));
+                    }
+                    heap.pop().map(|Reverse((OrdF64(b), idx))| (b, idx))
+                }
+            };
         }
         self.best_first_answer(best, &nodes)
     }
