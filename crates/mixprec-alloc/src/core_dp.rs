@@ -8,8 +8,7 @@
 //! binary heap), so only states whose bound lies below the optimum are ever expanded — the
 //! work of one thresholded pass at the optimum, without knowing it in advance. Most states keep
 //! a single child, so a state's best child is expanded next without the heap whenever no state
-//! there comes first. A child is
-//! dropped when
+//! there comes first. A child is dropped when
 //! - another state at its level with the same change in row 1 is no worse in row 2 and in
 //!   objective (dominance; each `(level, Δc_1)` keeps a Pareto front over `(Δc_2, Δf)`), or
 //! - its bound reaches the threshold (the best solution found or the caller's `θ`): per kept
