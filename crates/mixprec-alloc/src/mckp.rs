@@ -641,8 +641,14 @@ impl<'a> Solver<'a> {
                 proven = mid;
             } else {
                 // Every solution below `mid` uses only that core's items: it is at least `rb`.
+                // A core whose bound proves nothing new is too wide for its cells: the next
+                // probe goes a quarter of the way up instead of half.
+                hi = if rb <= proven {
+                    proven + 0.5 * (mid - proven)
+                } else {
+                    mid
+                };
                 proven = proven.max(rb);
-                hi = mid;
             }
         }
         let finish = |stats: &mut Stats, states: u64, proven: f64| {
