@@ -54,7 +54,7 @@ const EXTRA_FACTORS: &[f64] = &[
 /// Cell budget of the extra tables, in quarters of the main tables' budget.
 const EXTRA_BUDGET_NUM: usize = 5;
 /// Golden-section steps that tune the relaxed row's multiplier of each table.
-const TUNE_STEPS: usize = 4;
+const TUNE_STEPS: usize = 3;
 /// Tables are built on two threads when they hold at least this many cells in all.
 const PARALLEL_CELLS: usize = 1_000_000;
 /// Largest number of states kept by one search (about 40 bytes each) before giving up.
