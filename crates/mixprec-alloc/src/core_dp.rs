@@ -209,22 +209,49 @@ impl SufTable {
     /// Builds the table; on x86-64 CPUs with AVX2 the same code is compiled for 4-lane vectors
     /// (min and add are exact IEEE operations, so the values are the same bit for bit).
     fn new(levels: &[Level], d: usize, lam: &[f64], unit: f64, slack_d: f64) -> Self {
+        Self::build(levels, d, lam, unit, slack_d, true)
+    }
+
+    /// Builds the table (every level's row with `all_rows`, else only the root's: then only
+    /// lookups at level 0 are valid).
+    fn build(
+        levels: &[Level],
+        d: usize,
+        lam: &[f64],
+        unit: f64,
+        slack_d: f64,
+        all_rows: bool,
+    ) -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx2")]
-            fn avx2(levels: &[Level], d: usize, lam: &[f64], unit: f64, slack_d: f64) -> SufTable {
-                SufTable::new_impl(levels, d, lam, unit, slack_d)
+            fn avx2(
+                levels: &[Level],
+                d: usize,
+                lam: &[f64],
+                unit: f64,
+                slack_d: f64,
+                all_rows: bool,
+            ) -> SufTable {
+                SufTable::new_impl(levels, d, lam, unit, slack_d, all_rows)
             }
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { avx2(levels, d, lam, unit, slack_d) };
+                return unsafe { avx2(levels, d, lam, unit, slack_d, all_rows) };
             }
         }
-        Self::new_impl(levels, d, lam, unit, slack_d)
+        Self::new_impl(levels, d, lam, unit, slack_d, all_rows)
     }
 
     #[inline(always)]
-    fn new_impl(levels: &[Level], d: usize, lam: &[f64], unit: f64, slack_d: f64) -> Self {
+    fn new_impl(
+        levels: &[Level],
+        d: usize,
+        lam: &[f64],
+        unit: f64,
+        slack_d: f64,
+        all_rows: bool,
+    ) -> Self {
         let k = levels.len();
         let cell = |v: f64| -> i64 { (v / unit).floor() as i64 };
         let other = |df: f64, dc: &[f64; 2]| -> f64 {
@@ -250,6 +277,7 @@ impl SufTable {
             start[t] = total;
             total += width[t];
         }
+        let capacity = if all_rows { total } else { width[0] };
         let mut tb = Self {
             d,
             lam: lam.to_vec(),
@@ -260,7 +288,7 @@ impl SufTable {
             win_lo,
             start,
             width,
-            h: Vec::with_capacity(total),
+            h: Vec::with_capacity(capacity),
         };
         // Rows are computed exactly in f64 (two scratch rows) and stored rounded down to f32:
         // half the memory traffic, and a stored value never exceeds the true one.
@@ -268,7 +296,9 @@ impl SufTable {
         // The last level's row is all zero (so is its stored copy).
         let mut next_buf = vec![0.0f64; max_w];
         let mut row_buf = vec![0.0f64; max_w];
-        tb.h.resize(tb.width[k], 0.0);
+        if all_rows || k == 0 {
+            tb.h.resize(tb.width[k], 0.0);
+        }
         for t in (0..k).rev() {
             let wt = tb.width[t];
             let lo_t = tb.win_lo[t];
@@ -318,8 +348,13 @@ impl SufTable {
             // below the window is its first cell and above it the least value), so their
             // minimum already is: no prefix-minimum pass is needed.
             debug_assert!(row.windows(2).all(|w| w[1] <= w[0]));
-            debug_assert_eq!(tb.h.len(), tb.start[t]);
-            tb.h.extend(row.iter().map(|&v| down_f32(v)));
+            if all_rows {
+                debug_assert_eq!(tb.h.len(), tb.start[t]);
+                tb.h.extend(row.iter().map(|&v| down_f32(v)));
+            } else if t == 0 {
+                tb.start[0] = 0;
+                tb.h.extend(row.iter().map(|&v| down_f32(v)));
+            }
             std::mem::swap(&mut next_buf, &mut row_buf);
         }
         tb
@@ -533,7 +568,15 @@ impl<'a> CoreDp<'a> {
                 } else {
                     let (cu, _) = grid_unit(&levels, d, share / 16, slack[d]);
                     tune_multiplier(lam[1 - d], TUNE_STEPS, |x| {
-                        root_of(&SufTable::new(&levels, d, &with_x(x), cu, slack[d]))
+                        // (Only the root's row is kept: the root bound is all that is read.)
+                        root_of(&SufTable::build(
+                            &levels,
+                            d,
+                            &with_x(x),
+                            cu,
+                            slack[d],
+                            false,
+                        ))
                     })
                 };
                 specs.push((d, with_x(x), unit, cells));
