@@ -46,7 +46,8 @@
 //!    solution, expanded best bound first, dominated states and states whose suffix bound
 //!    reaches the incumbent dropped. The core of the items with reduced cost below `θ − LB`
 //!    holds every solution below `θ`: a bisection over `θ` on cheap cores (a sixteenth of the
-//!    cells) gives a proven lower bound, the core with extra tables is built for a cap half
+//!    cells; after a core that proves nothing new, the next probe goes a quarter of the way
+//!    up) gives a proven lower bound, the core with extra tables is built for a cap half
 //!    of `proven − LB` above it, and the search returns the best solution below the cap
 //!    (optimal) or proves that none exists (then the cap grows: by half of `proven − LB`
 //!    while the core's root bound alone rules the cap out, by a tenth once a search was needed,
@@ -66,11 +67,11 @@
 //! entered (F entries of a front) and at most `MEMO_MAX_VALUES` numbers. Measured (random
 //! HAWQ-like instances of `bench/alloc/pulp_compare.py`, `examples/solve_bench.rs`): one
 //! budget, 2000 layers × 6 options in ~30 ms; size + BOPs budgets, seed 1: 54 × 4 in ~0.9 ms
-//! (depth-first search, ≈ 6.6 k nodes), 560 × 6 in ~16 ms (set-up 1.4 ms, bisection 3 ms,
-//! final tables 4 ms, search 7 ms over ≈ 29 k states) and 2000 × 6 in ~23 ms. Over seeds 1–5,
-//! 14 of 15 instances are solved to optimality; the time varies much more than CBC's (560 × 6:
-//! 11 ms to 6.7 s), and one 2000-layer instance still stops at the state limit with a proven
-//! bound 0.06 below the optimum.
+//! (depth-first search, ≈ 6.6 k nodes), 560 × 6 in ~14 ms (set-up 1.4 ms, three bisection
+//! cores 2 ms, final tables 4 ms, search 6–7 ms over ≈ 29 k states) and 2000 × 6 in ~21 ms.
+//! Over seeds 1–5, 14 of 15 instances are solved to optimality; the time varies much more
+//! than CBC's (560 × 6: 10 ms to 6 s), and one 2000-layer instance still stops at the state
+//! limit with a proven bound 0.06 below the optimum.
 
 use std::time::Instant;
 
