@@ -205,6 +205,17 @@ fn window(levels: &[Level], d: usize, unit: f64, slack_d: f64) -> Window {
     (suf_lo, suf_hi, win_lo, width)
 }
 
+/// What one suffix table is built from (see [`SufTable::build`]).
+#[derive(Clone, Copy)]
+struct TableArgs<'a> {
+    levels: &'a [Level],
+    d: usize,
+    lam: &'a [f64],
+    unit: f64,
+    slack_d: f64,
+    all_rows: bool,
+}
+
 impl SufTable {
     /// Builds the table; on x86-64 CPUs with AVX2 the same code is compiled for 4-lane vectors
     /// (min and add are exact IEEE operations, so the values are the same bit for bit).
@@ -222,36 +233,38 @@ impl SufTable {
         slack_d: f64,
         all_rows: bool,
     ) -> Self {
+        let args = TableArgs {
+            levels,
+            d,
+            lam,
+            unit,
+            slack_d,
+            all_rows,
+        };
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx2")]
-            fn avx2(
-                levels: &[Level],
-                d: usize,
-                lam: &[f64],
-                unit: f64,
-                slack_d: f64,
-                all_rows: bool,
-            ) -> SufTable {
-                SufTable::new_impl(levels, d, lam, unit, slack_d, all_rows)
+            fn avx2(args: TableArgs) -> SufTable {
+                SufTable::new_impl(args)
             }
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { avx2(levels, d, lam, unit, slack_d, all_rows) };
+                return unsafe { avx2(args) };
             }
         }
-        Self::new_impl(levels, d, lam, unit, slack_d, all_rows)
+        Self::new_impl(args)
     }
 
     #[inline(always)]
-    fn new_impl(
-        levels: &[Level],
-        d: usize,
-        lam: &[f64],
-        unit: f64,
-        slack_d: f64,
-        all_rows: bool,
-    ) -> Self {
+    fn new_impl(args: TableArgs) -> Self {
+        let TableArgs {
+            levels,
+            d,
+            lam,
+            unit,
+            slack_d,
+            all_rows,
+        } = args;
         let k = levels.len();
         let cell = |v: f64| -> i64 { (v / unit).floor() as i64 };
         let other = |df: f64, dc: &[f64; 2]| -> f64 {
