@@ -1048,6 +1048,18 @@ struct DpRow {
     lam_other: Vec<f64>,
 }
 
+/// What one [`DpRow`] is built from (see [`DpRow::new`]).
+#[derive(Clone, Copy)]
+struct DpRowArgs<'a> {
+    r: &'a Reduced,
+    d: usize,
+    lam: &'a [f64],
+    levels: &'a [&'a [usize]],
+    base_used: f64,
+    max_cells: usize,
+    full: bool,
+}
+
 impl DpRow {
     /// Builds the table (all levels with `full`, else only the root's row: enough for
     /// [`DpRow::bound`] at level 0, in two rows of memory); on x86-64 CPUs with AVX2 the same
@@ -1062,38 +1074,40 @@ impl DpRow {
         max_cells: usize,
         full: bool,
     ) -> Option<Self> {
+        let args = DpRowArgs {
+            r,
+            d,
+            lam,
+            levels,
+            base_used,
+            max_cells,
+            full,
+        };
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx2")]
-            fn avx2(
-                r: &Reduced,
-                d: usize,
-                lam: &[f64],
-                levels: &[&[usize]],
-                base_used: f64,
-                max_cells: usize,
-                full: bool,
-            ) -> Option<DpRow> {
-                DpRow::new_impl(r, d, lam, levels, base_used, max_cells, full)
+            fn avx2(args: DpRowArgs) -> Option<DpRow> {
+                DpRow::new_impl(args)
             }
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { avx2(r, d, lam, levels, base_used, max_cells, full) };
+                return unsafe { avx2(args) };
             }
         }
-        Self::new_impl(r, d, lam, levels, base_used, max_cells, full)
+        Self::new_impl(args)
     }
 
     #[inline(always)]
-    fn new_impl(
-        r: &Reduced,
-        d: usize,
-        lam: &[f64],
-        levels: &[&[usize]],
-        base_used: f64,
-        max_cells: usize,
-        full: bool,
-    ) -> Option<Self> {
+    fn new_impl(args: DpRowArgs) -> Option<Self> {
+        let DpRowArgs {
+            r,
+            d,
+            lam,
+            levels,
+            base_used,
+            max_cells,
+            full,
+        } = args;
         let k_n = levels.len();
         let gmin: Vec<f64> = levels
             .iter()
