@@ -460,8 +460,8 @@ impl<'a> Solver<'a> {
     /// Greedy repair of an infeasible choice (best objective loss per unit of excess removed
     /// first); false if it gets stuck. One scan finds each group's best swap; they are applied
     /// in order of their scores while each one, scored again after the swaps before it, is
-    /// still no worse than the next one's score (scores only grow as the excess shrinks), and a
-    /// new scan starts when that fails.
+    /// still no worse than the next one's score (a swap that costs objective only scores worse
+    /// as the excess shrinks), and a new scan starts when that fails.
     fn repair(&self, x: &mut [usize]) -> bool {
         let r = self.r;
         let m = self.m;
