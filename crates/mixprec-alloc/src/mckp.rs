@@ -2004,6 +2004,13 @@ mod tests {
         ];
         let mut pruned = [0u64; 3];
         let mut solved = [0usize; 3];
+        // Depth-first search only (never handed to the core programme), memory on or off.
+        let depth_first = |memo: bool| Limits {
+            dfs_first_nodes: u64::MAX,
+            dfs_max_groups: usize::MAX,
+            dfs_memo: memo,
+            ..Limits::default()
+        };
         for seed in 0..90u64 {
             let mut rng = ChaCha8Rng::seed_from_u64(4000 + seed);
             let m = 1 + (seed % 3) as usize;
@@ -2017,12 +2024,7 @@ mod tests {
             let Ok(r) = Reduced::new(&p) else { continue };
             let expect = brute(&r);
             for memo in [true, false] {
-                let limits = Limits {
-                    dfs_first_nodes: u64::MAX,
-                    dfs_max_groups: usize::MAX,
-                    dfs_memo: memo,
-                    ..Limits::default()
-                };
+                let limits = depth_first(memo);
                 let (out, stats) = solve(&r, &limits);
                 match (expect, out) {
                     (Some(b), Ok(items)) => {
@@ -2055,12 +2057,7 @@ mod tests {
             let p = hawq_like(4500 + seed, nl, &bits[..4], &budgets);
             let Ok(r) = Reduced::new(&p) else { continue };
             let run = |memo: bool| {
-                let limits = Limits {
-                    dfs_first_nodes: u64::MAX,
-                    dfs_max_groups: usize::MAX,
-                    dfs_memo: memo,
-                    ..Limits::default()
-                };
+                let limits = depth_first(memo);
                 let (out, stats) = solve(&r, &limits);
                 let v = match out {
                     Ok(items) => {
