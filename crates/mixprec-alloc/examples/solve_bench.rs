@@ -187,6 +187,7 @@ fn direct(f: &str, p: &AllocationProblem, repeats: usize, limit_ms: u64, over: &
         "root_bound": stats.root_lp,
         "memo_pruned": stats.memo_pruned,
         "refinements": stats.refinements,
+        "fixed_by_tables": stats.fixed_by_tables,
     });
     println!("{line}");
 }

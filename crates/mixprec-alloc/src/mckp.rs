@@ -103,6 +103,9 @@ const DFS_EXTRA_FACTORS: &[f64] = &[0.7, 1.4];
 const DFS_EXTRA_CELLS: usize = 256;
 /// Default of [`Limits::dfs_max_groups`].
 const DFS_MAX_GROUPS: usize = 120;
+/// The depth-first tables are rebuilt on the items left after fixing when it dropped at least
+/// one in this many of the undecided items.
+const FIX_REBUILD_DIV: usize = 3;
 /// Subgradient steps without a better Lagrangian bound after which the polishing stops.
 const POLISH_PATIENCE: usize = 20;
 /// Bisection steps for the core's proven lower bound.
@@ -180,6 +183,9 @@ pub struct Stats {
     /// Core searches that ran out of their share of states and were run again on finer
     /// tables.
     pub refinements: u64,
+    /// Items dropped because their forced bound on the depth-first tables reached the
+    /// incumbent.
+    pub fixed_by_tables: usize,
 }
 
 /// Why the exact solver returned no solution.
@@ -876,11 +882,26 @@ impl<'a> Solver<'a> {
                     v
                 })
                 .collect();
-            let mut d = Dfs::new(r, &lists, lb, &lam, &rc_of, ub, &dfs_limits);
-            self.stats.core_groups = d.order.len();
+            let mut tuned = [None, None];
+            let mut d = Dfs::new(r, &lists, lb, &lam, &rc_of, ub, &dfs_limits, &mut tuned);
             if nodes == 0 {
                 self.stats.root_lp = d.root_bound();
             }
+            // Items whose forced bound reaches the incumbent go; while that removes a good
+            // share, the tables are rebuilt on what is left (more cells per level, often
+            // exact) and fix more.
+            loop {
+                let items = d.undecided_items();
+                let dropped = d.fix_by_tables();
+                self.stats.fixed_by_tables += dropped;
+                if dropped == 0 || dropped * FIX_REBUILD_DIV < items {
+                    break;
+                }
+                let kept = d.lists.clone();
+                d = Dfs::new(r, &kept, lb, &lam, &rc_of, ub, &dfs_limits, &mut tuned);
+            }
+            d.add_search_bounds(&lam);
+            self.stats.core_groups = d.order.len();
             let aborted = d.run(&mut best, nodes);
             self.stats.memo_pruned += d.memo_pruned;
             nodes = d.nodes;
@@ -1044,6 +1065,10 @@ struct DpRow {
     /// Row of level 0 in `table` (rows are stored from the last level to the first).
     top: usize,
     suf_gmin: Vec<f64>,
+    /// Cheapest cost in row `d` per level (the grid weights are differences from it).
+    gmin: Vec<f64>,
+    /// Whether the grid weights are exact (integral costs on an integer unit).
+    integral: bool,
     table: Vec<f64>,
     lam_other: Vec<f64>,
 }
@@ -1179,10 +1204,7 @@ impl DpRow {
                 }
                 let w = w as usize;
                 let v = r.obj[i] + dot(&lam_other, r.c(i));
-                // Plain minima (no branch, no masked store) so that the loop vectorises.
-                for (slot, &nv) in cur[w..].iter_mut().zip(next.iter()) {
-                    *slot = slot.min(v + nv);
-                }
+                min_add_into(&mut cur[w..], next, v);
             }
             if !full {
                 std::mem::swap(&mut table, &mut scratch);
@@ -1194,9 +1216,94 @@ impl DpRow {
             cells,
             top: if full { k_n } else { 0 },
             suf_gmin,
+            gmin,
+            integral,
             table,
             lam_other,
         })
+    }
+
+    /// Grid weight and value of item `i` at level `t` (None when it exceeds the table).
+    fn item(&self, r: &Reduced, t: usize, i: usize) -> Option<(usize, f64)> {
+        let delta = r.c(i)[self.d] - self.gmin[t];
+        let w = (delta / self.unit + if self.integral { 1e-9 } else { 0.0 }).floor();
+        (w <= self.cells as f64).then(|| (w as usize, r.obj[i] + dot(&self.lam_other, r.c(i))))
+    }
+
+    /// For every item of every level, a lower bound on the objective of the solutions that
+    /// take it: the relaxation of the table with the item forced, the levels before it
+    /// tabulated forward (rolling, `Q[j]` = least value of the levels before with grid weight
+    /// `≤ C − j`) and joined with the suffix table of the levels after it at the root's room
+    /// `C`: `min_j Q[j] + v_i + T[j − w_i]`. Needs the full table.
+    fn forced_bounds(
+        &self,
+        r: &Reduced,
+        levels: &[&[usize]],
+        base_obj: f64,
+        base_used: &[f64],
+        caps: &[f64],
+    ) -> Vec<Vec<f64>> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2")]
+            fn avx2(
+                row: &DpRow,
+                r: &Reduced,
+                levels: &[&[usize]],
+                base_obj: f64,
+                base_used: &[f64],
+                caps: &[f64],
+            ) -> Vec<Vec<f64>> {
+                row.forced_bounds_impl(r, levels, base_obj, base_used, caps)
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                return unsafe { avx2(self, r, levels, base_obj, base_used, caps) };
+            }
+        }
+        self.forced_bounds_impl(r, levels, base_obj, base_used, caps)
+    }
+
+    #[inline(always)]
+    fn forced_bounds_impl(
+        &self,
+        r: &Reduced,
+        levels: &[&[usize]],
+        base_obj: f64,
+        base_used: &[f64],
+        caps: &[f64],
+    ) -> Vec<Vec<f64>> {
+        let d = self.d;
+        let k_n = levels.len();
+        let room = caps[d] - base_used[d] - self.suf_gmin[0];
+        let c0 = ((room.max(0.0) / self.unit) + 1e-9).min(self.cells as f64) as usize;
+        let slack: f64 = self
+            .lam_other
+            .iter()
+            .zip(caps.iter().zip(base_used))
+            .map(|(l, (cap, u))| l * (cap - u))
+            .sum();
+        let width = self.cells + 1;
+        let mut q = vec![0.0f64; c0 + 1];
+        let mut nq = vec![f64::INFINITY; c0 + 1];
+        let mut out = Vec::with_capacity(k_n);
+        for t in 0..k_n {
+            let suf = &self.table[(self.top - t - 1) * width..][..width];
+            let mut row = Vec::with_capacity(levels[t].len());
+            nq.fill(f64::INFINITY);
+            for &i in levels[t] {
+                let Some((w, v)) = self.item(r, t, i).filter(|&(w, _)| w <= c0) else {
+                    row.push(f64::INFINITY);
+                    continue;
+                };
+                let best = min_sum(&q[w..], suf);
+                row.push(base_obj + v + best - slack);
+                min_add_into(&mut nq[..=c0 - w], &q[w..], v);
+            }
+            std::mem::swap(&mut q, &mut nq);
+            out.push(row);
+        }
+        out
     }
 
     /// Bound on the objective of levels `t..` given `used` costs (inf if infeasible).
@@ -1352,7 +1459,7 @@ impl Memo {
 struct Dfs<'a> {
     r: &'a Reduced,
     m: usize,
-    lists: &'a [Vec<usize>],
+    lists: Vec<Vec<usize>>,
     rc_of: &'a [f64],
     lb: f64,
     ub: f64,
@@ -1372,14 +1479,20 @@ struct Dfs<'a> {
 }
 
 impl<'a> Dfs<'a> {
+    /// The search's levels and its per-row bound tables (for two rows, the other row's
+    /// multiplier tuned per row unless `tuned[d]` holds one from an earlier build, and then
+    /// recorded there). The LP rows and extra tables that only the search uses come from
+    /// [`Dfs::add_search_bounds`].
+    #[allow(clippy::too_many_arguments)]
     fn new(
         r: &'a Reduced,
-        lists: &'a [Vec<usize>],
+        lists: &[Vec<usize>],
         lb: f64,
         lam: &[f64],
         rc_of: &'a [f64],
         ub: f64,
         limits: &'a Limits,
+        tuned: &mut [Option<f64>; 2],
     ) -> Self {
         let m = r.m();
         let mut base_used = vec![0.0; m];
@@ -1406,110 +1519,63 @@ impl<'a> Dfs<'a> {
         };
         order.sort_by(|&a, &b| spread(b).total_cmp(&spread(a)).then(a.cmp(&b)));
         let nb = order.len();
-        let mut suf_minc = vec![0.0; (nb + 1) * m];
-        let mut suf_c0 = vec![0.0; (nb + 1) * m];
-        let mut suf_obj0 = vec![0.0; nb + 1];
-        for t in (0..nb).rev() {
-            let v = &lists[order[t]];
-            suf_obj0[t] = suf_obj0[t + 1] + r.obj[v[0]];
-            for d in 0..m {
-                let minc = v.iter().map(|&i| r.c(i)[d]).fold(f64::INFINITY, f64::min);
-                suf_minc[t * m + d] = suf_minc[(t + 1) * m + d] + minc;
-                suf_c0[t * m + d] = suf_c0[(t + 1) * m + d] + r.c(v[0])[d];
-            }
-        }
+        let (suf_minc, suf_c0, suf_obj0) = suffix_sums(r, lists, &order);
         let levels: Vec<&[usize]> = order.iter().map(|&g| lists[g].as_slice()).collect();
-        let scale: Vec<f64> = r.caps.iter().map(|c| c.abs().max(1e-300)).collect();
-        let mut lp: Vec<LpRow> = (0..m)
-            .map(|d| {
-                let mut mu = vec![0.0; m];
-                mu[d] = 1.0 / scale[d];
-                LpRow::new(r, mu, &levels)
-            })
-            .collect();
-        if m > 1 && lam.iter().any(|&l| l > 0.0) {
-            lp.push(LpRow::new(r, lam.to_vec(), &levels));
-        }
-
         let mut dp = Vec::new();
         let mut infeasible = false;
-        if nb > 0 {
-            let max_cells = (DFS_TABLE_CELLS / ((nb + 1) * m)).clamp(64, 1 << 14);
-            if m == 2 {
-                // Partial Lagrangian dual per row: tune the other row's multiplier for the best
-                // root bound (the bound is concave in it) on a coarse grid, then build the fine
-                // table once. A row whose untuned root bound gains less than
-                // DFS_KEEP_FRAC of the best row's gain over LB is left out (its tables would
-                // rarely cut, and every node would pay for them).
-                let at = |row: &DpRow| row.bound(0, &base_used, &r.caps);
-                let coarse = max_cells.min(DFS_TUNE_CELLS);
-                let build = |d: usize, x: f64, cells: usize, full: bool| {
-                    let mut l = lam.to_vec();
-                    l[1 - d] = x;
-                    DpRow::new(r, d, &l, &levels, base_used[d], cells, full)
-                };
-                let mut roots = [f64::NEG_INFINITY; 2];
-                for (d, root) in roots.iter_mut().enumerate() {
-                    match build(d, lam[1 - d], coarse, false) {
-                        Some(row) => *root = at(&row),
-                        None => infeasible = true,
-                    }
-                }
-                if !infeasible {
-                    let top = roots[0].max(roots[1]);
-                    for d in 0..2 {
-                        let gain = |v: f64| v + base_obj - lb;
-                        // (The best row is always kept.)
-                        if lb.is_finite()
-                            && roots[d] < top
-                            && gain(roots[d]) < DFS_KEEP_FRAC * gain(top)
-                        {
-                            continue;
-                        }
-                        let e = 1 - d;
-                        let best_x = crate::core_dp::tune_multiplier(lam[e], DFS_TUNE_STEPS, |x| {
-                            build(d, x, coarse, false).map_or(f64::INFINITY, |row| at(&row))
-                        });
-                        dp.push(build(d, best_x, max_cells, true).expect("same room"));
-                    }
-                }
-            } else {
-                for d in 0..m {
-                    match DpRow::new(r, d, lam, &levels, base_used[d], max_cells, true) {
-                        Some(row) => dp.push(row),
-                        None => infeasible = true,
-                    }
+        let max_cells = (DFS_TABLE_CELLS / ((nb + 1) * m)).clamp(64, 1 << 14);
+        if nb > 0 && m == 2 {
+            // Partial Lagrangian dual per row: tune the other row's multiplier for the best
+            // root bound (the bound is concave in it) on a coarse grid, then build the fine
+            // table once. A row whose untuned root bound gains less than DFS_KEEP_FRAC of the
+            // best row's gain over LB is left out (its tables would rarely cut, and every
+            // node would pay for them).
+            let at = |row: &DpRow| row.bound(0, &base_used, &r.caps);
+            let coarse = max_cells.min(DFS_TUNE_CELLS);
+            let build = |d: usize, x: f64, cells: usize, full: bool| {
+                let mut l = lam.to_vec();
+                l[1 - d] = x;
+                DpRow::new(r, d, &l, &levels, base_used[d], cells, full)
+            };
+            let mut roots = [f64::NEG_INFINITY; 2];
+            for (d, root) in roots.iter_mut().enumerate() {
+                match build(d, lam[1 - d], coarse, false) {
+                    Some(row) => *root = at(&row),
+                    None => infeasible = true,
                 }
             }
-            if m == 2 && !infeasible {
-                // The best multiplier of the relaxed row differs from node to node: tables at
-                // multiples of the tuned one (each a valid bound) strengthen deep nodes' bounds.
-                let tuned: Vec<(usize, Vec<f64>)> = dp
-                    .iter()
-                    .map(|row| (row.d, row.lam_other.clone()))
-                    .collect();
-                let extra_cells = max_cells.min(DFS_EXTRA_CELLS);
-                for &f in DFS_EXTRA_FACTORS {
-                    for (d, l) in &tuned {
-                        let e = 1 - d;
-                        if l[e] <= 0.0 {
-                            continue;
-                        }
-                        let mut l = l.clone();
-                        l[e] *= f;
-                        if let Some(row) =
-                            DpRow::new(r, *d, &l, &levels, base_used[*d], extra_cells, true)
-                        {
-                            dp.push(row);
-                        }
+            if !infeasible {
+                let top = roots[0].max(roots[1]);
+                for d in 0..2 {
+                    let gain = |v: f64| v + base_obj - lb;
+                    // (The best row is always kept.)
+                    if lb.is_finite()
+                        && roots[d] < top
+                        && gain(roots[d]) < DFS_KEEP_FRAC * gain(top)
+                    {
+                        continue;
                     }
+                    let e = 1 - d;
+                    let best_x = *tuned[d].get_or_insert_with(|| {
+                        crate::core_dp::tune_multiplier(lam[e], DFS_TUNE_STEPS, |x| {
+                            build(d, x, coarse, false).map_or(f64::INFINITY, |row| at(&row))
+                        })
+                    });
+                    dp.push(build(d, best_x, max_cells, true).expect("same room"));
+                }
+            }
+        } else if nb > 0 {
+            for d in 0..m {
+                match DpRow::new(r, d, lam, &levels, base_used[d], max_cells, true) {
+                    Some(row) => dp.push(row),
+                    None => infeasible = true,
                 }
             }
         }
         Self {
             r,
             m,
-            lists,
+            lists: lists.to_vec(),
             rc_of,
             lb,
             ub,
@@ -1521,11 +1587,117 @@ impl<'a> Dfs<'a> {
             suf_minc,
             suf_c0,
             suf_obj0,
-            lp,
+            lp: Vec::new(),
             dp,
             infeasible,
             memo_pruned: 0,
         }
+    }
+
+    /// The bounds only the search uses: the LP relaxation of each row alone and of the
+    /// `λ`-weighted surrogate row, and (two rows) extra tables at multiples of the tuned
+    /// multipliers.
+    fn add_search_bounds(&mut self, lam: &[f64]) {
+        let r = self.r;
+        let m = self.m;
+        let nb = self.order.len();
+        let levels: Vec<&[usize]> = self
+            .order
+            .iter()
+            .map(|&g| self.lists[g].as_slice())
+            .collect();
+        for d in 0..m {
+            let mut mu = vec![0.0; m];
+            mu[d] = 1.0 / r.caps[d].abs().max(1e-300);
+            self.lp.push(LpRow::new(r, mu, &levels));
+        }
+        if m > 1 && lam.iter().any(|&l| l > 0.0) {
+            self.lp.push(LpRow::new(r, lam.to_vec(), &levels));
+        }
+        if nb == 0 || m != 2 || self.infeasible {
+            return;
+        }
+        // The best multiplier of the relaxed row differs from node to node: tables at
+        // multiples of the tuned one (each a valid bound) strengthen deep nodes' bounds.
+        let max_cells = (DFS_TABLE_CELLS / ((nb + 1) * m)).clamp(64, 1 << 14);
+        let extra_cells = max_cells.min(DFS_EXTRA_CELLS);
+        let tuned: Vec<(usize, Vec<f64>)> = self
+            .dp
+            .iter()
+            .map(|row| (row.d, row.lam_other.clone()))
+            .collect();
+        for &f in DFS_EXTRA_FACTORS {
+            for (d, l) in &tuned {
+                let e = 1 - d;
+                if l[e] <= 0.0 {
+                    continue;
+                }
+                let mut l = l.clone();
+                l[e] *= f;
+                if let Some(row) =
+                    DpRow::new(r, *d, &l, &levels, self.base_used[*d], extra_cells, true)
+                {
+                    self.dp.push(row);
+                }
+            }
+        }
+    }
+
+    /// Drops the items whose forced bound ([`DpRow::forced_bounds`], the best of the tables)
+    /// reaches the incumbent; the levels and tables stay (a relaxation of fewer items is still
+    /// a bound). Returns how many items were dropped.
+    fn fix_by_tables(&mut self) -> usize {
+        if self.infeasible || self.dp.is_empty() || !self.ub.is_finite() {
+            return 0;
+        }
+        let levels: Vec<&[usize]> = self
+            .order
+            .iter()
+            .map(|&g| self.lists[g].as_slice())
+            .collect();
+        let mut best: Vec<Vec<f64>> = levels
+            .iter()
+            .map(|lv| vec![f64::NEG_INFINITY; lv.len()])
+            .collect();
+        for row in &self.dp {
+            let fb = row.forced_bounds(
+                self.r,
+                &levels,
+                self.base_obj,
+                &self.base_used,
+                &self.r.caps,
+            );
+            for (b, f) in best.iter_mut().zip(&fb) {
+                for (x, &y) in b.iter_mut().zip(f) {
+                    *x = x.max(y);
+                }
+            }
+        }
+        let lim = self.ub - self.eps();
+        let mut dropped = 0;
+        let mut lists = self.lists.clone();
+        for (t, &g) in self.order.iter().enumerate() {
+            let keep: Vec<usize> = levels[t]
+                .iter()
+                .zip(&best[t])
+                .filter(|&(_, &b)| b < lim)
+                .map(|(&i, _)| i)
+                .collect();
+            if keep.len() < levels[t].len() && !keep.is_empty() {
+                dropped += levels[t].len() - keep.len();
+                lists[g] = keep;
+            }
+        }
+        if dropped > 0 {
+            (self.suf_minc, self.suf_c0, self.suf_obj0) = suffix_sums(self.r, &lists, &self.order);
+            self.lists = lists;
+        }
+        dropped
+    }
+
+    /// Items of the levels still to decide.
+    fn undecided_items(&self) -> usize {
+        self.order.iter().map(|&g| self.lists[g].len()).sum()
     }
 
     fn eps(&self) -> f64 {
@@ -1691,6 +1863,114 @@ impl<'a> Dfs<'a> {
         }
         false
     }
+}
+
+/// Per suffix `t..` of the levels `order`: the least cost per row, and the costs and objective
+/// of the completion by each level's first item.
+fn suffix_sums(
+    r: &Reduced,
+    lists: &[Vec<usize>],
+    order: &[usize],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let m = r.m();
+    let nb = order.len();
+    let mut suf_minc = vec![0.0; (nb + 1) * m];
+    let mut suf_c0 = vec![0.0; (nb + 1) * m];
+    let mut suf_obj0 = vec![0.0; nb + 1];
+    for t in (0..nb).rev() {
+        let v = &lists[order[t]];
+        suf_obj0[t] = suf_obj0[t + 1] + r.obj[v[0]];
+        for d in 0..m {
+            let minc = v.iter().map(|&i| r.c(i)[d]).fold(f64::INFINITY, f64::min);
+            suf_minc[t * m + d] = suf_minc[(t + 1) * m + d] + minc;
+            suf_c0[t * m + d] = suf_c0[(t + 1) * m + d] + r.c(v[0])[d];
+        }
+    }
+    (suf_minc, suf_c0, suf_obj0)
+}
+
+/// `dst[j] = min(dst[j], src[j] + v)` over the common length (no NaN anywhere: the tables
+/// hold sums and +inf); with AVX2, four lanes of `vminpd` at a time.
+#[inline(always)]
+fn min_add_into(dst: &mut [f64], src: &[f64], v: f64) {
+    let n = dst.len().min(src.len());
+    let (dst, src) = (&mut dst[..n], &src[..n]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2(dst: &mut [f64], src: &[f64], v: f64) {
+            use std::arch::x86_64::*;
+            let n = dst.len();
+            let vv = _mm256_set1_pd(v);
+            let mut j = 0;
+            while j + 8 <= n {
+                // SAFETY: j + 8 <= n = dst.len() = src.len().
+                unsafe {
+                    let (pd, ps) = (dst.as_mut_ptr().add(j), src.as_ptr().add(j));
+                    let x = _mm256_add_pd(_mm256_loadu_pd(ps), vv);
+                    let y = _mm256_add_pd(_mm256_loadu_pd(ps.add(4)), vv);
+                    _mm256_storeu_pd(pd, _mm256_min_pd(_mm256_loadu_pd(pd), x));
+                    _mm256_storeu_pd(pd.add(4), _mm256_min_pd(_mm256_loadu_pd(pd.add(4)), y));
+                }
+                j += 8;
+            }
+            for (slot, &s) in dst[j..].iter_mut().zip(&src[j..]) {
+                *slot = slot.min(s + v);
+            }
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { avx2(dst, src, v) };
+            return;
+        }
+    }
+    for (slot, &s) in dst.iter_mut().zip(src) {
+        *slot = slot.min(s + v);
+    }
+}
+
+/// `min_j a[j] + b[j]` over the common length (with AVX2, eight lanes at a time; the
+/// minimum of exact sums does not depend on the order).
+fn min_sum(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2(a: &[f64], b: &[f64]) -> f64 {
+            use std::arch::x86_64::*;
+            let n = a.len();
+            let mut lo = _mm256_set1_pd(f64::INFINITY);
+            let mut hi = lo;
+            let mut j = 0;
+            while j + 8 <= n {
+                // SAFETY: j + 8 <= n = a.len() = b.len().
+                unsafe {
+                    let (pa, pb) = (a.as_ptr().add(j), b.as_ptr().add(j));
+                    let x = _mm256_add_pd(_mm256_loadu_pd(pa), _mm256_loadu_pd(pb));
+                    let y = _mm256_add_pd(_mm256_loadu_pd(pa.add(4)), _mm256_loadu_pd(pb.add(4)));
+                    lo = _mm256_min_pd(lo, x);
+                    hi = _mm256_min_pd(hi, y);
+                }
+                j += 8;
+            }
+            let mut lanes = [0.0f64; 4];
+            // SAFETY: `lanes` holds four f64.
+            unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_min_pd(lo, hi)) };
+            let mut best = lanes.iter().fold(f64::INFINITY, |m, &v| m.min(v));
+            for (x, y) in a[j..].iter().zip(&b[j..]) {
+                best = best.min(x + y);
+            }
+            best
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { avx2(a, b) };
+        }
+    }
+    a.iter()
+        .zip(b)
+        .fold(f64::INFINITY, |m, (x, y)| m.min(x + y))
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -1883,39 +2163,46 @@ mod tests {
         assert!(refined > 0, "no search was refined");
     }
 
-    /// The depth-first search's bound (tuned and extra dynamic-programming tables, LP rows)
-    /// never exceeds the objective of a feasible completion of a prefix.
+    /// Random positive multipliers for two rows (scaled to the objective's spread), the
+    /// reduced costs at them and each group's items by reduced cost.
+    fn random_multipliers(r: &Reduced, seed: u64) -> (Vec<f64>, Vec<f64>, Vec<Vec<usize>>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let spread = |f: &dyn Fn(usize) -> f64| {
+            let (lo, hi) = (0..r.obj.len()).fold((f64::INFINITY, 0.0f64), |(a, b), i| {
+                (a.min(f(i)), b.max(f(i)))
+            });
+            (hi - lo).max(1e-12)
+        };
+        let so = spread(&|i| r.obj[i]);
+        let lam: Vec<f64> = (0..2)
+            .map(|d| rng.random_range(0.05..2.0) * so / spread(&|i| r.c(i)[d]))
+            .collect();
+        let val = |i: usize| r.obj[i] + dot(&lam, r.c(i));
+        let mut rc_of = vec![0.0; r.obj.len()];
+        let lists: Vec<Vec<usize>> = (0..r.n_groups())
+            .map(|g| {
+                let mn = r.items(g).map(val).fold(f64::INFINITY, f64::min);
+                let mut v: Vec<usize> = r.items(g).collect();
+                for &i in &v {
+                    rc_of[i] = val(i) - mn;
+                }
+                v.sort_by(|&a, &b| rc_of[a].total_cmp(&rc_of[b]).then(a.cmp(&b)));
+                v
+            })
+            .collect();
+        (lam, rc_of, lists)
+    }
+
+    /// The forced bound of an item (prefix programme, the item, suffix table) never exceeds
+    /// the best feasible solution that takes it, and on these instances it is often above
+    /// the optimum (the item can be fixed out); checked by enumeration.
     #[test]
-    fn depth_first_bounds_never_exceed_feasible_completions() {
-        let mut checked = 0usize;
-        let mut with_extras = 0usize;
+    fn forced_bounds_never_exceed_the_best_solution_with_the_item() {
+        let (mut checked, mut above_opt) = (0usize, 0usize);
         for seed in 0..60u64 {
-            let p = two_budget(500 + seed);
+            let p = two_budget(700 + seed);
             let Ok(r) = Reduced::new(&p) else { continue };
-            let mut rng = ChaCha8Rng::seed_from_u64(500 + seed);
-            let spread = |f: &dyn Fn(usize) -> f64| {
-                let (lo, hi) = (0..r.obj.len()).fold((f64::INFINITY, 0.0f64), |(a, b), i| {
-                    (a.min(f(i)), b.max(f(i)))
-                });
-                (hi - lo).max(1e-12)
-            };
-            let so = spread(&|i| r.obj[i]);
-            let lam: Vec<f64> = (0..2)
-                .map(|d| rng.random_range(0.05..2.0) * so / spread(&|i| r.c(i)[d]))
-                .collect();
-            let val = |i: usize| r.obj[i] + dot(&lam, r.c(i));
-            let mut rc_of = vec![0.0; r.obj.len()];
-            let lists: Vec<Vec<usize>> = (0..r.n_groups())
-                .map(|g| {
-                    let mn = r.items(g).map(val).fold(f64::INFINITY, f64::min);
-                    let mut v: Vec<usize> = r.items(g).collect();
-                    for &i in &v {
-                        rc_of[i] = val(i) - mn;
-                    }
-                    v.sort_by(|&a, &b| rc_of[a].total_cmp(&rc_of[b]).then(a.cmp(&b)));
-                    v
-                })
-                .collect();
+            let (lam, rc_of, lists) = random_multipliers(&r, 700 + seed);
             let limits = Limits::default();
             let d = Dfs::new(
                 &r,
@@ -1925,7 +2212,89 @@ mod tests {
                 &rc_of,
                 f64::INFINITY,
                 &limits,
+                &mut [None, None],
             );
+            if d.infeasible || d.dp.is_empty() {
+                continue;
+            }
+            let nb = d.order.len();
+            let levels: Vec<&[usize]> = d.order.iter().map(|&g| lists[g].as_slice()).collect();
+            // Best feasible objective per (level, position) by enumeration.
+            let mut best = vec![vec![f64::INFINITY; 8]; nb];
+            let mut opt = f64::INFINITY;
+            let mut pick = vec![0usize; nb];
+            loop {
+                let mut o = d.base_obj;
+                let mut used = d.base_used.clone();
+                for t in 0..nb {
+                    let i = levels[t][pick[t]];
+                    o += r.obj[i];
+                    for (u, c) in used.iter_mut().zip(r.c(i)) {
+                        *u += c;
+                    }
+                }
+                if used.iter().zip(&r.caps).all(|(u, c)| fits(*u, *c)) {
+                    opt = opt.min(o);
+                    for t in 0..nb {
+                        best[t][pick[t]] = best[t][pick[t]].min(o);
+                    }
+                }
+                let mut t = 0;
+                while t < nb {
+                    pick[t] += 1;
+                    if pick[t] < levels[t].len() {
+                        break;
+                    }
+                    pick[t] = 0;
+                    t += 1;
+                }
+                if t == nb {
+                    break;
+                }
+            }
+            for row in &d.dp {
+                let fb = row.forced_bounds(&r, &levels, d.base_obj, &d.base_used, &r.caps);
+                for t in 0..nb {
+                    for (k, &f) in fb[t].iter().enumerate() {
+                        let b = best[t][k];
+                        assert!(
+                            f <= b + 1e-9 * b.abs().max(1.0),
+                            "seed {seed} level {t} item {k}: forced {f} above best {b}"
+                        );
+                        checked += 1;
+                        if opt.is_finite() && f > opt + 1e-9 * opt.abs().max(1.0) {
+                            above_opt += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "only {checked} forced bounds checked");
+        assert!(above_opt > 300, "only {above_opt} items could be fixed out");
+    }
+
+    /// The depth-first search's bound (tuned and extra dynamic-programming tables, LP rows)
+    /// never exceeds the objective of a feasible completion of a prefix.
+    #[test]
+    fn depth_first_bounds_never_exceed_feasible_completions() {
+        let mut checked = 0usize;
+        let mut with_extras = 0usize;
+        for seed in 0..60u64 {
+            let p = two_budget(500 + seed);
+            let Ok(r) = Reduced::new(&p) else { continue };
+            let (lam, rc_of, lists) = random_multipliers(&r, 500 + seed);
+            let limits = Limits::default();
+            let mut d = Dfs::new(
+                &r,
+                &lists,
+                f64::NEG_INFINITY,
+                &lam,
+                &rc_of,
+                f64::INFINITY,
+                &limits,
+                &mut [None, None],
+            );
+            d.add_search_bounds(&lam);
             if d.infeasible {
                 continue;
             }
@@ -2004,6 +2373,8 @@ mod tests {
         ];
         let mut pruned = [0u64; 3];
         let mut solved = [0usize; 3];
+        // Items the tables' forced bounds dropped before the searches.
+        let mut fixed = 0usize;
         // Depth-first search only (never handed to the core programme), memory on or off.
         let depth_first = |memo: bool| Limits {
             dfs_first_nodes: u64::MAX,
@@ -2029,6 +2400,7 @@ mod tests {
                 match (expect, out) {
                     (Some(b), Ok(items)) => {
                         assert_optimal(&r, &items, b, &format!("seed {seed} m {m} memo {memo}"));
+                        fixed += stats.fixed_by_tables;
                         if memo {
                             solved[m - 1] += 1;
                             pruned[m - 1] += stats.memo_pruned;
@@ -2044,6 +2416,7 @@ mod tests {
         for m in 0..3 {
             assert!(solved[m] >= 10, "{} rows: {} solved", m + 1, solved[m]);
         }
+        assert!(fixed > 50, "forced bounds fixed {fixed} items only");
         // Larger instances, where the memory drops many nodes: the same optimum as the search
         // without it (itself checked against brute force above and in the other tests).
         for seed in 0..24u64 {

@@ -85,6 +85,7 @@ impl Allocator for Ilp {
         ctx.note("core_groups", stats.core_groups as f64);
         ctx.note("items_after_presolve", stats.items_after_presolve as f64);
         ctx.note("refinements", stats.refinements as f64);
+        ctx.note("fixed_by_tables", stats.fixed_by_tables as f64);
         match out {
             Ok(items) => r.finish(p, &items),
             Err(Failure::Infeasible) => Err(AllocError::Infeasible {
