@@ -373,6 +373,47 @@ impl SufTable {
         tb
     }
 
+    /// `get(t, q)` for `q` in `lo..=hi`, into `out` (the window's cells converted in one
+    /// pass, the rest filled).
+    fn row_into(&self, t: usize, lo: i64, hi: i64, out: &mut Vec<f64>) {
+        out.clear();
+        if hi < lo {
+            return;
+        }
+        out.resize((hi - lo + 1) as usize, 0.0);
+        let (wlo, whi) = (self.win_lo[t], self.win_lo[t] + self.width[t] as i64 - 1);
+        let row = &self.h[self.start[t]..self.start[t] + self.width[t]];
+        // Cells of q in [a, b] lie in the window.
+        let a = lo.max(wlo).max(self.suf_lo[t]);
+        let b = hi.min(whi).min(self.suf_hi[t] - 1);
+        for (j, slot) in out.iter_mut().enumerate() {
+            let q = lo + j as i64;
+            if q >= a {
+                break;
+            }
+            *slot = self.get(t, q);
+        }
+        if a <= b {
+            let dst = &mut out[(a - lo) as usize..=(b - lo) as usize];
+            for (slot, &v) in dst.iter_mut().zip(&row[(a - wlo) as usize..]) {
+                *slot = v as f64;
+            }
+        }
+        let from = (b + 1).max(a).max(lo);
+        if from <= hi {
+            let umin = self.umin[t];
+            let first = (from - lo) as usize;
+            for (j, slot) in out[first..].iter_mut().enumerate() {
+                let q = from + j as i64;
+                *slot = if q >= self.suf_hi[t] || q > whi {
+                    umin
+                } else {
+                    self.get(t, q)
+                };
+            }
+        }
+    }
+
     /// Value at cell sum `q` of the suffix `t..`; never above the true value.
     #[inline]
     fn get(&self, t: usize, q: i64) -> f64 {
@@ -406,6 +447,96 @@ impl SufTable {
         let i = x as i64;
         let q = if (i as f64) > x { i - 1 } else { i };
         self.get(t, q)
+    }
+}
+
+impl SufTable {
+    /// For every item of every level, the least value (`Σ Δf + Σ_e λ_e Δc_e`, without the
+    /// constant) of a choice that takes it: the levels before it tabulated forward over the
+    /// rooms left in row `d` (`root_room` cells at the root; rooms at or above a suffix's
+    /// largest cell sum are one cell, rooms below its least are dropped), joined with this
+    /// suffix table at the item's level. A lower bound, since every lookup is.
+    fn forced(&self, levels: &[Level], root_room: i64) -> Vec<Vec<f64>> {
+        let k = levels.len();
+        let d = self.d;
+        let cell = |v: f64| -> i64 { (v * self.inv_unit).floor() as i64 };
+        let other = |df: f64, dc: &[f64; 2]| -> f64 {
+            let mut v = df;
+            for (e, &l) in self.lam.iter().enumerate() {
+                v += l * dc[e];
+            }
+            v
+        };
+        let mut out: Vec<Vec<f64>> = levels
+            .iter()
+            .map(|lv| vec![f64::INFINITY; lv.len()])
+            .collect();
+        // Prefix values over the rooms [plo, phi].
+        let (mut plo, mut phi) = (root_room.min(self.suf_hi[0]), root_room.min(self.suf_hi[0]));
+        if plo < self.suf_lo[0] {
+            return out;
+        }
+        let mut p = vec![0.0f64];
+        let mut np: Vec<f64> = Vec::new();
+        let mut trow: Vec<f64> = Vec::new();
+        let mut tail: Vec<f64> = Vec::new();
+        for t in 0..k {
+            let items: Vec<(i64, f64)> = levels[t]
+                .iter()
+                .map(|it| (cell(it.2[d]), other(it.1, &it.2)))
+                .collect();
+            let wmin = items.iter().map(|x| x.0).min().unwrap_or(0);
+            let wmax = items.iter().map(|x| x.0).max().unwrap_or(0);
+            // The suffix after level t at rooms [plo − wmax, phi − wmin].
+            let base = plo - wmax;
+            self.row_into(t + 1, base, phi - wmin, &mut trow);
+            for (slot, &(w, val)) in out[t].iter_mut().zip(&items) {
+                let off = (wmax - w) as usize;
+                *slot = val + crate::mckp::min_sum(&p, &trow[off..]);
+            }
+            if t + 1 == k {
+                break;
+            }
+            let nlo = (plo - wmax).max(self.suf_lo[t + 1]);
+            let nhi = (phi - wmin).min(self.suf_hi[t + 1]);
+            if nlo > nhi {
+                break; // no prefix fits the rest
+            }
+            np.clear();
+            np.resize((nhi - nlo + 1) as usize, f64::INFINITY);
+            // Least prefix value at each room and above (for the folds into the top cell).
+            // (Only rooms above nhi + wmin fold.)
+            let tail_from = (nhi + wmin + 1).max(plo);
+            if phi >= tail_from {
+                tail.clear();
+                tail.extend_from_slice(&p[(tail_from - plo) as usize..]);
+                for j in (0..tail.len().saturating_sub(1)).rev() {
+                    tail[j] = tail[j].min(tail[j + 1]);
+                }
+            }
+            for &(w, val) in &items {
+                // Rooms r of the prefix go to r − w, kept within [nlo, nhi]; above nhi (the
+                // next suffix's largest sum) they fold into its cell.
+                let a = (nlo + w).max(plo);
+                let b = (nhi + w).min(phi);
+                if a <= b {
+                    crate::mckp::min_add_into(
+                        &mut np[(a - w - nlo) as usize..=(b - w - nlo) as usize],
+                        &p[(a - plo) as usize..=(b - plo) as usize],
+                        val,
+                    );
+                }
+                if phi > nhi + w {
+                    let from = (nhi + w + 1).max(plo);
+                    let least = tail[(from - tail_from) as usize];
+                    let top = np.len() - 1;
+                    np[top] = np[top].min(least + val);
+                }
+            }
+            std::mem::swap(&mut p, &mut np);
+            (plo, phi) = (nlo, nhi);
+        }
+        out
     }
 }
 
@@ -652,6 +783,48 @@ impl<'a> CoreDp<'a> {
         h.iter()
             .map(|v| if v.is_nan() { 0.0 } else { *v })
             .collect()
+    }
+
+    /// Per level and item, a lower bound on every solution of the core that takes the item:
+    /// the best of its forced bounds on the main tables ([`SufTable::forced`]).
+    fn forced_bounds(&self) -> Vec<Vec<f64>> {
+        let mut best: Vec<Vec<f64>> = self
+            .levels
+            .iter()
+            .map(|lv| vec![f64::NEG_INFINITY; lv.len()])
+            .collect();
+        for tb in self.tables.iter().take(self.m) {
+            let mut cst = self.f0;
+            for e in 0..self.m {
+                cst -= tb.lam[e] * self.slack[e];
+            }
+            let room = (self.slack[tb.d] * tb.inv_unit + 1e-9).floor() as i64;
+            for (b, f) in best.iter_mut().zip(tb.forced(&self.levels, room)) {
+                for (x, y) in b.iter_mut().zip(f) {
+                    *x = x.max(cst + y);
+                }
+            }
+        }
+        best
+    }
+
+    /// The core items that no solution below `cut` can take (forced bound at least `cut`);
+    /// `None` when some level keeps no item (no solution lies below `cut`).
+    pub(crate) fn unusable_items(&self, cut: f64) -> Option<Vec<usize>> {
+        let mut gone = Vec::new();
+        for (lv, b) in self.levels.iter().zip(self.forced_bounds()) {
+            let before = gone.len();
+            gone.extend(
+                lv.iter()
+                    .zip(&b)
+                    .filter(|(_, &v)| v >= cut)
+                    .map(|(it, _)| it.0),
+            );
+            if gone.len() - before == lv.len() {
+                return None;
+            }
+        }
+        Some(gone)
     }
 
     /// Groups in the core.
@@ -1242,5 +1415,87 @@ mod tests {
             }
         }
         assert!(checked > 1000, "only {checked} bounds checked");
+    }
+
+    /// The forced bound of every core item (prefix programme, the item, suffix table; coarse
+    /// and fine grids) is at most the best feasible solution that takes it, and often above
+    /// the optimum, so that the item is fixed out; checked by enumeration.
+    #[test]
+    fn forced_bounds_never_exceed_the_best_choice_through_the_item() {
+        let bits = [(2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8)];
+        let (mut checked, mut above_opt) = (0usize, 0usize);
+        for seed in 0..40u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(900 + seed);
+            let nl = rng.random_range(3..=6);
+            let no = rng.random_range(2..=5);
+            let budgets = [
+                (CostKind::ModelSize, rng.random_range(0.1..0.9)),
+                (CostKind::Bops, rng.random_range(0.1..0.9)),
+            ];
+            let p = hawq_like(900 + seed, nl, &bits[..no], &budgets);
+            let Ok(r) = Reduced::new(&p) else { continue };
+            let alive: Vec<Vec<usize>> = (0..r.n_groups()).map(|g| r.items(g).collect()).collect();
+            let lam = [
+                rng.random_range(0.0..2.0) * 1e-3 / r.caps[0].max(1.0),
+                rng.random_range(0.0..2.0) * 1e-3 / r.caps[1].max(1.0),
+            ];
+            let rc = reduced_costs(&r, &alive, &lam);
+            for cells in [64, 100_000] {
+                let core = CoreDp::new(&r, &alive, &lam, &rc, f64::INFINITY, cells, None, false);
+                let k = core.levels.len();
+                let mut best: Vec<Vec<f64>> = core
+                    .levels
+                    .iter()
+                    .map(|lv| vec![f64::INFINITY; lv.len()])
+                    .collect();
+                let mut opt = f64::INFINITY;
+                let mut pick = vec![0usize; k];
+                loop {
+                    let mut s = St {
+                        df: 0.0,
+                        dc: [0.0, 0.0],
+                    };
+                    for t in 0..k {
+                        let (_, df, dc) = core.levels[t][pick[t]];
+                        s.df += df;
+                        s.dc[0] += dc[0];
+                        s.dc[1] += dc[1];
+                    }
+                    if core.feasible(&s.dc) {
+                        let obj = core.f0 + s.df;
+                        opt = opt.min(obj);
+                        for t in 0..k {
+                            best[t][pick[t]] = best[t][pick[t]].min(obj);
+                        }
+                    }
+                    let mut t = 0;
+                    while t < k {
+                        pick[t] += 1;
+                        if pick[t] < core.levels[t].len() {
+                            break;
+                        }
+                        pick[t] = 0;
+                        t += 1;
+                    }
+                    if t == k {
+                        break;
+                    }
+                }
+                for (t, (fb, bb)) in core.forced_bounds().iter().zip(&best).enumerate() {
+                    for (j, (&f, &b)) in fb.iter().zip(bb).enumerate() {
+                        assert!(
+                            f <= b + 1e-9 * b.abs().max(1.0),
+                            "seed {seed} cells {cells} level {t} item {j}: forced {f} above {b}"
+                        );
+                        checked += 1;
+                        if opt.is_finite() && f > opt + 1e-9 * opt.abs().max(1.0) {
+                            above_opt += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "only {checked} forced bounds checked");
+        assert!(above_opt > 300, "only {above_opt} items could be fixed out");
     }
 }

@@ -77,10 +77,14 @@ use std::time::Instant;
 
 use crate::problem::fits;
 
-/// Cells of the core programme's suffix bound tables (over all rows and groups).
-const CORE_CELLS: usize = 4_000_000;
+/// Cells of the searched core programme's main suffix bound tables (over all rows and
+/// groups; the extra tables get [`crate::core_dp`]'s share on top).
+const CORE_CELLS: usize = 2_000_000;
 /// Cells of the bisection's cheap cores.
-const BISECT_CELLS: usize = CORE_CELLS / BISECT_CELL_DIV;
+const BISECT_CELLS: usize = 250_000;
+/// The core whose forced bounds fix items before a search gets this fraction of the searched
+/// core's cells (the items it fixes barely change with more).
+const FIX_CELL_DIV: usize = 2;
 /// States a core search may keep before its tables are rebuilt finer (by [`REFINE_FACTOR`],
 /// up to [`MAX_CORE_CELLS`]).
 const REFINE_STATES: u64 = 500_000;
@@ -120,8 +124,6 @@ const CAP_FLOOR: f64 = 0.5;
 /// next cap lies `CAP_STEP · (proven − LB)` above the proven bound (instead of
 /// [`CAP_FLOOR`] times).
 const CAP_STEP: f64 = 0.1;
-/// The bisection's cores get this fraction of [`CORE_CELLS`] (a weaker bound, built fast).
-const BISECT_CELL_DIV: usize = 16;
 use crate::core_dp::CoreLimits;
 use crate::reduce::Reduced;
 
@@ -600,7 +602,7 @@ impl<'a> Solver<'a> {
         let tol = |v: f64| crate::core_dp::OBJ_RTOL * v.abs().max(1.0);
         // The other row's multiplier is tuned on the first core and reused after that.
         let hint: std::cell::RefCell<Option<Vec<f64>>> = std::cell::RefCell::new(None);
-        let core_of = |theta: f64, cells: usize, extras: bool| {
+        let core_in = |alive: &[Vec<usize>], theta: f64, cells: usize, extras: bool| {
             let h = hint.borrow().clone();
             let core = CoreDp::new(
                 r,
@@ -617,6 +619,8 @@ impl<'a> Solver<'a> {
             }
             core
         };
+        let core_of = |theta: f64, cells: usize, extras: bool| core_in(alive, theta, cells, extras);
+        let mut dead = vec![false; r.option.len()];
         if !ub.is_finite()
             && core_of(f64::INFINITY, BISECT_CELLS, false).root_bound() == f64::INFINITY
         {
@@ -682,14 +686,40 @@ impl<'a> Solver<'a> {
             let cap = if refine { last_cap } else { cap.min(ub) };
             refine = false;
             last_cap = cap;
-            let core = core_of(cap, cells, true);
-            self.stats.core_groups = core.core_groups();
+            // Main tables only: the items their forced bounds rule out below the cap go, and
+            // the core of what is left gets all the tables (a relaxation of fewer items is
+            // tighter, and its search smaller).
+            // A core with main tables only, on a fraction of the cells: the items their forced
+            // bounds rule out below the cap go, and the core of what is left gets all the
+            // tables (a relaxation of fewer items is tighter, and its search much smaller).
+            let fixing = core_of(cap, cells / FIX_CELL_DIV, false);
             // Every solution below the cap uses only the core's items.
-            let root = core.root_bound();
+            let root = fixing.root_bound();
             proven = proven.max(root.min(cap));
             if proven >= ub - tol(ub) {
                 continue;
             }
+            let Some(gone) = fixing.unusable_items(cap) else {
+                // No solution below the cap.
+                proven = proven.max(cap);
+                if cap == f64::INFINITY {
+                    finish(&mut self.stats, states, proven);
+                    return best_x.ok_or(Failure::Infeasible);
+                }
+                continue;
+            };
+            drop(fixing);
+            self.stats.fixed_by_tables += gone.len();
+            dead.fill(false);
+            for i in gone {
+                dead[i] = true;
+            }
+            let kept: Vec<Vec<usize>> = alive
+                .iter()
+                .map(|v| v.iter().copied().filter(|&i| !dead[i]).collect())
+                .collect();
+            let core = core_in(&kept, cap, cells, true);
+            self.stats.core_groups = core.core_groups();
             let left = limits.node_limit.saturating_sub(states);
             let share = if cells < MAX_CORE_CELLS {
                 left.min(limits.core_refine_states)
@@ -702,6 +732,7 @@ impl<'a> Solver<'a> {
             };
             let out = core.search_best_first(cap, &mut run_limits);
             states += share - run_limits.states.min(share);
+
             match out {
                 CoreOutcome::Done(Some((v, items))) => {
                     finish(&mut self.stats, states, v);
@@ -1892,7 +1923,7 @@ fn suffix_sums(
 /// `dst[j] = min(dst[j], src[j] + v)` over the common length (no NaN anywhere: the tables
 /// hold sums and +inf); with AVX2, four lanes of `vminpd` at a time.
 #[inline(always)]
-fn min_add_into(dst: &mut [f64], src: &[f64], v: f64) {
+pub(crate) fn min_add_into(dst: &mut [f64], src: &[f64], v: f64) {
     let n = dst.len().min(src.len());
     let (dst, src) = (&mut dst[..n], &src[..n]);
     #[cfg(target_arch = "x86_64")]
@@ -1931,7 +1962,7 @@ fn min_add_into(dst: &mut [f64], src: &[f64], v: f64) {
 
 /// `min_j a[j] + b[j]` over the common length (with AVX2, eight lanes at a time; the
 /// minimum of exact sums does not depend on the order).
-fn min_sum(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn min_sum(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     #[cfg(target_arch = "x86_64")]
@@ -2083,6 +2114,8 @@ mod tests {
     #[test]
     fn core_programme_matches_brute_force_on_two_budgets() {
         let (mut solved, mut infeasible) = (0, 0);
+        // Items the core's forced bounds fixed before its searches.
+        let mut fixed = 0;
         for seed in 0..160u64 {
             let p = two_budget(seed);
             let Ok(r) = Reduced::new(&p) else {
@@ -2112,6 +2145,9 @@ mod tests {
                         );
                         assert_eq!(stats.proven_bound, v);
                         solved += 1;
+                        if first == 0 {
+                            fixed += stats.fixed_by_tables;
+                        }
                     }
                     (None, Err(Failure::Infeasible)) => infeasible += 1,
                     (e, o) => {
@@ -2121,6 +2157,10 @@ mod tests {
             }
         }
         assert!(solved >= 190, "{solved} solved, {infeasible} infeasible");
+        assert!(
+            fixed > 50,
+            "the core's forced bounds fixed {fixed} items only"
+        );
     }
 
     /// A core search that runs out of its share of states is run again on finer tables at the
