@@ -65,6 +65,9 @@ const EXTRA_BUDGET_NUM: usize = 5;
 const TUNE_STEPS: usize = 3;
 /// Tables are built on two threads when they hold at least this many cells in all.
 const PARALLEL_CELLS: usize = 1_000_000;
+/// A main table's forced bounds are computed only when its root bound gains at least this
+/// fraction of the best main table's gain over the plain Lagrangian bound.
+const FIX_KEEP_FRAC: f64 = 0.5;
 /// Largest number of states kept by one search (about 40 bytes each) before giving up.
 const MAX_NODES: usize = 8_000_000;
 
@@ -794,18 +797,39 @@ impl<'a> CoreDp<'a> {
     }
 
     /// Per level and item, a lower bound on every solution of the core that takes the item:
-    /// the best of its forced bounds on the main tables ([`SufTable::forced`]).
+    /// the best of its forced bounds on the main tables ([`SufTable::forced`]). A main table
+    /// whose root bound gains less than [`FIX_KEEP_FRAC`] of the best one's gain over the
+    /// plain Lagrangian bound is skipped (its forced bounds rarely fix an item the other
+    /// one does not, and they cost about two table builds).
     fn forced_bounds(&self) -> Vec<Vec<f64>> {
         let mut best: Vec<Vec<f64>> = self
             .levels
             .iter()
             .map(|lv| vec![f64::NEG_INFINITY; lv.len()])
             .collect();
-        for tb in self.tables.iter().take(self.m) {
-            let mut cst = self.f0;
+        let zero = St {
+            df: 0.0,
+            dc: [0.0, 0.0],
+        };
+        let plain = self.bound(0, &zero, f64::NEG_INFINITY);
+        let mains = &self.tables[..self.m.min(self.tables.len())];
+        let cst = |tb: &SufTable| {
+            let mut c = self.f0;
             for e in 0..self.m {
-                cst -= tb.lam[e] * self.slack[e];
+                c -= tb.lam[e] * self.slack[e];
             }
+            c
+        };
+        let roots: Vec<f64> = mains
+            .iter()
+            .map(|tb| cst(tb) + tb.at(0, self.slack[tb.d]))
+            .collect();
+        let top = roots.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        for (tb, &root) in mains.iter().zip(&roots) {
+            if root < top && root - plain < FIX_KEEP_FRAC * (top - plain) {
+                continue;
+            }
+            let cst = cst(tb);
             let room = (self.slack[tb.d] * tb.inv_unit + 1e-9).floor() as i64;
             for (b, f) in best.iter_mut().zip(tb.forced(&self.levels, room)) {
                 for (x, y) in b.iter_mut().zip(f) {

@@ -402,18 +402,23 @@ impl<'a> Solver<'a> {
         bps.last().map_or(0.0, |b| b.0)
     }
 
-    /// Coordinate ascent on `L(λ)`: each multiplier in turn set to its exact maximiser.
-    fn ascent(&mut self) -> (Vec<f64>, f64) {
+    /// Coordinate ascent on `L(λ)` from `λ = 0`: each multiplier in turn set to its exact
+    /// maximiser. `first` is the result of the first round (each coordinate once, in order).
+    fn ascent(&mut self, first: &[f64]) -> (Vec<f64>, f64) {
         let m = self.m;
         let mut lam = vec![0.0; m];
         let mut bps = Vec::new();
         let (mut best, _, _) = self.lagrangian(&lam);
         let mut best_lam = lam.clone();
         let rounds = if m == 1 { 1 } else { 12 };
-        for _ in 0..rounds {
+        for round in 0..rounds {
             let prev = best;
-            for d in 0..m {
-                lam[d] = self.best_coordinate(&lam, d, &mut bps);
+            if round == 0 {
+                lam.copy_from_slice(first);
+            } else {
+                for d in 0..m {
+                    lam[d] = self.best_coordinate(&lam, d, &mut bps);
+                }
             }
             let (v, _, _) = self.lagrangian(&lam);
             if v > best {
@@ -833,7 +838,7 @@ impl<'a> Solver<'a> {
             lam0[d] = self.best_coordinate(&lam0, d, &mut bps);
         }
         incumbent(self, &lam0, &mut ub, &mut best_x);
-        let (lam, lb) = self.ascent();
+        let (lam, lb) = self.ascent(&lam0);
         let (lam, lb) = if m > 1 && ub.is_finite() {
             self.polish(lam, lb, ub)
         } else {
