@@ -216,14 +216,45 @@ fn window(levels: &[Level], d: usize, unit: f64, slack_d: f64) -> Window {
     (suf_lo, suf_hi, win_lo, width)
 }
 
+/// The grid of one row's tables over a core: cell weights of every item, and per level the
+/// least and largest cell sums of the suffix and the window of reachable rooms. It does not
+/// depend on the multipliers, so the tuning builds it once for all its trial tables.
+struct Grid {
+    d: usize,
+    unit: f64,
+    /// Cell weight of every item, level by level.
+    w: Vec<i64>,
+    suf_lo: Vec<i64>,
+    suf_hi: Vec<i64>,
+    win_lo: Vec<i64>,
+    width: Vec<usize>,
+}
+
+impl Grid {
+    fn new(levels: &[Level], d: usize, unit: f64, slack_d: f64) -> Self {
+        let (suf_lo, suf_hi, win_lo, width) = window(levels, d, unit, slack_d);
+        let w = levels
+            .iter()
+            .flat_map(|lv| lv.iter().map(move |it| (it.2[d] / unit).floor() as i64))
+            .collect();
+        Self {
+            d,
+            unit,
+            w,
+            suf_lo,
+            suf_hi,
+            win_lo,
+            width,
+        }
+    }
+}
+
 /// What one suffix table is built from (see [`SufTable::build`]).
 #[derive(Clone, Copy)]
 struct TableArgs<'a> {
     levels: &'a [Level],
-    d: usize,
+    grid: &'a Grid,
     lam: &'a [f64],
-    unit: f64,
-    slack_d: f64,
     all_rows: bool,
 }
 
@@ -231,25 +262,16 @@ impl SufTable {
     /// Builds the table; on x86-64 CPUs with AVX2 the same code is compiled for 4-lane vectors
     /// (min and add are exact IEEE operations, so the values are the same bit for bit).
     fn new(levels: &[Level], d: usize, lam: &[f64], unit: f64, slack_d: f64) -> Self {
-        Self::build(levels, d, lam, unit, slack_d, true)
+        Self::build(levels, &Grid::new(levels, d, unit, slack_d), lam, true)
     }
 
-    /// Builds the table (every level's row with `all_rows`, else only the root's: then only
-    /// lookups at level 0 are valid).
-    fn build(
-        levels: &[Level],
-        d: usize,
-        lam: &[f64],
-        unit: f64,
-        slack_d: f64,
-        all_rows: bool,
-    ) -> Self {
+    /// Builds the table on `grid` (every level's row with `all_rows`, else only the root's:
+    /// then only lookups at level 0 are valid).
+    fn build(levels: &[Level], grid: &Grid, lam: &[f64], all_rows: bool) -> Self {
         let args = TableArgs {
             levels,
-            d,
+            grid,
             lam,
-            unit,
-            slack_d,
             all_rows,
         };
         #[cfg(target_arch = "x86_64")]
@@ -270,14 +292,13 @@ impl SufTable {
     fn new_impl(args: TableArgs) -> Self {
         let TableArgs {
             levels,
-            d,
+            grid,
             lam,
-            unit,
-            slack_d,
             all_rows,
         } = args;
+        let d = grid.d;
+        let unit = grid.unit;
         let k = levels.len();
-        let cell = |v: f64| -> i64 { (v / unit).floor() as i64 };
         let other = |df: f64, dc: &[f64; 2]| -> f64 {
             let mut v = df;
             for (e, &l) in lam.iter().enumerate() {
@@ -285,7 +306,18 @@ impl SufTable {
             }
             v
         };
-        let (suf_lo, suf_hi, win_lo, width) = window(levels, d, unit, slack_d);
+        let (suf_lo, suf_hi, win_lo, width) = (
+            grid.suf_lo.clone(),
+            grid.suf_hi.clone(),
+            grid.win_lo.clone(),
+            grid.width.clone(),
+        );
+        // Offset of each level's items in `grid.w`.
+        let mut first_item = Vec::with_capacity(k + 1);
+        first_item.push(0usize);
+        for lv in levels {
+            first_item.push(first_item.last().copied().unwrap_or(0) + lv.len());
+        }
         let mut umin = vec![0.0f64; k + 1];
         for t in (0..k).rev() {
             let u = levels[t]
@@ -331,7 +363,7 @@ impl SufTable {
             let row = &mut row_buf[..wt];
             let next = &next_buf[..nw];
             for (n, it) in levels[t].iter().enumerate() {
-                let w = cell(it.2[d]);
+                let w = grid.w[first_item[t] + n];
                 let val = other(it.1, &it.2);
                 // q (absolute lo_t + q) reads cell lo_t + q - w of level t + 1, inside its
                 // window for q in [a, b); below it the first cell (or nothing below the
@@ -361,9 +393,7 @@ impl SufTable {
                 for slot in &mut row[first..a] {
                     *slot = slot.min(below);
                 }
-                for (slot, &nv) in row[a..b.max(a)].iter_mut().zip(inside) {
-                    *slot = slot.min(nv + val);
-                }
+                crate::mckp::min_add_into(&mut row[a..b.max(a)], inside, val);
                 for slot in &mut row[b.max(a)..] {
                     *slot = slot.min(above);
                 }
@@ -722,16 +752,10 @@ impl<'a> CoreDp<'a> {
                     h[d]
                 } else {
                     let (cu, _) = grid_unit(&levels, d, share / 16, slack[d]);
+                    let coarse = Grid::new(&levels, d, cu, slack[d]);
                     tune_multiplier(lam[1 - d], TUNE_STEPS, |x| {
                         // (Only the root's row is kept: the root bound is all that is read.)
-                        root_of(&SufTable::build(
-                            &levels,
-                            d,
-                            &with_x(x),
-                            cu,
-                            slack[d],
-                            false,
-                        ))
+                        root_of(&SufTable::build(&levels, &coarse, &with_x(x), false))
                     })
                 };
                 specs.push((d, with_x(x), unit, cells));
