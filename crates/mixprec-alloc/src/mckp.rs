@@ -112,7 +112,7 @@ const DFS_TABLE_CELLS: usize = 100_000;
 /// Cells per group of the coarse tables that tune the other row's multiplier (depth-first).
 const DFS_TUNE_CELLS: usize = 256;
 /// Golden-section steps of that tuning.
-const DFS_TUNE_STEPS: usize = 4;
+const DFS_TUNE_STEPS: usize = 3;
 /// A depth-first row table is kept only when its root bound gains at least this fraction of
 /// the best row's gain over the Lagrangian bound.
 const DFS_KEEP_FRAC: f64 = 0.25;
