@@ -362,10 +362,15 @@ fn ilp_matches_good_lp_microlp_on_50_instances() {
     assert!(compared >= 40, "{compared}");
 }
 
+/// Solved exactly with a small search (a node count, not a clock: speed is measured by
+/// `bench/alloc/pulp_compare.py`), and no heuristic beats the exact optimum.
 #[test]
-fn ilp_is_fast_on_560_layers_one_budget_and_54_layers_two_budgets() {
+fn ilp_solves_560_layers_one_budget_and_54_layers_two_budgets_with_a_small_search() {
     let cases = [
-        (hawq_like(7, 560, BITS, &[(CostKind::ModelSize, 0.4)]), 2.0),
+        (
+            hawq_like(7, 560, BITS, &[(CostKind::ModelSize, 0.4)]),
+            100_000.0,
+        ),
         (
             hawq_like(
                 1,
@@ -373,21 +378,24 @@ fn ilp_is_fast_on_560_layers_one_budget_and_54_layers_two_budgets() {
                 BITS,
                 &[(CostKind::ModelSize, 0.4), (CostKind::Bops, 0.35)],
             ),
-            2.0,
+            100_000.0,
         ),
     ];
-    for (p, max_s) in cases {
-        let t = std::time::Instant::now();
+    for (p, max_nodes) in cases {
         let mut ctx = SolveCtx::new(0);
         let a = allocator("ilp", &serde_json::Value::Null)
             .unwrap()
             .solve(&p, &mut ctx)
             .unwrap();
-        let secs = t.elapsed().as_secs_f64();
         assert!(p.violations(&a.choice).is_empty());
         let lb = ctx.stat("lower_bound").unwrap();
         assert!(a.objective >= lb - 1e-9 * lb.abs());
-        assert!(secs < max_s, "{} layers: {secs} s", p.layers.len());
+        let nodes = ctx.stat("nodes").unwrap();
+        assert!(
+            nodes < max_nodes,
+            "{} layers: {nodes} nodes",
+            p.layers.len()
+        );
         // Every heuristic stays at or above the exact optimum.
         for name in ["mckp-greedy", "lagrangian", "uniform"] {
             let h = allocator(name, &serde_json::Value::Null)
