@@ -43,12 +43,12 @@
 //!    Before the search, each item gets a *forced bound* on every row table: the levels before
 //!    it tabulated forward over the same grid, joined with the suffix table after it at the
 //!    root's room (`min_j Q_t[j] + v_i + T_{t+1}[j − w_i]`), a bound on every solution that
-//!    takes the item. Items whose forced bound reaches the incumbent are dropped; while that
+//!    takes the item. Items whose forced bound reaches the incumbent are dropped; when that
 //!    drops at least a third of the undecided items, the tables are rebuilt on what is left
-//!    (more cells per level, often exact; the tuned multipliers are kept) and the fixing
-//!    repeats. The LP rows and extra tables are built after it, on the final lists. On the
-//!    54 × 4 instance the first tables drop 82 of 166 items, the rebuilt ones 2 more, 25 groups
-//!    stay undecided and the search needs 54 nodes instead of 6.6 k;
+//!    (more cells per level, often exact; the tuned multipliers are kept). The LP rows and
+//!    extra tables are built after it, on the final lists. On the 54 × 4 instance the tables
+//!    drop 80 of 166 items, 27 groups stay undecided, the rebuilt size-row table is exact
+//!    (10 cells) and the search needs 70 nodes instead of 6.6 k;
 //! 7. with two rows, when the depth-first search has not finished within
 //!    [`Limits::dfs_first_nodes`] nodes (or is skipped because more than
 //!    [`Limits::dfs_max_groups`] groups are undecided), the best-first dominance search over
@@ -81,7 +81,7 @@
 //! entered (F entries of a front) and at most `MEMO_MAX_VALUES` numbers. Measured (random
 //! HAWQ-like instances of `bench/alloc/pulp_compare.py`, `examples/solve_bench.rs`): one
 //! budget, 2000 layers × 6 options in ~30 ms; size + BOPs budgets, seed 1: 54 × 4 in ~0.4 ms
-//! (depth-first search after fixing, 56 nodes), 560 × 6 in ~7.5–9 ms (set-up 1.1 ms, three
+//! (depth-first search after fixing, 70 nodes), 560 × 6 in ~7.5–9 ms (set-up 1.1 ms, three
 //! bisection cores 1.6 ms, fixing core 1 ms and its forced bounds 0.7 ms, searched core 2–3 ms,
 //! search < 1 ms over ≈ 2.5 k states) and 2000 × 6 in ~11 ms. Over seeds 1–5 all 15
 //! instances are solved to optimality; the time varies much more than CBC's (560 × 6: 6 ms to
@@ -945,16 +945,14 @@ impl<'a> Solver<'a> {
             if nodes == 0 {
                 self.stats.root_lp = d.root_bound();
             }
-            // Items whose forced bound reaches the incumbent go; while that removes a good
+            // Items whose forced bound reaches the incumbent go; when that removes a good
             // share, the tables are rebuilt on what is left (more cells per level, often
-            // exact) and fix more.
-            loop {
-                let items = d.undecided_items();
-                let dropped = d.fix_by_tables();
-                self.stats.fixed_by_tables += dropped;
-                if dropped == 0 || dropped * FIX_REBUILD_DIV < items {
-                    break;
-                }
+            // exact). (Fixing again on the rebuilt tables drops few more and costs more than
+            // the search it saves.)
+            let items = d.undecided_items();
+            let dropped = d.fix_by_tables();
+            self.stats.fixed_by_tables += dropped;
+            if dropped > 0 && dropped * FIX_REBUILD_DIV >= items {
                 let kept = d.lists.clone();
                 d = Dfs::new(r, &kept, lb, &lam, &rc_of, ub, &dfs_limits, &mut tuned);
             }
