@@ -1111,84 +1111,31 @@ impl LpRow {
     }
 }
 
-/// Dynamic-programming bound keeping row `d` integral (costs rounded *down* to a grid, so the
-/// table is a relaxation) and the other rows Lagrangian-relaxed with the root multipliers:
-/// `T[t][c]` = least `Σ (f + Σ_{e≠d} λ_e c_e)` over levels `t..` with grid weight `≤ c`.
-struct DpRow {
+/// The grid of row `d` over the levels for a cell budget: the least cost per level, the unit
+/// (the exact common unit of the cost differences when it fits) and each item's cell weight.
+/// It does not depend on the multipliers, so the tuning's trial tables share it.
+struct DpGrid {
     d: usize,
     unit: f64,
     cells: usize,
-    /// Row of level 0 in `table` (rows are stored from the last level to the first).
-    top: usize,
     suf_gmin: Vec<f64>,
     /// Cheapest cost in row `d` per level (the grid weights are differences from it).
     gmin: Vec<f64>,
     /// Whether the grid weights are exact (integral costs on an integer unit).
     integral: bool,
-    table: Vec<f64>,
-    lam_other: Vec<f64>,
+    /// Cell weight of each item, level by level (`usize::MAX` beyond the table).
+    w: Vec<usize>,
 }
 
-/// What one [`DpRow`] is built from (see [`DpRow::new`]).
-#[derive(Clone, Copy)]
-struct DpRowArgs<'a> {
-    r: &'a Reduced,
-    d: usize,
-    lam: &'a [f64],
-    levels: &'a [&'a [usize]],
-    base_used: f64,
-    max_cells: usize,
-    full: bool,
-}
-
-impl DpRow {
-    /// Builds the table (all levels with `full`, else only the root's row: enough for
-    /// [`DpRow::bound`] at level 0, in two rows of memory); on x86-64 CPUs with AVX2 the same
-    /// code is compiled for 4-lane vectors (min and add are exact IEEE operations, so the
-    /// values are the same bit for bit).
+impl DpGrid {
+    /// None when the levels' cheapest costs already exceed row `d`'s room.
     fn new(
         r: &Reduced,
         d: usize,
-        lam: &[f64],
         levels: &[&[usize]],
         base_used: f64,
         max_cells: usize,
-        full: bool,
     ) -> Option<Self> {
-        let args = DpRowArgs {
-            r,
-            d,
-            lam,
-            levels,
-            base_used,
-            max_cells,
-            full,
-        };
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2")]
-            fn avx2(args: DpRowArgs) -> Option<DpRow> {
-                DpRow::new_impl(args)
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { avx2(args) };
-            }
-        }
-        Self::new_impl(args)
-    }
-
-    #[inline(always)]
-    fn new_impl(args: DpRowArgs) -> Option<Self> {
-        let DpRowArgs {
-            r,
-            d,
-            lam,
-            levels,
-            base_used,
-            max_cells,
-            full,
-        } = args;
         let k_n = levels.len();
         let gmin: Vec<f64> = levels
             .iter()
@@ -1228,9 +1175,108 @@ impl DpRow {
         } else {
             (room / max_cells as f64, max_cells)
         };
+        let w = levels
+            .iter()
+            .enumerate()
+            .flat_map(|(t, lv)| {
+                let g = gmin[t];
+                lv.iter().map(move |&i| {
+                    let delta = r.c(i)[d] - g;
+                    let w = (delta / unit + if integral { 1e-9 } else { 0.0 }).floor();
+                    if w > cells as f64 {
+                        usize::MAX
+                    } else {
+                        w as usize
+                    }
+                })
+            })
+            .collect();
+        Some(Self {
+            d,
+            unit,
+            cells,
+            suf_gmin,
+            gmin,
+            integral,
+            w,
+        })
+    }
+}
+
+/// Dynamic-programming bound keeping row `d` integral (costs rounded *down* to a grid, so the
+/// table is a relaxation) and the other rows Lagrangian-relaxed with the root multipliers:
+/// `T[t][c]` = least `Σ (f + Σ_{e≠d} λ_e c_e)` over levels `t..` with grid weight `≤ c`.
+struct DpRow {
+    d: usize,
+    unit: f64,
+    cells: usize,
+    /// Row of level 0 in `table` (rows are stored from the last level to the first).
+    top: usize,
+    suf_gmin: Vec<f64>,
+    /// Cheapest cost in row `d` per level (the grid weights are differences from it).
+    gmin: Vec<f64>,
+    /// Whether the grid weights are exact (integral costs on an integer unit).
+    integral: bool,
+    table: Vec<f64>,
+    lam_other: Vec<f64>,
+}
+
+/// What one [`DpRow`] is built from (see [`DpRow::new`]).
+#[derive(Clone, Copy)]
+struct DpRowArgs<'a> {
+    r: &'a Reduced,
+    grid: &'a DpGrid,
+    lam: &'a [f64],
+    levels: &'a [&'a [usize]],
+    full: bool,
+}
+
+impl DpRow {
+    /// Builds the table on `grid` (all levels with `full`, else only the root's row: enough
+    /// for [`DpRow::bound`] at level 0, in two rows of memory); on x86-64 CPUs with AVX2 the
+    /// same code is compiled for 4-lane vectors.
+    fn new(r: &Reduced, grid: &DpGrid, lam: &[f64], levels: &[&[usize]], full: bool) -> Self {
+        let args = DpRowArgs {
+            r,
+            grid,
+            lam,
+            levels,
+            full,
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2")]
+            fn avx2(args: DpRowArgs) -> DpRow {
+                DpRow::new_impl(args)
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                return unsafe { avx2(args) };
+            }
+        }
+        Self::new_impl(args)
+    }
+
+    #[inline(always)]
+    fn new_impl(args: DpRowArgs) -> Self {
+        let DpRowArgs {
+            r,
+            grid,
+            lam,
+            levels,
+            full,
+        } = args;
+        let (d, cells) = (grid.d, grid.cells);
+        let k_n = levels.len();
         let width = cells + 1;
         let mut lam_other = lam.to_vec();
         lam_other[d] = 0.0;
+        // Offset of each level's items in `grid.w`.
+        let mut first = Vec::with_capacity(k_n + 1);
+        first.push(0usize);
+        for lv in levels {
+            first.push(first.last().copied().unwrap_or(0) + lv.len());
+        }
         // With `full`, the rows are appended from the last level to the first, each computed
         // in place from the one before (no zeroing, no copy); else two rolling rows, the
         // root's last. The last level's row is all zero.
@@ -1252,13 +1298,11 @@ impl DpRow {
                 scratch.fill(f64::INFINITY);
                 (&table[..], &mut scratch[..])
             };
-            for &i in levels[t].iter() {
-                let delta = r.c(i)[d] - gmin[t];
-                let w = (delta / unit + if integral { 1e-9 } else { 0.0 }).floor();
-                if w > cells as f64 {
+            for (n, &i) in levels[t].iter().enumerate() {
+                let w = grid.w[first[t] + n];
+                if w == usize::MAX {
                     continue;
                 }
-                let w = w as usize;
                 let v = r.obj[i] + dot(&lam_other, r.c(i));
                 min_add_into(&mut cur[w..], next, v);
             }
@@ -1266,17 +1310,17 @@ impl DpRow {
                 std::mem::swap(&mut table, &mut scratch);
             }
         }
-        Some(Self {
+        Self {
             d,
-            unit,
+            unit: grid.unit,
             cells,
             top: if full { k_n } else { 0 },
-            suf_gmin,
-            gmin,
-            integral,
+            suf_gmin: grid.suf_gmin.clone(),
+            gmin: grid.gmin.clone(),
+            integral: grid.integral,
             table,
             lam_other,
-        })
+        }
     }
 
     /// Grid weight and value of item `i` at level `t` (None when it exceeds the table).
@@ -1588,15 +1632,18 @@ impl<'a> Dfs<'a> {
             // node would pay for them).
             let at = |row: &DpRow| row.bound(0, &base_used, &r.caps);
             let coarse = max_cells.min(DFS_TUNE_CELLS);
-            let build = |d: usize, x: f64, cells: usize, full: bool| {
+            let build = |grid: &DpGrid, x: f64, full: bool| {
                 let mut l = lam.to_vec();
-                l[1 - d] = x;
-                DpRow::new(r, d, &l, &levels, base_used[d], cells, full)
+                l[1 - grid.d] = x;
+                DpRow::new(r, grid, &l, &levels, full)
             };
+            let grids: Vec<Option<DpGrid>> = (0..2)
+                .map(|d| DpGrid::new(r, d, &levels, base_used[d], coarse))
+                .collect();
             let mut roots = [f64::NEG_INFINITY; 2];
             for (d, root) in roots.iter_mut().enumerate() {
-                match build(d, lam[1 - d], coarse, false) {
-                    Some(row) => *root = at(&row),
+                match &grids[d] {
+                    Some(g) => *root = at(&build(g, lam[1 - d], false)),
                     None => infeasible = true,
                 }
             }
@@ -1612,18 +1659,21 @@ impl<'a> Dfs<'a> {
                         continue;
                     }
                     let e = 1 - d;
+                    let coarse_grid = grids[d].as_ref().expect("feasible");
                     let best_x = *tuned[d].get_or_insert_with(|| {
                         crate::core_dp::tune_multiplier(lam[e], DFS_TUNE_STEPS, |x| {
-                            build(d, x, coarse, false).map_or(f64::INFINITY, |row| at(&row))
+                            at(&build(coarse_grid, x, false))
                         })
                     });
-                    dp.push(build(d, best_x, max_cells, true).expect("same room"));
+                    let fine =
+                        DpGrid::new(r, d, &levels, base_used[d], max_cells).expect("same room");
+                    dp.push(build(&fine, best_x, true));
                 }
             }
         } else if nb > 0 {
             for d in 0..m {
-                match DpRow::new(r, d, lam, &levels, base_used[d], max_cells, true) {
-                    Some(row) => dp.push(row),
+                match DpGrid::new(r, d, &levels, base_used[d], max_cells) {
+                    Some(g) => dp.push(DpRow::new(r, &g, lam, &levels, true)),
                     None => infeasible = true,
                 }
             }
@@ -1682,19 +1732,19 @@ impl<'a> Dfs<'a> {
             .iter()
             .map(|row| (row.d, row.lam_other.clone()))
             .collect();
+        let grids: Vec<Option<DpGrid>> = (0..m)
+            .map(|d| DpGrid::new(r, d, &levels, self.base_used[d], extra_cells))
+            .collect();
         for &f in DFS_EXTRA_FACTORS {
             for (d, l) in &tuned {
                 let e = 1 - d;
+                let Some(grid) = &grids[*d] else { continue };
                 if l[e] <= 0.0 {
                     continue;
                 }
                 let mut l = l.clone();
                 l[e] *= f;
-                if let Some(row) =
-                    DpRow::new(r, *d, &l, &levels, self.base_used[*d], extra_cells, true)
-                {
-                    self.dp.push(row);
-                }
+                self.dp.push(DpRow::new(r, grid, &l, &levels, true));
             }
         }
     }
