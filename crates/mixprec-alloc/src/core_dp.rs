@@ -50,6 +50,7 @@
 
 use crate::problem::fits;
 use crate::reduce::Reduced;
+use crate::simd::{dispatch_avx2, min_add_into, min_sum};
 
 /// Relative objective tolerance: states within it of the threshold are dropped (so two
 /// solutions closer than this count as equal).
@@ -249,15 +250,6 @@ impl Grid {
     }
 }
 
-/// What one suffix table is built from (see [`SufTable::build`]).
-#[derive(Clone, Copy)]
-struct TableArgs<'a> {
-    levels: &'a [Level],
-    grid: &'a Grid,
-    lam: &'a [f64],
-    all_rows: bool,
-}
-
 impl SufTable {
     /// Builds the table; on x86-64 CPUs with AVX2 the same code is compiled for 4-lane vectors
     /// (min and add are exact IEEE operations, so the values are the same bit for bit).
@@ -268,34 +260,14 @@ impl SufTable {
     /// Builds the table on `grid` (every level's row with `all_rows`, else only the root's:
     /// then only lookups at level 0 are valid).
     fn build(levels: &[Level], grid: &Grid, lam: &[f64], all_rows: bool) -> Self {
-        let args = TableArgs {
-            levels,
-            grid,
-            lam,
-            all_rows,
-        };
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2")]
-            fn avx2(args: TableArgs) -> SufTable {
-                SufTable::new_impl(args)
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { avx2(args) };
-            }
-        }
-        Self::new_impl(args)
+        dispatch_avx2!(
+            SufTable::new_impl,
+            (levels: &[Level], grid: &Grid, lam: &[f64], all_rows: bool) -> SufTable
+        )
     }
 
     #[inline(always)]
-    fn new_impl(args: TableArgs) -> Self {
-        let TableArgs {
-            levels,
-            grid,
-            lam,
-            all_rows,
-        } = args;
+    fn new_impl(levels: &[Level], grid: &Grid, lam: &[f64], all_rows: bool) -> Self {
         let d = grid.d;
         let unit = grid.unit;
         let k = levels.len();
@@ -393,7 +365,7 @@ impl SufTable {
                 for slot in &mut row[first..a] {
                     *slot = slot.min(below);
                 }
-                crate::mckp::min_add_into(&mut row[a..b.max(a)], inside, val);
+                min_add_into(&mut row[a..b.max(a)], inside, val);
                 for slot in &mut row[b.max(a)..] {
                     *slot = slot.min(above);
                 }
@@ -533,7 +505,7 @@ impl SufTable {
             self.row_into(t + 1, base, phi - wmin, &mut trow);
             for (slot, &(w, val)) in out[t].iter_mut().zip(&items) {
                 let off = (wmax - w) as usize;
-                *slot = val + crate::mckp::min_sum(&p, &trow[off..]);
+                *slot = val + min_sum(&p, &trow[off..]);
             }
             if t + 1 == k {
                 break;
@@ -561,7 +533,7 @@ impl SufTable {
                 let a = (nlo + w).max(plo);
                 let b = (nhi + w).min(phi);
                 if a <= b {
-                    crate::mckp::min_add_into(
+                    min_add_into(
                         &mut np[(a - w - nlo) as usize..=(b - w - nlo) as usize],
                         &p[(a - plo) as usize..=(b - plo) as usize],
                         val,
@@ -1291,6 +1263,7 @@ mod tests {
     use super::*;
     use crate::problem::CostKind;
     use crate::random::hawq_like;
+    use crate::test_support::{check_forced, next_choice, random_multipliers};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -1306,6 +1279,27 @@ mod tests {
             }
         }
         rc
+    }
+
+    /// A random HAWQ-like problem of 3–6 layers with 2..=`max_options` options and size + BOPs
+    /// budgets, every group's items, and the generator for further draws (None when the
+    /// budgets admit no choice).
+    fn small_instance(
+        seed: u64,
+        max_options: usize,
+    ) -> Option<(Reduced, Vec<Vec<usize>>, ChaCha8Rng)> {
+        let bits = [(2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8)];
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let nl = rng.random_range(3..=6);
+        let no = rng.random_range(2..=max_options);
+        let budgets = [
+            (CostKind::ModelSize, rng.random_range(0.1..0.9)),
+            (CostKind::Bops, rng.random_range(0.1..0.9)),
+        ];
+        let p = hawq_like(seed, nl, &bits[..no], &budgets);
+        let r = Reduced::new(&p).ok()?;
+        let alive = (0..r.n_groups()).map(|g| r.items(g).collect()).collect();
+        Some((r, alive, rng))
     }
 
     #[test]
@@ -1366,30 +1360,12 @@ mod tests {
     /// objective of every feasible completion of it, and the exact search finds the optimum.
     #[test]
     fn bounds_never_exceed_feasible_completions() {
-        let bits = [(2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8)];
         let mut checked = 0usize;
         for seed in 0..40u64 {
-            let mut rng = ChaCha8Rng::seed_from_u64(300 + seed);
-            let nl = rng.random_range(3..=6);
-            let no = rng.random_range(2..=4);
-            let budgets = [
-                (CostKind::ModelSize, rng.random_range(0.1..0.9)),
-                (CostKind::Bops, rng.random_range(0.1..0.9)),
-            ];
-            let p = hawq_like(300 + seed, nl, &bits[..no], &budgets);
-            let Ok(r) = Reduced::new(&p) else { continue };
-            let alive: Vec<Vec<usize>> = (0..r.n_groups()).map(|g| r.items(g).collect()).collect();
-            // Multipliers on the scale objective / cost, deliberately not the optimal ones.
-            let spread = |f: &dyn Fn(usize) -> f64| {
-                let (lo, hi) = (0..r.obj.len()).fold((f64::INFINITY, 0.0f64), |(a, b), i| {
-                    (a.min(f(i)), b.max(f(i)))
-                });
-                (hi - lo).max(1e-12)
+            let Some((r, alive, mut rng)) = small_instance(300 + seed, 4) else {
+                continue;
             };
-            let so = spread(&|i| r.obj[i]);
-            let lam: Vec<f64> = (0..2)
-                .map(|d| rng.random_range(0.0..2.0) * so / spread(&|i| r.c(i)[d]))
-                .collect();
+            let lam = random_multipliers(&r, &mut rng, 0.0..2.0);
             let rc = reduced_costs(&r, &alive, &lam);
             let core = CoreDp::new(&r, &alive, &lam, &rc, f64::INFINITY, 64, None, true);
             assert!(core.tables.len() > 2, "seed {seed}: extra tables expected");
@@ -1423,16 +1399,7 @@ mod tests {
                         checked += 1;
                     }
                 }
-                let mut t = 0;
-                while t < k {
-                    pick[t] += 1;
-                    if pick[t] < core.levels[t].len() {
-                        break;
-                    }
-                    pick[t] = 0;
-                    t += 1;
-                }
-                if t == k {
+                if !next_choice(&mut pick, |t| core.levels[t].len()) {
                     break;
                 }
             }
@@ -1478,19 +1445,11 @@ mod tests {
     /// the optimum, so that the item is fixed out; checked by enumeration.
     #[test]
     fn forced_bounds_never_exceed_the_best_choice_through_the_item() {
-        let bits = [(2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8)];
         let (mut checked, mut above_opt) = (0usize, 0usize);
         for seed in 0..40u64 {
-            let mut rng = ChaCha8Rng::seed_from_u64(900 + seed);
-            let nl = rng.random_range(3..=6);
-            let no = rng.random_range(2..=5);
-            let budgets = [
-                (CostKind::ModelSize, rng.random_range(0.1..0.9)),
-                (CostKind::Bops, rng.random_range(0.1..0.9)),
-            ];
-            let p = hawq_like(900 + seed, nl, &bits[..no], &budgets);
-            let Ok(r) = Reduced::new(&p) else { continue };
-            let alive: Vec<Vec<usize>> = (0..r.n_groups()).map(|g| r.items(g).collect()).collect();
+            let Some((r, alive, mut rng)) = small_instance(900 + seed, 5) else {
+                continue;
+            };
             let lam = [
                 rng.random_range(0.0..2.0) * 1e-3 / r.caps[0].max(1.0),
                 rng.random_range(0.0..2.0) * 1e-3 / r.caps[1].max(1.0),
@@ -1524,29 +1483,15 @@ mod tests {
                             best[t][pick[t]] = best[t][pick[t]].min(obj);
                         }
                     }
-                    let mut t = 0;
-                    while t < k {
-                        pick[t] += 1;
-                        if pick[t] < core.levels[t].len() {
-                            break;
-                        }
-                        pick[t] = 0;
-                        t += 1;
-                    }
-                    if t == k {
+                    if !next_choice(&mut pick, |t| core.levels[t].len()) {
                         break;
                     }
                 }
                 for (t, (fb, bb)) in core.forced_bounds().iter().zip(&best).enumerate() {
                     for (j, (&f, &b)) in fb.iter().zip(bb).enumerate() {
-                        assert!(
-                            f <= b + 1e-9 * b.abs().max(1.0),
-                            "seed {seed} cells {cells} level {t} item {j}: forced {f} above {b}"
-                        );
+                        let what = format!("seed {seed} cells {cells} level {t} item {j}");
+                        above_opt += usize::from(check_forced(f, b, opt, &what));
                         checked += 1;
-                        if opt.is_finite() && f > opt + 1e-9 * opt.abs().max(1.0) {
-                            above_opt += 1;
-                        }
                     }
                 }
             }

@@ -32,6 +32,7 @@ pub mod methods;
 mod problem;
 pub mod random;
 pub mod reduce;
+mod simd;
 mod table;
 
 pub use costs::{cost_model, CostModel, CostModelEntry, COST_MODELS};
@@ -44,3 +45,50 @@ pub use problem::{
     LayerInfo, BUDGET_RTOL, PROBLEM_VERSION,
 };
 pub use table::Table;
+
+/// Helpers shared by the unit tests of the solvers.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Advances `pick` (one index per level; level `t` has `len(t)` choices) to the next
+    /// combination, the first level fastest; false after the last one.
+    pub(crate) fn next_choice(pick: &mut [usize], len: impl Fn(usize) -> usize) -> bool {
+        for t in 0..pick.len() {
+            pick[t] += 1;
+            if pick[t] < len(t) {
+                return true;
+            }
+            pick[t] = 0;
+        }
+        false
+    }
+
+    /// Multipliers for two rows drawn from `range` times the objective's spread over each
+    /// row's cost spread (the scale of the trade-off, deliberately not the optimal ones).
+    pub(crate) fn random_multipliers(
+        r: &crate::reduce::Reduced,
+        rng: &mut impl rand::Rng,
+        range: std::ops::Range<f64>,
+    ) -> Vec<f64> {
+        let spread = |f: &dyn Fn(usize) -> f64| {
+            let (lo, hi) = (0..r.obj.len()).fold((f64::INFINITY, 0.0f64), |(a, b), i| {
+                (a.min(f(i)), b.max(f(i)))
+            });
+            (hi - lo).max(1e-12)
+        };
+        let so = spread(&|i| r.obj[i]);
+        (0..2)
+            .map(|d| rng.random_range(range.clone()) * so / spread(&|i| r.c(i)[d]))
+            .collect()
+    }
+
+    /// Asserts that the forced bound `f` of an item is at most `best`, the best feasible
+    /// objective through the item; true when it lies above the optimum `opt` (the item
+    /// would be fixed out).
+    pub(crate) fn check_forced(f: f64, best: f64, opt: f64, what: &str) -> bool {
+        assert!(
+            f <= best + 1e-9 * best.abs().max(1.0),
+            "{what}: forced {f} above best {best}"
+        );
+        opt.is_finite() && f > opt + 1e-9 * opt.abs().max(1.0)
+    }
+}

@@ -90,6 +90,7 @@
 use std::time::Instant;
 
 use crate::problem::fits;
+use crate::simd::{dispatch_avx2, min_add_into, min_sum};
 
 /// Cells of the searched core programme's main suffix bound tables (over all rows and
 /// groups; the extra tables get [`crate::core_dp`]'s share on top).
@@ -1221,51 +1222,19 @@ struct DpRow {
     lam_other: Vec<f64>,
 }
 
-/// What one [`DpRow`] is built from (see [`DpRow::new`]).
-#[derive(Clone, Copy)]
-struct DpRowArgs<'a> {
-    r: &'a Reduced,
-    grid: &'a DpGrid,
-    lam: &'a [f64],
-    levels: &'a [&'a [usize]],
-    full: bool,
-}
-
 impl DpRow {
     /// Builds the table on `grid` (all levels with `full`, else only the root's row: enough
     /// for [`DpRow::bound`] at level 0, in two rows of memory); on x86-64 CPUs with AVX2 the
     /// same code is compiled for 4-lane vectors.
     fn new(r: &Reduced, grid: &DpGrid, lam: &[f64], levels: &[&[usize]], full: bool) -> Self {
-        let args = DpRowArgs {
-            r,
-            grid,
-            lam,
-            levels,
-            full,
-        };
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2")]
-            fn avx2(args: DpRowArgs) -> DpRow {
-                DpRow::new_impl(args)
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { avx2(args) };
-            }
-        }
-        Self::new_impl(args)
+        dispatch_avx2!(
+            DpRow::new_impl,
+            (r: &Reduced, grid: &DpGrid, lam: &[f64], levels: &[&[usize]], full: bool) -> DpRow
+        )
     }
 
     #[inline(always)]
-    fn new_impl(args: DpRowArgs) -> Self {
-        let DpRowArgs {
-            r,
-            grid,
-            lam,
-            levels,
-            full,
-        } = args;
+    fn new_impl(r: &Reduced, grid: &DpGrid, lam: &[f64], levels: &[&[usize]], full: bool) -> Self {
         let (d, cells) = (grid.d, grid.cells);
         let k_n = levels.len();
         let width = cells + 1;
@@ -1343,25 +1312,18 @@ impl DpRow {
         base_used: &[f64],
         caps: &[f64],
     ) -> Vec<Vec<f64>> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2")]
-            fn avx2(
+        let row = self;
+        dispatch_avx2!(
+            DpRow::forced_bounds_impl,
+            (
                 row: &DpRow,
                 r: &Reduced,
                 levels: &[&[usize]],
                 base_obj: f64,
                 base_used: &[f64],
                 caps: &[f64],
-            ) -> Vec<Vec<f64>> {
-                row.forced_bounds_impl(r, levels, base_obj, base_used, caps)
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { avx2(self, r, levels, base_obj, base_used, caps) };
-            }
-        }
-        self.forced_bounds_impl(r, levels, base_obj, base_used, caps)
+            ) -> Vec<Vec<f64>>
+        )
     }
 
     #[inline(always)]
@@ -1995,90 +1957,6 @@ fn suffix_sums(
     (suf_minc, suf_c0, suf_obj0)
 }
 
-/// `dst[j] = min(dst[j], src[j] + v)` over the common length (no NaN anywhere: the tables
-/// hold sums and +inf); with AVX2, four lanes of `vminpd` at a time.
-#[inline(always)]
-pub(crate) fn min_add_into(dst: &mut [f64], src: &[f64], v: f64) {
-    let n = dst.len().min(src.len());
-    let (dst, src) = (&mut dst[..n], &src[..n]);
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        fn avx2(dst: &mut [f64], src: &[f64], v: f64) {
-            use std::arch::x86_64::*;
-            let n = dst.len();
-            let vv = _mm256_set1_pd(v);
-            let mut j = 0;
-            while j + 8 <= n {
-                // SAFETY: j + 8 <= n = dst.len() = src.len().
-                unsafe {
-                    let (pd, ps) = (dst.as_mut_ptr().add(j), src.as_ptr().add(j));
-                    let x = _mm256_add_pd(_mm256_loadu_pd(ps), vv);
-                    let y = _mm256_add_pd(_mm256_loadu_pd(ps.add(4)), vv);
-                    _mm256_storeu_pd(pd, _mm256_min_pd(_mm256_loadu_pd(pd), x));
-                    _mm256_storeu_pd(pd.add(4), _mm256_min_pd(_mm256_loadu_pd(pd.add(4)), y));
-                }
-                j += 8;
-            }
-            for (slot, &s) in dst[j..].iter_mut().zip(&src[j..]) {
-                *slot = slot.min(s + v);
-            }
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { avx2(dst, src, v) };
-            return;
-        }
-    }
-    for (slot, &s) in dst.iter_mut().zip(src) {
-        *slot = slot.min(s + v);
-    }
-}
-
-/// `min_j a[j] + b[j]` over the common length (with AVX2, eight lanes at a time; the
-/// minimum of exact sums does not depend on the order).
-pub(crate) fn min_sum(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        fn avx2(a: &[f64], b: &[f64]) -> f64 {
-            use std::arch::x86_64::*;
-            let n = a.len();
-            let mut lo = _mm256_set1_pd(f64::INFINITY);
-            let mut hi = lo;
-            let mut j = 0;
-            while j + 8 <= n {
-                // SAFETY: j + 8 <= n = a.len() = b.len().
-                unsafe {
-                    let (pa, pb) = (a.as_ptr().add(j), b.as_ptr().add(j));
-                    let x = _mm256_add_pd(_mm256_loadu_pd(pa), _mm256_loadu_pd(pb));
-                    let y = _mm256_add_pd(_mm256_loadu_pd(pa.add(4)), _mm256_loadu_pd(pb.add(4)));
-                    lo = _mm256_min_pd(lo, x);
-                    hi = _mm256_min_pd(hi, y);
-                }
-                j += 8;
-            }
-            let mut lanes = [0.0f64; 4];
-            // SAFETY: `lanes` holds four f64.
-            unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_min_pd(lo, hi)) };
-            let mut best = lanes.iter().fold(f64::INFINITY, |m, &v| m.min(v));
-            for (x, y) in a[j..].iter().zip(&b[j..]) {
-                best = best.min(x + y);
-            }
-            best
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { avx2(a, b) };
-        }
-    }
-    a.iter()
-        .zip(b)
-        .fold(f64::INFINITY, |m, (x, y)| m.min(x + y))
-}
-
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -2088,32 +1966,25 @@ mod tests {
     use super::*;
     use crate::problem::{AllocationProblem, CostKind};
     use crate::random::hawq_like;
+    use crate::test_support::{check_forced, next_choice, random_multipliers};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
     /// Best objective of a reduced problem by enumeration.
     fn brute(r: &Reduced) -> Option<f64> {
         let g_n = r.n_groups();
-        let mut pick: Vec<usize> = (0..g_n).map(|g| r.starts[g]).collect();
+        let mut pick = vec![0usize; g_n];
         let mut best: Option<f64> = None;
         loop {
-            if r.feasible(&pick) {
-                let v: f64 = pick.iter().map(|&i| r.obj[i]).sum();
+            let items: Vec<usize> = (0..g_n).map(|g| r.starts[g] + pick[g]).collect();
+            if r.feasible(&items) {
+                let v: f64 = items.iter().map(|&i| r.obj[i]).sum();
                 if best.is_none_or(|b| v < b) {
                     best = Some(v);
                 }
             }
-            let mut g = 0;
-            loop {
-                if g == g_n {
-                    return best;
-                }
-                pick[g] += 1;
-                if pick[g] < r.starts[g + 1] {
-                    break;
-                }
-                pick[g] = r.starts[g];
-                g += 1;
+            if !next_choice(&mut pick, |g| r.starts[g + 1] - r.starts[g]) {
+                return best;
             }
         }
     }
@@ -2280,18 +2151,9 @@ mod tests {
 
     /// Random positive multipliers for two rows (scaled to the objective's spread), the
     /// reduced costs at them and each group's items by reduced cost.
-    fn random_multipliers(r: &Reduced, seed: u64) -> (Vec<f64>, Vec<f64>, Vec<Vec<usize>>) {
+    fn multipliers_and_lists(r: &Reduced, seed: u64) -> (Vec<f64>, Vec<f64>, Vec<Vec<usize>>) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let spread = |f: &dyn Fn(usize) -> f64| {
-            let (lo, hi) = (0..r.obj.len()).fold((f64::INFINITY, 0.0f64), |(a, b), i| {
-                (a.min(f(i)), b.max(f(i)))
-            });
-            (hi - lo).max(1e-12)
-        };
-        let so = spread(&|i| r.obj[i]);
-        let lam: Vec<f64> = (0..2)
-            .map(|d| rng.random_range(0.05..2.0) * so / spread(&|i| r.c(i)[d]))
-            .collect();
+        let lam = random_multipliers(r, &mut rng, 0.05..2.0);
         let val = |i: usize| r.obj[i] + dot(&lam, r.c(i));
         let mut rc_of = vec![0.0; r.obj.len()];
         let lists: Vec<Vec<usize>> = (0..r.n_groups())
@@ -2308,6 +2170,27 @@ mod tests {
         (lam, rc_of, lists)
     }
 
+    /// The depth-first search over `lists` with no incumbent and no lower bound (its tables
+    /// tuned from `lam`).
+    fn open_dfs<'a>(
+        r: &'a Reduced,
+        lists: &[Vec<usize>],
+        lam: &[f64],
+        rc_of: &'a [f64],
+        limits: &'a Limits,
+    ) -> Dfs<'a> {
+        Dfs::new(
+            r,
+            lists,
+            f64::NEG_INFINITY,
+            lam,
+            rc_of,
+            f64::INFINITY,
+            limits,
+            &mut [None, None],
+        )
+    }
+
     /// The forced bound of an item (prefix programme, the item, suffix table) never exceeds
     /// the best feasible solution that takes it, and on these instances it is often above
     /// the optimum (the item can be fixed out); checked by enumeration.
@@ -2317,18 +2200,9 @@ mod tests {
         for seed in 0..60u64 {
             let p = two_budget(700 + seed);
             let Ok(r) = Reduced::new(&p) else { continue };
-            let (lam, rc_of, lists) = random_multipliers(&r, 700 + seed);
+            let (lam, rc_of, lists) = multipliers_and_lists(&r, 700 + seed);
             let limits = Limits::default();
-            let d = Dfs::new(
-                &r,
-                &lists,
-                f64::NEG_INFINITY,
-                &lam,
-                &rc_of,
-                f64::INFINITY,
-                &limits,
-                &mut [None, None],
-            );
+            let d = open_dfs(&r, &lists, &lam, &rc_of, &limits);
             if d.infeasible || d.dp.is_empty() {
                 continue;
             }
@@ -2354,16 +2228,7 @@ mod tests {
                         best[t][pick[t]] = best[t][pick[t]].min(o);
                     }
                 }
-                let mut t = 0;
-                while t < nb {
-                    pick[t] += 1;
-                    if pick[t] < levels[t].len() {
-                        break;
-                    }
-                    pick[t] = 0;
-                    t += 1;
-                }
-                if t == nb {
+                if !next_choice(&mut pick, |t| levels[t].len()) {
                     break;
                 }
             }
@@ -2371,15 +2236,9 @@ mod tests {
                 let fb = row.forced_bounds(&r, &levels, d.base_obj, &d.base_used, &r.caps);
                 for t in 0..nb {
                     for (k, &f) in fb[t].iter().enumerate() {
-                        let b = best[t][k];
-                        assert!(
-                            f <= b + 1e-9 * b.abs().max(1.0),
-                            "seed {seed} level {t} item {k}: forced {f} above best {b}"
-                        );
+                        let what = format!("seed {seed} level {t} item {k}");
+                        above_opt += usize::from(check_forced(f, best[t][k], opt, &what));
                         checked += 1;
-                        if opt.is_finite() && f > opt + 1e-9 * opt.abs().max(1.0) {
-                            above_opt += 1;
-                        }
                     }
                 }
             }
@@ -2397,18 +2256,9 @@ mod tests {
         for seed in 0..60u64 {
             let p = two_budget(500 + seed);
             let Ok(r) = Reduced::new(&p) else { continue };
-            let (lam, rc_of, lists) = random_multipliers(&r, 500 + seed);
+            let (lam, rc_of, lists) = multipliers_and_lists(&r, 500 + seed);
             let limits = Limits::default();
-            let mut d = Dfs::new(
-                &r,
-                &lists,
-                f64::NEG_INFINITY,
-                &lam,
-                &rc_of,
-                f64::INFINITY,
-                &limits,
-                &mut [None, None],
-            );
+            let mut d = open_dfs(&r, &lists, &lam, &rc_of, &limits);
             d.add_search_bounds(&lam);
             if d.infeasible {
                 continue;
@@ -2453,16 +2303,7 @@ mod tests {
                         checked += 1;
                     }
                 }
-                let mut t = 0;
-                while t < nb {
-                    pick[t] += 1;
-                    if pick[t] < lists[d.order[t]].len() {
-                        break;
-                    }
-                    pick[t] = 0;
-                    t += 1;
-                }
-                if t == nb {
+                if !next_choice(&mut pick, |t| lists[d.order[t]].len()) {
                     break;
                 }
             }
