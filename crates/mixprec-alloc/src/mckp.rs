@@ -80,12 +80,12 @@
 //! the core search exponential in the worst case; the dominance memory `O(log F)` per node
 //! entered (F entries of a front) and at most `MEMO_MAX_VALUES` numbers. Measured (random
 //! HAWQ-like instances of `bench/alloc/pulp_compare.py`, `examples/solve_bench.rs`): one
-//! budget, 2000 layers × 6 options in ~30 ms; size + BOPs budgets, seed 1: 54 × 4 in ~0.4 ms
+//! budget, 2000 layers × 6 options in ~30 ms; size + BOPs budgets, seed 1: 54 × 4 in ~0.33 ms
 //! (depth-first search after fixing, 70 nodes), 560 × 6 in ~7.5–9 ms (set-up 1.1 ms, three
 //! bisection cores 1.6 ms, fixing core 1 ms and its forced bounds 0.7 ms, searched core 2–3 ms,
 //! search < 1 ms over ≈ 2.5 k states) and 2000 × 6 in ~11 ms. Over seeds 1–5 all 15
 //! instances are solved to optimality; the time varies much more than CBC's (560 × 6: 6 ms to
-//! 1.9 s, on an instance whose tables bound 32 below the optimum).
+//! 2 s, on an instance whose tables bound 32 below the optimum).
 
 use std::time::Instant;
 
