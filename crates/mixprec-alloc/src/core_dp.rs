@@ -24,7 +24,7 @@
 //! Every state is also a solution candidate (the remaining groups at `x0`), so incumbents
 //! appear at every level. On the 560 × 6 benchmark instance of `bench/alloc/pulp_compare.py`
 //! the search keeps ≈ 28 k states (the earlier rounds of growing thresholds over a layered
-//! programme kept ≈ 0.13 M), and ≈ 2.5 k on the core left after fixing (below).
+//! programme kept ≈ 0.13 M), and ≈ 2.6 k on the core left after fixing (below).
 //!
 //! Fixing ([`CoreDp::unusable_items`]): per main table, the levels before each item are
 //! tabulated forward over the rooms left in its row (the same grid; rooms at or above the

@@ -57,16 +57,18 @@
 //!    reaches the incumbent dropped. The core of the items with reduced cost below `θ − LB`
 //!    holds every solution below `θ`: a bisection over `θ` on cheap cores (an eighth of the
 //!    cells, the relaxed row priced at its Lagrangian multiplier; after a core that proves
-//!    nothing new, the next probe goes a quarter of the way up) gives a proven lower bound, the core with extra tables is built for a cap half
-//!    of `proven − LB` above it, and the search returns the best solution below the cap
-//!    (optimal) or proves that none exists (then the cap grows: by half of `proven − LB`
-//!    while the core's root bound alone rules the cap out, by a tenth once a search was needed,
-//!    since larger cores cost much more to search). Before each search, a core with the main
-//!    tables only, on half the cells and with the relaxed row's multiplier tuned for its cap,
-//!    fixes the items whose forced bound (as in step 6, over the core's windowed tables)
-//!    reaches the cap, and the searched core is built on what is left (with those multipliers): on 560 × 6, 269 of 1186 core items go, 431 → 336 groups, and the search keeps
-//!    2.5 k states instead of 29 k. The suffix bounds use several multipliers
-//!    for the relaxed row (the partial Lagrangian dual of a state is not maximised by the
+//!    nothing new, the next probe goes a quarter of the way up) gives a proven lower bound,
+//!    the core with extra tables is built for a cap half of `proven − LB` above it, and the
+//!    search returns the best solution below the cap (optimal) or proves that none exists
+//!    (then the cap grows: by half of `proven − LB` while the core's root bound alone rules
+//!    the cap out, by a tenth once a search was needed, since larger cores cost much more to
+//!    search). Before each search, a core with the main tables only, on half the cells and
+//!    with the relaxed row's multiplier tuned for its cap, fixes the items whose forced bound
+//!    (as in step 6, over the core's windowed tables) reaches the cap, and the searched core
+//!    is built on what is left (with those multipliers): on 560 × 6, 286 items go, the
+//!    searched core has 330 groups (431 without fixing) and the search keeps 2.6 k states
+//!    instead of 29 k. The suffix bounds use several multipliers for the relaxed row (the
+//!    partial Lagrangian dual of a state is not maximised by the
 //!    root's multiplier). A search that runs out of its share of states
 //!    ([`Limits::core_refine_states`]) is run again at the same cap on tables with four times
 //!    the cells (up to 32 M): on instances with a large core, coarse tables bound barely above
@@ -81,9 +83,9 @@
 //! entered (F entries of a front) and at most `MEMO_MAX_VALUES` numbers. Measured (random
 //! HAWQ-like instances of `bench/alloc/pulp_compare.py`, `examples/solve_bench.rs`): one
 //! budget, 2000 layers × 6 options in ~30 ms; size + BOPs budgets, seed 1: 54 × 4 in ~0.33 ms
-//! (depth-first search after fixing, 70 nodes), 560 × 6 in ~7.5–9 ms (set-up 1.1 ms, three
-//! bisection cores 1.6 ms, fixing core 1 ms and its forced bounds 0.7 ms, searched core 2–3 ms,
-//! search < 1 ms over ≈ 2.5 k states) and 2000 × 6 in ~11 ms. Over seeds 1–5 all 15
+//! (depth-first search after fixing, 70 nodes), 560 × 6 in ~7.5–9 ms (set-up 1.3 ms, three
+//! bisection cores 1.8 ms, fixing core with its tuning 1.5 ms and its forced bounds 0.7 ms,
+//! searched core 1.8 ms, search 0.5 ms over ≈ 2.6 k states) and 2000 × 6 in ~11 ms. Over seeds 1–5 all 15
 //! instances are solved to optimality; the time varies much more than CBC's (560 × 6: 6 ms to
 //! 2 s, on an instance whose tables bound 32 below the optimum).
 
@@ -713,9 +715,6 @@ impl<'a> Solver<'a> {
             let cap = if refine { last_cap } else { cap.min(ub) };
             refine = false;
             last_cap = cap;
-            // Main tables only: the items their forced bounds rule out below the cap go, and
-            // the core of what is left gets all the tables (a relaxation of fewer items is
-            // tighter, and its search smaller).
             // A core with main tables only, on a fraction of the cells: the items their forced
             // bounds rule out below the cap go, and the core of what is left gets all the
             // tables (a relaxation of fewer items is tighter, and its search much smaller).
