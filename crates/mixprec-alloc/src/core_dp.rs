@@ -223,8 +223,10 @@ fn window(levels: &[Level], d: usize, unit: f64, slack_d: f64) -> Window {
 struct Grid {
     d: usize,
     unit: f64,
-    /// Cell weight of every item, level by level.
+    /// Cell weight of every item (`floor(Δc_d / unit)`), level by level.
     w: Vec<i64>,
+    /// Offset of each level's items in `w`.
+    first: Vec<usize>,
     suf_lo: Vec<i64>,
     suf_hi: Vec<i64>,
     win_lo: Vec<i64>,
@@ -232,16 +234,27 @@ struct Grid {
 }
 
 impl Grid {
+    /// Cells of a table with every level's row.
+    fn cells(&self) -> usize {
+        self.width.iter().sum()
+    }
+
     fn new(levels: &[Level], d: usize, unit: f64, slack_d: f64) -> Self {
         let (suf_lo, suf_hi, win_lo, width) = window(levels, d, unit, slack_d);
         let w = levels
             .iter()
             .flat_map(|lv| lv.iter().map(move |it| (it.2[d] / unit).floor() as i64))
             .collect();
+        let mut first = Vec::with_capacity(levels.len() + 1);
+        first.push(0usize);
+        for lv in levels {
+            first.push(first.last().copied().unwrap_or(0) + lv.len());
+        }
         Self {
             d,
             unit,
             w,
+            first,
             suf_lo,
             suf_hi,
             win_lo,
@@ -251,14 +264,9 @@ impl Grid {
 }
 
 impl SufTable {
-    /// Builds the table; on x86-64 CPUs with AVX2 the same code is compiled for 4-lane vectors
-    /// (min and add are exact IEEE operations, so the values are the same bit for bit).
-    fn new(levels: &[Level], d: usize, lam: &[f64], unit: f64, slack_d: f64) -> Self {
-        Self::build(levels, &Grid::new(levels, d, unit, slack_d), lam, true)
-    }
-
     /// Builds the table on `grid` (every level's row with `all_rows`, else only the root's:
-    /// then only lookups at level 0 are valid).
+    /// then only lookups at level 0 are valid); on x86-64 CPUs with AVX2 the same code is
+    /// compiled for 4-lane vectors.
     fn build(levels: &[Level], grid: &Grid, lam: &[f64], all_rows: bool) -> Self {
         dispatch_avx2!(
             SufTable::new_impl,
@@ -271,30 +279,17 @@ impl SufTable {
         let d = grid.d;
         let unit = grid.unit;
         let k = levels.len();
-        let other = |df: f64, dc: &[f64; 2]| -> f64 {
-            let mut v = df;
-            for (e, &l) in lam.iter().enumerate() {
-                v += l * dc[e];
-            }
-            v
-        };
         let (suf_lo, suf_hi, win_lo, width) = (
             grid.suf_lo.clone(),
             grid.suf_hi.clone(),
             grid.win_lo.clone(),
             grid.width.clone(),
         );
-        // Offset of each level's items in `grid.w`.
-        let mut first_item = Vec::with_capacity(k + 1);
-        first_item.push(0usize);
-        for lv in levels {
-            first_item.push(first_item.last().copied().unwrap_or(0) + lv.len());
-        }
         let mut umin = vec![0.0f64; k + 1];
         for t in (0..k).rev() {
             let u = levels[t]
                 .iter()
-                .fold(f64::INFINITY, |u, it| u.min(other(it.1, &it.2)));
+                .fold(f64::INFINITY, |u, it| u.min(priced(lam, it.1, &it.2)));
             umin[t] = umin[t + 1] + u;
         }
         // Rows are stored from the last level to the first, in the order they are computed
@@ -335,8 +330,8 @@ impl SufTable {
             let row = &mut row_buf[..wt];
             let next = &next_buf[..nw];
             for (n, it) in levels[t].iter().enumerate() {
-                let w = grid.w[first_item[t] + n];
-                let val = other(it.1, &it.2);
+                let w = grid.w[grid.first[t] + n];
+                let val = priced(lam, it.1, &it.2);
                 // q (absolute lo_t + q) reads cell lo_t + q - w of level t + 1, inside its
                 // window for q in [a, b); below it the first cell (or nothing below the
                 // suffix's least sum), above it the unconstrained least value.
@@ -468,18 +463,10 @@ impl SufTable {
     /// constant) of a choice that takes it: the levels before it tabulated forward over the
     /// rooms left in row `d` (`root_room` cells at the root; rooms at or above a suffix's
     /// largest cell sum are one cell, rooms below its least are dropped), joined with this
-    /// suffix table at the item's level. A lower bound, since every lookup is.
-    fn forced(&self, levels: &[Level], root_room: i64) -> Vec<Vec<f64>> {
+    /// suffix table at the item's level (`grid`: the one the table was built on). A lower
+    /// bound, since every lookup is.
+    fn forced(&self, levels: &[Level], grid: &Grid, root_room: i64) -> Vec<Vec<f64>> {
         let k = levels.len();
-        let d = self.d;
-        let cell = |v: f64| -> i64 { (v * self.inv_unit).floor() as i64 };
-        let other = |df: f64, dc: &[f64; 2]| -> f64 {
-            let mut v = df;
-            for (e, &l) in self.lam.iter().enumerate() {
-                v += l * dc[e];
-            }
-            v
-        };
         let mut out: Vec<Vec<f64>> = levels
             .iter()
             .map(|lv| vec![f64::INFINITY; lv.len()])
@@ -496,7 +483,8 @@ impl SufTable {
         for t in 0..k {
             let items: Vec<(i64, f64)> = levels[t]
                 .iter()
-                .map(|it| (cell(it.2[d]), other(it.1, &it.2)))
+                .zip(&grid.w[grid.first[t]..])
+                .map(|(it, &w)| (w, priced(&self.lam, it.1, &it.2)))
                 .collect();
             let wmin = items.iter().map(|x| x.0).min().unwrap_or(0);
             let wmax = items.iter().map(|x| x.0).max().unwrap_or(0);
@@ -553,6 +541,16 @@ impl SufTable {
     }
 }
 
+/// A change `(Δf, Δc)` priced in a table: `Δf + Σ_e λ_e Δc_e` (`λ_d = 0` for the table's row).
+#[inline(always)]
+fn priced(lam: &[f64], df: f64, dc: &[f64; 2]) -> f64 {
+    let mut v = df;
+    for (e, &l) in lam.iter().enumerate() {
+        v += l * dc[e];
+    }
+    v
+}
+
 /// `v` as an `f32` that is never above it: capped at `f32::MAX` (the lookups never read an
 /// unreachable cell, the only infinite ones), then lowered by 2⁻²² relative (more than the f32
 /// rounding error) and 1e-30 absolute (for tiny values) before rounding. Branch-free so that
@@ -607,6 +605,8 @@ pub(crate) struct CoreDp<'a> {
     order: Vec<usize>,
     levels: Vec<Level>,
     tables: Vec<SufTable>,
+    /// The grid of each row's tables (the main and extra tables of a row share it).
+    grids: Vec<Grid>,
     suf_min: Vec<[f64; 2]>,
 }
 
@@ -696,20 +696,30 @@ impl<'a> CoreDp<'a> {
         // One table per row, the row with the finest grid first; with two rows the other
         // row's multiplier is tuned for the best root bound (the bound is concave in it).
         let mut tables: Vec<SufTable> = Vec::new();
+        let mut grids: Vec<Grid> = Vec::new();
         if !levels.is_empty() {
-            let grids: Vec<(f64, f64)> = (0..m)
+            let estimates: Vec<(f64, f64)> = (0..m)
                 .map(|d| grid_unit(&levels, d, max_cells, slack[d]))
                 .collect();
             let primary = (0..m)
-                .min_by(|&a, &b| grids[a].1.total_cmp(&grids[b].1))
+                .min_by(|&a, &b| estimates[a].1.total_cmp(&estimates[b].1))
                 .expect("m >= 1");
             let share = max_cells / m;
-            // (row, multipliers, grid unit, estimated cells) of every table: the main ones
-            // first (their multiplier tuned on a coarse grid unless hinted), then the extras.
-            let mut specs: Vec<(usize, Vec<f64>, f64, usize)> = Vec::new();
+            grids = (0..m)
+                .map(|d| {
+                    Grid::new(
+                        &levels,
+                        d,
+                        grid_unit(&levels, d, share, slack[d]).0,
+                        slack[d],
+                    )
+                })
+                .collect();
+            // (row, multipliers, cells) of every table: the main ones first (their multiplier
+            // tuned on a coarse grid unless hinted), then the extras.
+            let mut specs: Vec<(usize, Vec<f64>, usize)> = Vec::new();
             for d in std::iter::once(primary).chain((0..m).filter(|&d| d != primary)) {
-                let (unit, _) = grid_unit(&levels, d, share, slack[d]);
-                let cells: usize = window(&levels, d, unit, slack[d]).3.iter().sum();
+                let cells = grids[d].cells();
                 let with_x = |x: f64| {
                     let mut l = lam.to_vec();
                     if m == 2 {
@@ -730,20 +740,20 @@ impl<'a> CoreDp<'a> {
                         root_of(&SufTable::build(&levels, &coarse, &with_x(x), false))
                     })
                 };
-                specs.push((d, with_x(x), unit, cells));
+                specs.push((d, with_x(x), cells));
             }
             if m == 2 && extras {
                 // The best multiplier of the relaxed row differs from state to state: tables at
                 // multiples of the tuned one (every one a valid bound), cheapest rows first,
                 // within a cell budget.
-                let mut mains: Vec<(usize, f64, f64, usize)> = specs
+                let mut mains: Vec<(usize, f64, usize)> = specs
                     .iter()
-                    .map(|(d, l, unit, cells)| (*d, l[1 - d], *unit, *cells))
+                    .map(|(d, l, cells)| (*d, l[1 - d], *cells))
                     .collect();
-                mains.sort_by_key(|v| v.3);
+                mains.sort_by_key(|v| v.2);
                 let mut used = 0usize;
                 for &f in EXTRA_FACTORS {
-                    for &(d, x, unit, cells) in &mains {
+                    for &(d, x, cells) in &mains {
                         if x <= 0.0 || used + cells > max_cells * EXTRA_BUDGET_NUM / 4 {
                             continue;
                         }
@@ -751,11 +761,11 @@ impl<'a> CoreDp<'a> {
                         let mut l = lam.to_vec();
                         l[1 - d] = x * f;
                         l[d] = 0.0;
-                        specs.push((d, l, unit, cells));
+                        specs.push((d, l, cells));
                     }
                 }
             }
-            tables = build_tables(&levels, &slack, &specs);
+            tables = build_tables(&levels, &grids, &specs);
         }
         let mut suf_min = vec![[0.0f64; 2]; k_n + 1];
         for t in (0..k_n).rev() {
@@ -775,6 +785,7 @@ impl<'a> CoreDp<'a> {
             order,
             levels,
             tables,
+            grids,
             suf_min,
         }
     }
@@ -827,7 +838,8 @@ impl<'a> CoreDp<'a> {
             }
             let cst = cst(tb);
             let room = (self.slack[tb.d] * tb.inv_unit + 1e-9).floor() as i64;
-            for (b, f) in best.iter_mut().zip(tb.forced(&self.levels, room)) {
+            let forced = tb.forced(&self.levels, &self.grids[tb.d], room);
+            for (b, f) in best.iter_mut().zip(forced) {
                 for (x, y) in b.iter_mut().zip(f) {
                     *x = x.max(cst + y);
                 }
@@ -1187,29 +1199,28 @@ impl Ord for OrdF64 {
     }
 }
 
-/// Builds the tables of `specs` (row, multipliers, grid unit, estimated cells) in order; on
+/// Builds the tables of `specs` (row, multipliers, cells) on their rows' `grids`, in order; on
 /// two threads, balanced by cells, when there are enough cells to repay the thread.
 fn build_tables(
     levels: &[Level],
-    slack: &[f64; 2],
-    specs: &[(usize, Vec<f64>, f64, usize)],
+    grids: &[Grid],
+    specs: &[(usize, Vec<f64>, usize)],
 ) -> Vec<SufTable> {
-    let build =
-        |sp: &(usize, Vec<f64>, f64, usize)| SufTable::new(levels, sp.0, &sp.1, sp.2, slack[sp.0]);
-    let total: usize = specs.iter().map(|sp| sp.3).sum();
+    let build = |sp: &(usize, Vec<f64>, usize)| SufTable::build(levels, &grids[sp.0], &sp.1, true);
+    let total: usize = specs.iter().map(|sp| sp.2).sum();
     let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
     if !two_cores || specs.len() < 2 || total < PARALLEL_CELLS {
         return specs.iter().map(build).collect();
     }
     // Largest first into the lighter bin.
     let mut by_size: Vec<usize> = (0..specs.len()).collect();
-    by_size.sort_by_key(|&i| std::cmp::Reverse(specs[i].3));
+    by_size.sort_by_key(|&i| std::cmp::Reverse(specs[i].2));
     let mut bins: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
     let mut load = [0usize; 2];
     for i in by_size {
         let b = usize::from(load[1] < load[0]);
         bins[b].push(i);
-        load[b] += specs[i].3;
+        load[b] += specs[i].2;
     }
     let mut built: Vec<(usize, SufTable)> = std::thread::scope(|sc| {
         let other = sc.spawn(|| {
@@ -1327,27 +1338,31 @@ mod tests {
         let rc = reduced_costs(&r, &alive, &lam);
         let core = CoreDp::new(&r, &alive, &lam, &rc, f64::INFINITY, 4096, None, false);
         assert!(core.core_groups() > 50);
+        let grids: Vec<Grid> = (0..2)
+            .map(|d| {
+                let (unit, _) = grid_unit(&core.levels, d, PARALLEL_CELLS, core.slack[d]);
+                Grid::new(&core.levels, d, unit, core.slack[d])
+            })
+            .collect();
         let mut specs = Vec::new();
         for (k, f) in [1.0, 0.5, 2.0, 0.8, 1.25].iter().enumerate() {
             let d = k % 2;
             let mut l = vec![lam[0] * f, lam[1] * f];
             l[d] = 0.0;
-            let (unit, _) = grid_unit(&core.levels, d, PARALLEL_CELLS, core.slack[d]);
-            let cells: usize = window(&core.levels, d, unit, core.slack[d]).3.iter().sum();
-            specs.push((d, l, unit, cells));
+            specs.push((d, l, grids[d].cells()));
         }
-        let total: usize = specs.iter().map(|sp| sp.3).sum();
+        let total: usize = specs.iter().map(|sp| sp.2).sum();
         assert!(
             total >= PARALLEL_CELLS,
             "{total} cells: the parallel path is not taken"
         );
-        let par = build_tables(&core.levels, &core.slack, &specs);
+        let par = build_tables(&core.levels, &grids, &specs);
         assert_eq!(par.len(), specs.len());
         for (tb, sp) in par.iter().zip(&specs) {
-            let one = SufTable::new(&core.levels, sp.0, &sp.1, sp.2, core.slack[sp.0]);
+            let one = SufTable::build(&core.levels, &grids[sp.0], &sp.1, true);
             assert_eq!(tb.d, sp.0);
             assert_eq!(tb.lam, sp.1);
-            assert_eq!(tb.h.len(), sp.3);
+            assert_eq!(tb.h.len(), sp.2);
             assert!(tb
                 .h
                 .iter()

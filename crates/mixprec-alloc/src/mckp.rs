@@ -1119,12 +1119,11 @@ struct DpGrid {
     unit: f64,
     cells: usize,
     suf_gmin: Vec<f64>,
-    /// Cheapest cost in row `d` per level (the grid weights are differences from it).
-    gmin: Vec<f64>,
-    /// Whether the grid weights are exact (integral costs on an integer unit).
-    integral: bool,
-    /// Cell weight of each item, level by level (`usize::MAX` beyond the table).
+    /// Cell weight of each item (its cost above its level's cheapest, rounded down to the
+    /// grid), level by level (`usize::MAX` beyond the table).
     w: Vec<usize>,
+    /// Offset of each level's items in `w`.
+    first: Vec<usize>,
 }
 
 impl DpGrid {
@@ -1191,14 +1190,18 @@ impl DpGrid {
                 })
             })
             .collect();
+        let mut first = Vec::with_capacity(k_n + 1);
+        first.push(0usize);
+        for lv in levels {
+            first.push(first.last().copied().unwrap_or(0) + lv.len());
+        }
         Some(Self {
             d,
             unit,
             cells,
             suf_gmin,
-            gmin,
-            integral,
             w,
+            first,
         })
     }
 }
@@ -1213,10 +1216,9 @@ struct DpRow {
     /// Row of level 0 in `table` (rows are stored from the last level to the first).
     top: usize,
     suf_gmin: Vec<f64>,
-    /// Cheapest cost in row `d` per level (the grid weights are differences from it).
-    gmin: Vec<f64>,
-    /// Whether the grid weights are exact (integral costs on an integer unit).
-    integral: bool,
+    /// The grid's cell weights and their per-level offsets (see [`DpGrid`]).
+    w: Vec<usize>,
+    first: Vec<usize>,
     table: Vec<f64>,
     lam_other: Vec<f64>,
 }
@@ -1239,12 +1241,6 @@ impl DpRow {
         let width = cells + 1;
         let mut lam_other = lam.to_vec();
         lam_other[d] = 0.0;
-        // Offset of each level's items in `grid.w`.
-        let mut first = Vec::with_capacity(k_n + 1);
-        first.push(0usize);
-        for lv in levels {
-            first.push(first.last().copied().unwrap_or(0) + lv.len());
-        }
         // With `full`, the rows are appended from the last level to the first, each computed
         // in place from the one before (no zeroing, no copy); else two rolling rows, the
         // root's last. The last level's row is all zero.
@@ -1267,12 +1263,11 @@ impl DpRow {
                 (&table[..], &mut scratch[..])
             };
             for (n, &i) in levels[t].iter().enumerate() {
-                let w = grid.w[first[t] + n];
+                let w = grid.w[grid.first[t] + n];
                 if w == usize::MAX {
                     continue;
                 }
-                let v = r.obj[i] + dot(&lam_other, r.c(i));
-                min_add_into(&mut cur[w..], next, v);
+                min_add_into(&mut cur[w..], next, Self::value(r, &lam_other, i));
             }
             if !full {
                 std::mem::swap(&mut table, &mut scratch);
@@ -1284,18 +1279,41 @@ impl DpRow {
             cells,
             top: if full { k_n } else { 0 },
             suf_gmin: grid.suf_gmin.clone(),
-            gmin: grid.gmin.clone(),
-            integral: grid.integral,
+            w: grid.w.clone(),
+            first: grid.first.clone(),
             table,
             lam_other,
         }
     }
 
-    /// Grid weight and value of item `i` at level `t` (None when it exceeds the table).
-    fn item(&self, r: &Reduced, t: usize, i: usize) -> Option<(usize, f64)> {
-        let delta = r.c(i)[self.d] - self.gmin[t];
-        let w = (delta / self.unit + if self.integral { 1e-9 } else { 0.0 }).floor();
-        (w <= self.cells as f64).then(|| (w as usize, r.obj[i] + dot(&self.lam_other, r.c(i))))
+    /// The value an item adds in the table: its objective plus the other rows' costs priced
+    /// by `lam_other`.
+    fn value(r: &Reduced, lam_other: &[f64], i: usize) -> f64 {
+        r.obj[i] + dot(lam_other, r.c(i))
+    }
+
+    /// The cell of the room left in row `d` to the levels `t..` after `used` (capped at the
+    /// table's width) and the other rows' priced slack, or None when no room is left.
+    fn room_cell(&self, t: usize, used: &[f64], caps: &[f64]) -> Option<(usize, f64)> {
+        let d = self.d;
+        let room = caps[d] - used[d] - self.suf_gmin[t];
+        if room < -1e-9 * caps[d].abs().max(1.0) {
+            return None;
+        }
+        // Non-negative, so the truncating cast is the floor (no libm call).
+        let c = (room.max(0.0) / self.unit) + 1e-9;
+        let c = if c >= self.cells as f64 {
+            self.cells
+        } else {
+            c as usize
+        };
+        let slack: f64 = self
+            .lam_other
+            .iter()
+            .zip(caps.iter().zip(used))
+            .map(|(l, (cap, u))| l * (cap - u))
+            .sum();
+        Some((c, slack))
     }
 
     /// For every item of every level, a lower bound on the objective of the solutions that
@@ -1334,16 +1352,14 @@ impl DpRow {
         base_used: &[f64],
         caps: &[f64],
     ) -> Vec<Vec<f64>> {
-        let d = self.d;
         let k_n = levels.len();
-        let room = caps[d] - base_used[d] - self.suf_gmin[0];
-        let c0 = ((room.max(0.0) / self.unit) + 1e-9).min(self.cells as f64) as usize;
-        let slack: f64 = self
-            .lam_other
-            .iter()
-            .zip(caps.iter().zip(base_used))
-            .map(|(l, (cap, u))| l * (cap - u))
-            .sum();
+        let Some((c0, slack)) = self.room_cell(0, base_used, caps) else {
+            // Nothing fits: no solution takes any item.
+            return levels
+                .iter()
+                .map(|lv| vec![f64::INFINITY; lv.len()])
+                .collect();
+        };
         let width = self.cells + 1;
         let mut q = vec![0.0f64; c0 + 1];
         let mut nq = vec![f64::INFINITY; c0 + 1];
@@ -1352,11 +1368,13 @@ impl DpRow {
             let suf = &self.table[(self.top - t - 1) * width..][..width];
             let mut row = Vec::with_capacity(levels[t].len());
             nq.fill(f64::INFINITY);
-            for &i in levels[t] {
-                let Some((w, v)) = self.item(r, t, i).filter(|&(w, _)| w <= c0) else {
+            for (n, &i) in levels[t].iter().enumerate() {
+                let w = self.w[self.first[t] + n];
+                if w > c0 {
                     row.push(f64::INFINITY);
                     continue;
-                };
+                }
+                let v = Self::value(r, &self.lam_other, i);
                 let best = min_sum(&q[w..], suf);
                 row.push(base_obj + v + best - slack);
                 min_add_into(&mut nq[..=c0 - w], &q[w..], v);
@@ -1369,25 +1387,10 @@ impl DpRow {
 
     /// Bound on the objective of levels `t..` given `used` costs (inf if infeasible).
     fn bound(&self, t: usize, used: &[f64], caps: &[f64]) -> f64 {
-        let d = self.d;
-        let room = caps[d] - used[d] - self.suf_gmin[t];
-        if room < -1e-9 * caps[d].abs().max(1.0) {
-            return f64::INFINITY;
+        match self.room_cell(t, used, caps) {
+            Some((c, slack)) => self.table[(self.top - t) * (self.cells + 1) + c] - slack,
+            None => f64::INFINITY,
         }
-        // Non-negative, so the truncating cast is the floor (no libm call).
-        let c = (room.max(0.0) / self.unit) + 1e-9;
-        let c = if c >= self.cells as f64 {
-            self.cells
-        } else {
-            c as usize
-        };
-        let slack: f64 = self
-            .lam_other
-            .iter()
-            .zip(caps.iter().zip(used))
-            .map(|(l, (cap, u))| l * (cap - u))
-            .sum();
-        self.table[(self.top - t) * (self.cells + 1) + c] - slack
     }
 }
 
